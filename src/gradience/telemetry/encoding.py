@@ -1,0 +1,123 @@
+"""Strict-JSON encoding of telemetry events: non-finite numbers and text redaction.
+
+Non-finite floats become the strings "NaN", "Infinity", "-Infinity" so every line is
+strict JSON; :func:`decode_line` turns them back and also accepts the bare tokens that
+older files contain. Strings longer than ``max_str_len`` anywhere in an event are
+replaced by ``"[REDACTED len=N]"`` unless text is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from ..errors import GradienceError
+
+NONFINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_NONFINITE_MARKERS = (b'"NaN"', b'Infinity"')
+
+
+class TextPolicyViolation(GradienceError):
+    """A string longer than the limit was about to be written with on_text_violation="raise"."""
+
+
+def _float_token(x: float) -> Any:
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return "NaN"
+    return "Infinity" if x > 0 else "-Infinity"
+
+
+def sanitize(obj: Any, *, max_str_len: int | None = 256, on_violation: str = "redact", _path: str = "") -> Any:
+    """Return a JSON-ready copy of ``obj``: non-finite floats encoded, long strings redacted.
+
+    ``max_str_len=None`` disables redaction. Accepts dataclass-like objects with
+    ``to_dict``, enums, tuples/sets, and numpy scalars/arrays.
+    """
+    if obj is None or obj is True or obj is False:
+        return obj
+    t = type(obj)
+    if t is float:
+        return _float_token(obj)
+    if t is int:
+        return obj
+    if t is str:
+        if max_str_len is not None and len(obj) > max_str_len:
+            if on_violation == "raise":
+                where = _path or "<value>"
+                raise TextPolicyViolation(
+                    f"string of length {len(obj)} at {where} exceeds max_str_len={max_str_len}",
+                    hint="pass allow_text=True to log text deliberately",
+                )
+            return f"[REDACTED len={len(obj)}]"
+        return obj
+    if isinstance(obj, Mapping):
+        return {
+            str(k): sanitize(v, max_str_len=max_str_len, on_violation=on_violation, _path=f"{_path}.{k}")
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [
+            sanitize(v, max_str_len=max_str_len, on_violation=on_violation, _path=f"{_path}[{i}]")
+            for i, v in enumerate(obj)
+        ]
+    if isinstance(obj, Enum):
+        return sanitize(obj.value, max_str_len=max_str_len, on_violation=on_violation, _path=_path)
+    if isinstance(obj, bool):
+        return bool(obj)
+    if isinstance(obj, float):
+        return _float_token(float(obj))
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, str):
+        return sanitize(str(obj), max_str_len=max_str_len, on_violation=on_violation, _path=_path)
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return sanitize(to_dict(), max_str_len=max_str_len, on_violation=on_violation, _path=_path)
+    tolist = getattr(obj, "tolist", None)  # numpy scalars/arrays, torch tensors
+    if callable(tolist):
+        return sanitize(tolist(), max_str_len=max_str_len, on_violation=on_violation, _path=_path)
+    return sanitize(str(obj), max_str_len=max_str_len, on_violation=on_violation, _path=_path)
+
+
+def encode_line(event: dict[str, Any]) -> bytes:
+    """Encode an already-sanitized event as one ``\\n``-terminated strict-JSON line."""
+    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def restore_nonfinite(obj: Any) -> Any:
+    """Turn the strings "NaN"/"Infinity"/"-Infinity" back into floats, at any depth."""
+    if type(obj) is str:
+        return NONFINITE_STRINGS.get(obj, obj)
+    if type(obj) is dict:
+        return {k: restore_nonfinite(v) for k, v in obj.items()}
+    if type(obj) is list:
+        return [restore_nonfinite(v) for v in obj]
+    return obj
+
+
+_BARE_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def decode_line(line: bytes) -> Any:
+    """Decode one line. Raises ``ValueError`` when it is not JSON.
+
+    Fast path: orjson. Fallback: the stdlib parser, which accepts the bare ``NaN`` /
+    ``Infinity`` tokens written by earlier releases.
+    """
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(line, parse_constant=_BARE_CONSTANTS.__getitem__)
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, RecursionError) as exc:
+            raise ValueError(str(exc)) from None
+    if _NONFINITE_MARKERS[0] in line or _NONFINITE_MARKERS[1] in line:
+        obj = restore_nonfinite(obj)
+    return obj

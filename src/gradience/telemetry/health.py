@@ -1,0 +1,140 @@
+"""Pure helpers for gradient-norm health (TELE-311) and loss-spike detection.
+
+No torch here: the training components, ``monitor``, ``watch`` and ``report`` all share
+these definitions so a level or a spike means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+NONFINITE_CHAR = "×"
+
+
+@dataclass(frozen=True)
+class GradThresholds:
+    """Levels: < vanishing → vanishing; ≤ warning → healthy; ≤ critical → warning; else critical."""
+
+    vanishing: float = 0.1
+    warning: float = 5.0
+    critical: float = 10.0
+
+
+DEFAULT_THRESHOLDS = GradThresholds()
+LEVELS = ("vanishing", "healthy", "warning", "critical", "nonfinite")
+
+
+def grad_level(value: float | None, thresholds: GradThresholds = DEFAULT_THRESHOLDS) -> str | None:
+    """Classify one gradient norm; ``None`` in, ``None`` out; NaN/Inf → ``"nonfinite"``."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        return "nonfinite"
+    if value < thresholds.vanishing:
+        return "vanishing"
+    if value <= thresholds.warning:
+        return "healthy"
+    if value <= thresholds.critical:
+        return "warning"
+    return "critical"
+
+
+def trend(values: Sequence[float], rel_tol: float = 0.1) -> str:
+    """Trend arrow of a short history: least-squares slope over the window, relative to its mean.
+
+    ``↑`` when the fitted change across the window exceeds ``rel_tol`` of the mean level,
+    ``↓`` for the opposite, ``→`` otherwise (also for fewer than 3 finite values).
+    """
+    pts = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(pts) < 3:
+        return "→"
+    n = len(pts)
+    mx = sum(i for i, _ in pts) / n
+    my = sum(v for _, v in pts) / n
+    sxx = sum((i - mx) ** 2 for i, _ in pts)
+    slope = sum((i - mx) * (v - my) for i, v in pts) / sxx if sxx else 0.0
+    span = pts[-1][0] - pts[0][0]
+    scale = abs(my) if my != 0 else 1.0
+    change = slope * span / scale
+    if change > rel_tol:
+        return "↑"
+    if change < -rel_tol:
+        return "↓"
+    return "→"
+
+
+def sparkline(values: Sequence[float | None], width: int | None = None) -> str:
+    """One character per value (the last ``width`` values), scaled min..max; × marks NaN/Inf."""
+    vals = list(values)[-width:] if width else list(values)
+    finite = [v for v in vals if v is not None and math.isfinite(v)]
+    if not finite:
+        return NONFINITE_CHAR * len(vals)
+    lo, hi = min(finite), max(finite)
+    out = []
+    for v in vals:
+        if v is None or not math.isfinite(v):
+            out.append(NONFINITE_CHAR)
+        elif hi == lo:
+            out.append(SPARK_CHARS[3])
+        else:
+            idx = int((v - lo) / (hi - lo) * (len(SPARK_CHARS) - 1) + 0.5)
+            out.append(SPARK_CHARS[idx])
+    return "".join(out)
+
+
+def downsample(values: Sequence[float], width: int) -> list[float]:
+    """Bucket-mean ``values`` down to at most ``width`` points (for long-run sparklines)."""
+    n = len(values)
+    if n <= width:
+        return list(values)
+    out = []
+    for b in range(width):
+        lo = b * n // width
+        hi = max(lo + 1, (b + 1) * n // width)
+        chunk = [v for v in values[lo:hi] if math.isfinite(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+    return out
+
+
+class SpikeDetector:
+    """Loss-spike detector against a robust running baseline (O(1) per value).
+
+    Baseline: an exponential moving average of accepted losses, with an EMA of absolute
+    deviations as the robust scale. A value is a spike once ``warmup`` values were seen,
+    when it exceeds ``ratio`` × baseline *and* baseline + ``k`` × deviation. Spikes and
+    non-finite values do not move the baseline, so one spike cannot hide the next.
+    """
+
+    def __init__(self, *, alpha: float = 0.1, ratio: float = 2.0, k: float = 6.0, warmup: int = 10) -> None:
+        self.alpha = alpha
+        self.ratio = ratio
+        self.k = k
+        self.warmup = warmup
+        self.baseline: float | None = None
+        self.deviation = 0.0
+        self.seen = 0
+
+    def is_spike(self, value: float) -> bool:
+        """Would ``value`` be a spike now? (Does not update state.)"""
+        if self.baseline is None or self.seen < self.warmup or not math.isfinite(value):
+            return False
+        b = self.baseline
+        return value > self.ratio * abs(b) and value > b + self.k * self.deviation
+
+    def update(self, value: float) -> bool:
+        """Feed one loss; returns True when it is a spike."""
+        if not math.isfinite(value):
+            return False
+        spike = self.is_spike(value)
+        if not spike:
+            if self.baseline is None:
+                self.baseline = value
+            else:
+                dev = abs(value - self.baseline)
+                self.deviation += self.alpha * (dev - self.deviation)
+                self.baseline += self.alpha * (value - self.baseline)
+            self.seen += 1
+        return spike

@@ -1,0 +1,238 @@
+"""Telemetry v1 contract: schema id, event names, envelope, and the typed payload objects.
+
+Everything here is plain data with ``to_dict``/``from_dict``; no I/O. ``from_dict`` is
+lenient: missing keys take defaults (old files) and unknown keys are kept in ``extras``
+so nothing a newer writer recorded is lost when an older reader re-serialises it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+SCHEMA_ID = "gradience.vnext.telemetry/v1"
+
+ENVELOPE_KEYS = ("schema", "ts", "run_id", "event", "step")
+
+
+class Event(str, Enum):
+    """Stable event names. Renaming or removing one is a v2 change."""
+
+    RUN_START = "run_start"
+    TRAIN_STEP = "train_step"
+    EVAL = "eval"
+    METRICS = "metrics"
+    ALERT = "alert"
+    RECOMMENDATION = "recommendation"
+    RUN_END = "run_end"
+
+
+EVENT_NAMES = frozenset(e.value for e in Event)
+
+RUN_STATUSES = ("ok", "aborted", "error")
+# Held-out split names. Earlier public releases wrote "eval" for the held-out split.
+HELD_OUT_SPLITS = ("test", "val", "eval", "validation")
+
+
+class Severity(str, Enum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self.value]
+
+    @classmethod
+    def parse(cls, value: str | Severity) -> Severity:
+        if isinstance(value, Severity):
+            return value
+        v = str(value).strip().lower()
+        if v in ("warn",):
+            v = "warning"
+        return cls(v)
+
+
+_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+
+
+class TaskProfile(str, Enum):
+    EASY_CLASSIFICATION = "easy_classification"
+    HARD_REASONING = "hard_reasoning"
+    GENERATION = "generation"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: str | TaskProfile | None) -> TaskProfile:
+        if value is None:
+            return cls.UNKNOWN
+        if isinstance(value, TaskProfile):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def is_language_modelling(self) -> bool:
+        """Profiles where ppl = exp(loss) is meaningful."""
+        return self in (TaskProfile.HARD_REASONING, TaskProfile.GENERATION)
+
+
+def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    names = {f.name for f in fields(cls)}
+    known = {k: v for k, v in data.items() if k in names}
+    unknown = {k: v for k, v in data.items() if k not in names}
+    return known, unknown
+
+
+def _from_dict(cls: type, data: Any) -> Any:
+    if data is None:
+        return cls()
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}.from_dict expects an object, got {type(data).__name__}")
+    known, unknown = _split_known(cls, data)
+    extras = dict(known.pop("extras", None) or {})
+    extras.update(unknown)
+    obj = cls(**known)
+    obj.extras = extras
+    return obj
+
+
+@dataclass
+class OptimizerConfig:
+    name: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: list[float] | None = None
+    eps: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> OptimizerConfig:
+        return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+
+@dataclass
+class LoRAConfig:
+    r: int | None = None
+    alpha: float | None = None
+    alpha_over_r: float | None = None
+    target_modules: list[str] | None = None
+    dropout: float | None = None
+    bias: str | None = None
+    use_rslora: bool | None = None
+    use_dora: bool | None = None
+    rank_pattern: dict[str, int] | None = None
+    alpha_pattern: dict[str, float] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.alpha_over_r is None and self.r and self.alpha is not None:
+            self.alpha_over_r = float(self.alpha) / float(self.r)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LoRAConfig:
+        return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+
+@dataclass
+class TrainingConfig:
+    seed: int | None = None
+    batch_size: int | None = None
+    gradient_accumulation: int | None = None
+    max_steps: int | None = None
+    epochs: float | None = None
+    dtype: str | None = None
+    max_grad_norm: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainingConfig:
+        return _from_dict(cls, data)  # type: ignore[no-any-return]
+
+
+@dataclass
+class ConfigSnapshot:
+    """What the run was configured to do (SPEC §2). All fields optional."""
+
+    model_name: str | None = None
+    dataset_name: str | None = None
+    task_profile: str = TaskProfile.UNKNOWN.value
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    notes: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ConfigSnapshot:
+        if isinstance(data, ConfigSnapshot):
+            return data
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise TypeError(f"ConfigSnapshot.from_dict expects an object, got {type(data).__name__}")
+        known, unknown = _split_known(cls, data)
+        extras = dict(known.pop("extras", None) or {})
+        extras.update(unknown)
+        profile = known.pop("task_profile", None)
+        return cls(
+            model_name=known.get("model_name"),
+            dataset_name=known.get("dataset_name"),
+            task_profile=TaskProfile.parse(profile).value,
+            optimizer=OptimizerConfig.from_dict(known.get("optimizer")),
+            lora=LoRAConfig.from_dict(known.get("lora")),
+            training=TrainingConfig.from_dict(known.get("training")),
+            notes=known.get("notes"),
+            extras=extras,
+        )
+
+
+@dataclass
+class Recommendation:
+    """One conservative, testable suggestion (SPEC §4)."""
+
+    severity: str
+    action: str
+    message: str
+    rationale: str = ""
+    confidence: float = 0.5
+    scope: str = "config"
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.severity = Severity.parse(self.severity).value
+        if not (0.0 <= float(self.confidence) <= 1.0) or math.isnan(float(self.confidence)):
+            raise ValueError(f"confidence must be within [0, 1], got {self.confidence}")
+
+    @property
+    def severity_rank(self) -> int:
+        return Severity.parse(self.severity).rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recommendation:
+        known, unknown = _split_known(cls, data)
+        rec = cls(
+            severity=known.get("severity", "info"),
+            action=known.get("action", "unknown"),
+            message=known.get("message", ""),
+            rationale=known.get("rationale", "") or "",
+            confidence=float(known.get("confidence", 0.5) if known.get("confidence") is not None else 0.5),
+            scope=known.get("scope", "config") or "config",
+            evidence=dict(known.get("evidence") or {}),
+        )
+        if unknown:
+            rec.evidence.setdefault("_extra", unknown)
+        return rec

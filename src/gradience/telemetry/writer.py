@@ -1,0 +1,232 @@
+"""Append-only JSONL writer for telemetry v1.
+
+Guarantees (SPEC §2): never truncates; every event is one complete line handed to the
+kernel in one ``write`` on an ``O_APPEND`` descriptor, so a crash leaves at most one
+partial last line and concurrent appenders never interleave inside a line. Only the
+global rank-0 process writes in a distributed run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import GradienceError
+from .encoding import encode_line, sanitize
+from .schema import EVENT_NAMES, RUN_STATUSES, SCHEMA_ID, ConfigSnapshot, Event, Recommendation, Severity
+
+__all__ = ["TelemetryWriter", "global_rank"]
+
+_ALWAYS_FLUSH = frozenset({Event.ALERT.value, Event.RUN_END.value})
+
+
+def global_rank() -> int:
+    """Global process rank from the launcher's environment (torchrun, accelerate, SLURM, MPI)."""
+    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        value = os.environ.get(var)
+        if value is not None and value.strip().lstrip("-").isdigit():
+            return int(value)
+    return 0
+
+
+class TelemetryWriter:
+    """Write telemetry v1 events to ``path`` (appending; several runs may share a file).
+
+    Args:
+        path: the JSONL file; parent directories are created.
+        run_id: keep the same id to resume a run; default a new UUID4.
+        max_str_len: strings longer than this, anywhere in an event, are redacted.
+        allow_text: opt out of redaction (you are deliberately logging text).
+        on_text_violation: ``"redact"`` (default) or ``"raise"``.
+        flush_every: 1 (default) writes each event immediately; N > 1 buffers up to N
+            complete lines for very high event rates. ``alert`` and ``run_end`` always flush.
+        enabled: ``None`` means "only on global rank 0"; ``False`` makes every call a no-op.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        run_id: str | None = None,
+        *,
+        max_str_len: int = 256,
+        allow_text: bool = False,
+        on_text_violation: str = "redact",
+        flush_every: int = 1,
+        enabled: bool | None = None,
+    ) -> None:
+        if on_text_violation not in ("redact", "raise"):
+            raise ValueError("on_text_violation must be 'redact' or 'raise'")
+        if flush_every < 1:
+            raise ValueError("flush_every must be >= 1")
+        self.path = Path(path)
+        self.run_id = run_id or str(uuid.uuid4())
+        self.max_str_len = None if allow_text else int(max_str_len)
+        self.on_text_violation = on_text_violation
+        self.flush_every = int(flush_every)
+        self.enabled = (global_rank() == 0) if enabled is None else bool(enabled)
+        self._fd: int | None = None
+        self._buffer: list[bytes] = []
+        self._started = False
+        self._ended = False
+        self.events_written = 0
+        if self.enabled:
+            self._open()
+
+    # -- file handling -------------------------------------------------------------
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: never truncate, and each write lands atomically at the end.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise GradienceError(
+                f"cannot open telemetry file for appending: {exc.strerror}",
+                path=self.path,
+                hint="choose a writable location",
+            ) from None
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def flush(self) -> None:
+        if self._buffer and self._fd is not None:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._write(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self.flush()
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def __enter__(self) -> TelemetryWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self.enabled and self._started and not self._ended and not self.closed:
+                if exc_type is None:
+                    self.run_end(status="ok")
+                elif issubclass(exc_type, KeyboardInterrupt):
+                    self.run_end(status="aborted", reason="KeyboardInterrupt")
+                else:
+                    self.run_end(status="error", reason=f"{exc_type.__name__}: {exc}")
+        finally:
+            self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- generic ---------------------------------------------------------------------
+    def emit(self, event: str | Event, step: int | None = None, **payload: Any) -> dict[str, Any] | None:
+        """Write one event; returns the sanitized event (``None`` when disabled)."""
+        name = event.value if isinstance(event, Event) else str(event)
+        if name not in EVENT_NAMES:
+            raise ValueError(f"unknown telemetry event {name!r}; stable names: {sorted(EVENT_NAMES)}")
+        for key in ("schema", "ts", "run_id", "event", "step"):
+            if key in payload:
+                raise ValueError(f"payload key {key!r} collides with the envelope")
+        if not self.enabled:
+            return None
+        if self._fd is None:
+            raise GradienceError("telemetry writer is closed", path=self.path)
+        record: dict[str, Any] = {
+            "schema": SCHEMA_ID,
+            "ts": time.time(),
+            "run_id": self.run_id,
+            "event": name,
+            "step": None if step is None else int(step),
+        }
+        record.update(payload)
+        clean = sanitize(record, max_str_len=self.max_str_len, on_violation=self.on_text_violation)
+        line = encode_line(clean)
+        self._buffer.append(line)
+        if len(self._buffer) >= self.flush_every or name in _ALWAYS_FLUSH:
+            self.flush()
+        self.events_written += 1
+        if name == Event.RUN_START.value:
+            self._started = True
+            self._ended = False
+        elif name == Event.RUN_END.value:
+            self._ended = True
+        return clean  # type: ignore[no-any-return]
+
+    # -- helpers with the signatures of earlier releases -------------------------------
+    def run_start(
+        self, config: ConfigSnapshot | Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None,
+        *, step: int | None = None, **extra: Any,
+    ) -> dict[str, Any] | None:
+        cfg = ConfigSnapshot.from_dict(dict(config) if isinstance(config, Mapping) else config).to_dict()
+        return self.emit(Event.RUN_START, step=step, config=cfg, meta=dict(meta or {}), **extra)
+
+    def train_step(
+        self, step: int, loss: float | None = None, lr: float | list[float] | None = None, **extra: Any
+    ) -> dict[str, Any] | None:
+        payload: dict[str, Any] = {}
+        if loss is not None:
+            payload["loss"] = loss
+        if lr is not None:
+            payload["lr"] = lr
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        return self.emit(Event.TRAIN_STEP, step=step, **payload)
+
+    def eval(
+        self, step: int | None, split: str = "test", metrics: Mapping[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any] | None:
+        return self.emit(Event.EVAL, step=step, split=split, metrics=dict(metrics or {}), **extra)
+
+    def metrics(
+        self, kind: str, metrics: Mapping[str, Any] | None = None, step: int | None = None, **extra: Any
+    ) -> dict[str, Any] | None:
+        return self.emit(Event.METRICS, step=step, kind=kind, metrics=dict(metrics or {}), **extra)
+
+    def alert(
+        self,
+        severity: str | Severity = "warning",
+        code: str = "ALERT",
+        message: str = "",
+        step: int | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        return self.emit(
+            Event.ALERT, step=step, severity=Severity.parse(severity).value, code=str(code),
+            message=message, context=dict(context or {}),
+        )
+
+    def recommendation(
+        self, recommendations: Iterable[Recommendation | Mapping[str, Any]], step: int | None = None
+    ) -> dict[str, Any] | None:
+        recs = [r.to_dict() if isinstance(r, Recommendation) else dict(r) for r in recommendations]
+        return self.emit(Event.RECOMMENDATION, step=step, recommendations=recs)
+
+    def run_end(
+        self, status: str = "ok", reason: str | None = None, summary: Mapping[str, Any] | None = None,
+        step: int | None = None,
+    ) -> dict[str, Any] | None:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run_end status must be one of {RUN_STATUSES}, got {status!r}")
+        payload: dict[str, Any] = {"status": status}
+        if reason is not None:
+            payload["reason"] = reason
+        if summary is not None:
+            payload["summary"] = dict(summary)
+        return self.emit(Event.RUN_END, step=step, **payload)
