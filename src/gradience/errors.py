@@ -63,7 +63,7 @@ class MissingExtraError(GradienceError):
         self.extra = extra
 
 
-def require(module: str, extra: str, feature: str):  # noqa: ANN201 - returns a module
+def require(module: str, extra: str, feature: str):
     """Import ``module`` or raise :class:`MissingExtraError` naming the extra to install."""
     import importlib
 

@@ -31,12 +31,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [*COMMANDS, *(c for c in super().list_commands(ctx) if c not in COMMANDS)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         entry = COMMANDS.get(cmd_name)
         if entry is None:
-            return None
+            return super().get_command(ctx, cmd_name)
         module, attr, _ = entry
         return getattr(import_module(module), attr)  # type: ignore[no-any-return]
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Any:
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error worth a traceback.
         try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            sys.stdout = open(os.devnull, "w")
         finally:
             sys.exit(0)
     except SystemExit:

@@ -128,13 +128,15 @@ class SpikeDetector:
         """Feed one loss; returns True when it is a spike."""
         if not math.isfinite(value):
             return False
-        spike = self.is_spike(value)
-        if not spike:
-            if self.baseline is None:
-                self.baseline = value
-            else:
-                dev = abs(value - self.baseline)
-                self.deviation += self.alpha * (dev - self.deviation)
-                self.baseline += self.alpha * (value - self.baseline)
-            self.seen += 1
-        return spike
+        b = self.baseline
+        if b is None:
+            self.baseline = value
+            self.seen = 1
+            return False
+        # Inlined is_spike(): this runs once per logged step in summarize().
+        if self.seen >= self.warmup and value > self.ratio * abs(b) and value > b + self.k * self.deviation:
+            return True
+        self.deviation += self.alpha * (abs(value - b) - self.deviation)
+        self.baseline = b + self.alpha * (value - b)
+        self.seen += 1
+        return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
+from math import isfinite
 from typing import Any
 
 from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, grad_level, sparkline, trend
@@ -137,12 +138,12 @@ class RunAccumulator:
     def add(self, ev: dict[str, Any]) -> None:
         self.n_events += 1
         ts = ev.get("ts")
-        if isinstance(ts, (int, float)):
+        if type(ts) is float or (type(ts) is int):
             if self.first_ts is None:
                 self.first_ts = float(ts)
             self.last_ts = float(ts)
         step = ev.get("step")
-        if isinstance(step, int) and not isinstance(step, bool):
+        if type(step) is int:
             if self.last_step is None or step > self.last_step:
                 self.last_step = step
         else:
@@ -191,10 +192,12 @@ class RunAccumulator:
             self.reason = ev.get("reason")
 
     def _train_step(self, ev: dict[str, Any], step: int | None) -> None:
+        # Hot path (one call per logged step): exact type checks instead of isinstance.
         loss = ev.get("loss")
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            loss = float(loss)
-            if math.isfinite(loss):
+        tl = type(loss)
+        if tl is float or tl is int:
+            loss = float(loss)  # type: ignore[arg-type]
+            if isfinite(loss):
                 self.loss_n += 1
                 if self.loss_first is None:
                     self.loss_first = loss
@@ -209,23 +212,34 @@ class RunAccumulator:
                 self.loss_nonfinite += 1
                 self.loss_nonfinite_steps.append(step)
                 self.loss_last = loss
-        lr = _first_lr(ev.get("lr"))
-        if lr is not None:
+        lr = ev.get("lr")
+        tl = type(lr)
+        if tl is float or tl is int:
             if self.lr_first is None:
-                self.lr_first = lr
-            self.lr_last = lr
-        g = _num(ev.get("grad_norm"))
-        if g is not None:
+                self.lr_first = float(lr)  # type: ignore[arg-type]
+            self.lr_last = float(lr)  # type: ignore[arg-type]
+        elif tl is list:
+            first = _first_lr(lr)
+            if first is not None:
+                if self.lr_first is None:
+                    self.lr_first = first
+                self.lr_last = first
+        g = ev.get("grad_norm")
+        tg = type(g)
+        if tg is float or tg is int:
+            g = float(g)  # type: ignore[arg-type]
             self.grad_last = g
             self.grad_hist.append(g)
-            if math.isfinite(g):
+            if isfinite(g):
                 if self.grad_max is None or g > self.grad_max:
                     self.grad_max = g
             else:
                 self.grad_nonfinite += 1
-        gc = _num(ev.get("grad_norm_clipped"))
+        gc = ev.get("grad_norm_clipped")
         if gc is not None:
-            self.grad_clipped_last = gc
+            gcv = _num(gc)
+            if gcv is not None:
+                self.grad_clipped_last = gcv
 
     def _metrics(self, ev: dict[str, Any], step: int | None) -> None:
         kind = ev.get("kind")
