@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV:-.venv}/bin
+scripts/system-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 echo "==> ruff" >&2
 "$BIN/ruff" check src tests benchmarks $( [ -d examples ] && echo examples )
