@@ -1,0 +1,341 @@
+"""Run rules (``gradience monitor``): small pure functions over a SignalSnapshot.
+
+Each rule takes a :class:`RunContext` and returns zero or more Recommendations. They
+read only what the SignalSnapshot already derived (gaps, curve stats, grad-norm level,
+guard and spectral summaries, the latest ``lora_audit`` block). Units: perplexity and
+loss gaps are ratios test/train; the accuracy gap is train − test in accuracy units
+(0–1); learning rates are peak optimizer LRs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..telemetry.schema import ConfigSnapshot, Recommendation, TaskProfile
+from ..telemetry.snapshot import SignalSnapshot
+from .profiles import resolve_profile
+
+__all__ = ["RUN_RULES", "RunContext"]
+
+DEFAULT_GAP_THRESHOLD = 1.5
+ACC_GAP_THRESHOLD = 0.10  # train accuracy ≥ 10 points above held-out
+MEMO_LR_SAFE = 5e-5
+UNDERFIT_MIN_DROP = 0.05  # the training loss fell by less than 5 % ...
+UNDERFIT_MIN_POINTS = 10  # ... over at least this many logged steps
+LOW_UTIL = 0.25
+LOW_UTIL_MIN_R = 16
+MLP_UTIL_LOW = 0.10
+SPIKES_WARN = 3
+UDR_HIGH = 1.0
+ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+@dataclass
+class RunContext:
+    """What a run rule reads: the snapshot, its config and the resolved profile."""
+
+    snap: SignalSnapshot
+    cfg: ConfigSnapshot
+    profile: TaskProfile
+    gap_threshold: float
+
+    @classmethod
+    def build(cls, snap: SignalSnapshot, *, gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+              config: ConfigSnapshot | None = None) -> RunContext:
+        # Work on a copy: filling gaps from the snapshot must not mutate the caller's config.
+        cfg = ConfigSnapshot.from_dict(config.to_dict() if config is not None else (snap.config or None))
+        if cfg.dataset_name is None and snap.dataset_name:
+            cfg.dataset_name = snap.dataset_name
+        if TaskProfile.parse(cfg.task_profile) is TaskProfile.UNKNOWN:
+            cfg.task_profile = snap.task_profile
+        profile, _ = resolve_profile(cfg)
+        return cls(snap=snap, cfg=cfg, profile=profile, gap_threshold=float(gap_threshold))
+
+    @property
+    def lr(self) -> float | None:
+        return self.cfg.optimizer.lr
+
+    @property
+    def rank(self) -> int | None:
+        if self.cfg.lora.r:
+            return int(self.cfg.lora.r)
+        audit = self.snap.lora_audit or {}
+        for key in ("r", "current_r", "r_max"):
+            v = _num(audit.get(key))
+            if v:
+                return int(v)
+        return None
+
+    def memorising(self) -> tuple[str, float, float] | None:
+        """(gap name, value, threshold) of the first gap over its threshold, else None."""
+        gaps = self.snap.gaps or {}
+        for name, thr in (("ppl_gap", self.gap_threshold), ("loss_gap", self.gap_threshold),
+                          ("acc_gap", ACC_GAP_THRESHOLD)):
+            v = _num(gaps.get(name))
+            if v is not None and math.isfinite(v) and v >= thr:
+                return name, v, thr
+            if name == "ppl_gap" and v is not None:
+                return None  # a measured ppl gap below threshold overrides the coarser loss gap
+        return None
+
+
+Rule = Callable[[RunContext], Iterable[Recommendation]]
+
+
+def _rec(severity: str, action: str, message: str, why: str, confidence: float,
+         evidence: dict[str, Any], scope: str = "run") -> Recommendation:
+    return Recommendation(severity=severity, action=action, message=message, rationale=why,
+                          confidence=confidence, scope=scope, evidence=dict(evidence))
+
+
+# -- generalisation gap ----------------------------------------------------------------
+def gap_missing(ctx: RunContext) -> Iterable[Recommendation]:
+    gaps = ctx.snap.gaps or {}
+    if any(_num(gaps.get(k)) is not None for k in ("ppl_gap", "loss_gap", "acc_gap")):
+        return
+    missing = ctx.snap.gap_missing or ["no metric on both train and held-out splits"]
+    what = "ppl (or loss)" if ctx.profile.is_language_modelling else "loss and/or accuracy"
+    yield _rec("info", "log_train_test_ppl",
+               f"Log {what} on both the train split and a held-out split so the generalisation gap can be "
+               f"computed (missing: {'; '.join(missing)}).",
+               "Without train and held-out numbers from the same step, memorisation cannot be told apart from "
+               "learning.", 0.6, {"missing": missing, "splits": sorted(ctx.snap.evals)})
+
+
+def memorization(ctx: RunContext) -> Iterable[Recommendation]:
+    hit = ctx.memorising()
+    if hit is None:
+        return
+    name, value, thr = hit
+    label = {"ppl_gap": "test/train perplexity", "loss_gap": "test/train loss",
+             "acc_gap": "train − test accuracy"}[name]
+    shown = f"{value:.3f}" if name != "acc_gap" else f"{value * 100:.1f} points"
+    limit = f"{thr:g}" if name != "acc_gap" else f"{thr * 100:g} points"
+    yield _rec("warning", "memorization_detected",
+               f"The {label} gap is {shown} (threshold {limit}): the adapter is fitting the training set more "
+               "than the task. Stop earlier, lower the LR or rank, and re-check the held-out split.",
+               "A held-out metric much worse than the same metric on training data is the direct signature of "
+               "memorisation; spectral metrics cannot replace this check.",
+               0.8 if name == "ppl_gap" else 0.7,
+               {name: value, "threshold": thr, "held_out_split": (ctx.snap.gaps or {}).get("held_out_split")})
+    lr = ctx.lr
+    if lr is None or lr > MEMO_LR_SAFE:
+        yield _rec("warning", "lower_lr",
+                   f"Lower the learning rate to {MEMO_LR_SAFE:g}" + (f" (now {lr:g})" if lr is not None else
+                                                                      " (the run's LR is not recorded)")
+                   + " and compare the gap.",
+                   "Memorisation with a high LR is the most common cause; one run at 5e-5 separates LR from "
+                   "data size as the culprit.", 0.8 if lr is not None else 0.7,
+                   {"lr": lr, "suggested_lr": MEMO_LR_SAFE, name: value})
+
+
+def underfitting(ctx: RunContext) -> Iterable[Recommendation]:
+    loss = ctx.snap.loss or {}
+    first, low, n = _num(loss.get("first")), _num(loss.get("min")), int(loss.get("n") or 0)
+    if first is None or low is None or n < UNDERFIT_MIN_POINTS or first <= 0:
+        return
+    drop = (first - low) / first
+    if drop >= UNDERFIT_MIN_DROP or ctx.memorising() is not None:
+        return
+    yield _rec("info", "possible_underfitting",
+               f"The training loss barely moved ({first:.4g} → best {low:.4g}, {drop * 100:.1f}% lower over "
+               f"{n} logged steps). Check that the adapter is trainable, then try a higher LR or more steps.",
+               "A flat training loss means the adapter is not learning the task yet; eval numbers from such a "
+               "run say little about the configuration.", 0.4,
+               {"loss_first": first, "loss_min": low, "relative_drop": drop, "n": n,
+                "threshold": UNDERFIT_MIN_DROP})
+
+
+# -- numerical health ------------------------------------------------------------------
+def nonfinite(ctx: RunContext) -> Iterable[Recommendation]:
+    loss, grad = ctx.snap.loss or {}, ctx.snap.grad_norm or {}
+    n_loss, n_grad = int(loss.get("nonfinite_count") or 0), int(grad.get("nonfinite_count") or 0)
+    if not (n_loss or n_grad):
+        return
+    steps = [s for s in loss.get("nonfinite_steps") or [] if s is not None]
+    where = f" (first at step {steps[0]})" if steps else ""
+    parts = [f"{n_loss} non-finite loss value{'s' if n_loss != 1 else ''}{where}"] if n_loss else []
+    if n_grad:
+        parts.append(f"{n_grad} non-finite gradient norm{'s' if n_grad != 1 else ''}")
+    guard_on = bool((ctx.snap.guard or {}).get("enabled"))
+    fix = "lower the LR, keep max_grad_norm=1.0, prefer bf16 over fp16"
+    if not guard_on:
+        fix += ", and enable the guard (guard_enabled=True) so bad steps roll back"
+    yield _rec("error", "investigate_nonfinite", f"The run produced {' and '.join(parts)}: {fix}.",
+               "NaN/Inf means the optimiser state or weights may be corrupted from that step on; later metrics "
+               "are unreliable.", 0.9,
+               {"nonfinite_loss": n_loss, "nonfinite_grad_norm": n_grad, "nonfinite_steps": steps[:10],
+                "guard_enabled": guard_on})
+
+
+def loss_spikes(ctx: RunContext) -> Iterable[Recommendation]:
+    loss = ctx.snap.loss or {}
+    n = int(loss.get("spikes") or 0)
+    if n == 0:
+        return
+    steps = [s for s in loss.get("spike_steps") or [] if s is not None]
+    many = n >= SPIKES_WARN
+    yield _rec("warning" if many else "info", "investigate_loss_spikes",
+               f"{n} loss spike{'s' if n != 1 else ''} (steps {', '.join(map(str, steps[:5]))}"
+               f"{', …' if len(steps) > 5 else ''}): lower the LR or add warmup, and check those batches.",
+               "A spike is a loss above twice a robust running baseline; repeated spikes usually mean the LR is "
+               "at the edge of stability.", 0.6 if many else 0.4,
+               {"spikes": n, "spike_steps": steps[:10], "threshold_warning": SPIKES_WARN})
+
+
+def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
+    g = ctx.snap.grad_norm or {}
+    counts = ctx.snap.alert_counts or {}
+    level = g.get("level")
+    evidence = {"level": level, "last": g.get("last"), "max": g.get("max"), "trend": g.get("trend"),
+                "sparkline": g.get("sparkline"),
+                "alerts": {k: v for k, v in counts.items() if k.startswith("GRAD_NORM_")}}
+    critical = level == "critical" or counts.get("GRAD_NORM_CRITICAL", 0) > 0
+    warning = level == "warning" or counts.get("GRAD_NORM_WARNING", 0) > 0
+    if critical or warning:
+        where = "ended" if level in ("critical", "warning") else "reached"
+        yield _rec("warning" if critical else "info", "stabilize_gradients",
+                   f"Gradient norms {where} the {'critical (> 10)' if critical else 'warning (> 5)'} level "
+                   f"(last {_fmt(g.get('last'))}, max {_fmt(g.get('max'))}): lower the LR or set max_grad_norm=1.0.",
+                   "Large pre-clip gradient norms precede loss spikes and NaNs; clipping bounds each step and a "
+                   "lower LR removes the cause.", 0.7 if critical else 0.5, evidence)
+    if level == "vanishing":
+        yield _rec("info", "check_vanishing_gradients",
+                   f"The last gradient norm is {_fmt(g.get('last'))} (< 0.1): check that the LoRA parameters "
+                   "require grad and the LR schedule has not decayed to zero; if the loss has converged this is "
+                   "expected.", "Vanishing gradients mean the adapter has stopped learning.", 0.5, evidence)
+
+
+def _fmt(x: Any) -> str:
+    v = _num(x)
+    return "—" if v is None else f"{v:.3f}"
+
+
+# -- guard and spectral ----------------------------------------------------------------
+def guard(ctx: RunContext) -> Iterable[Recommendation]:
+    gd = ctx.snap.guard or {}
+    rollbacks, aborts = int(gd.get("rollbacks") or 0), int(gd.get("aborts") or 0)
+    scale = _num(gd.get("final_lr_scale"))
+    lr = ctx.lr
+    suggested = lr * scale if (lr is not None and scale is not None and 0 < scale < 1) else None
+    evidence = {"rollbacks": rollbacks, "aborts": aborts, "lr_backoffs": gd.get("lr_backoffs"),
+                "final_lr_scale": scale, "lr": lr, "suggested_lr": suggested}
+    if aborts or gd.get("lockout"):
+        yield _rec("error", "guard_aborted_run",
+                   f"The guard stopped the run after {rollbacks} rollback{'s' if rollbacks != 1 else ''} "
+                   "(faults kept recurring). Restart from the last good checkpoint with a lower LR"
+                   + (f" (e.g. {suggested:g})" if suggested else "") + ".",
+                   "Lockout means rolling back and backing off the LR did not stop the faults; the configuration "
+                   "itself is unstable.", 0.9, evidence)
+    elif rollbacks:
+        yield _rec("warning", "review_guard_rollbacks",
+                   f"The guard rolled back {rollbacks} time{'s' if rollbacks != 1 else ''}"
+                   + (f" and left the LR at ×{scale:g}" if scale is not None and scale < 1 else "")
+                   + "; start the next run with the backed-off LR" + (f" ({suggested:g})" if suggested else "") + ".",
+                   "Each rollback discards work after a NaN, spike or gradient explosion; the backed-off LR is the "
+                   "one the run could actually sustain.", 0.7, evidence)
+
+
+def spectral_risk(ctx: RunContext) -> Iterable[Recommendation]:
+    sp = ctx.snap.spectral or {}
+    risk = str(sp.get("risk_level") or "").upper()
+    if risk not in ("DANGER", "INSTABILITY"):
+        return
+    yield _rec("warning", "review_spectral_risk",
+               f"The last spectral risk level is {risk} (κ̃={_fmt(sp.get('kappa'))} at step {sp.get('step')}): "
+               "check the loss curve and eval around that step; lower the LR if they also degraded.",
+               "κ̃ trends flag a fast-changing update spectrum; it is a proxy for instability, never a predictor "
+               "of accuracy, so confirm with the loss and eval.", 0.6 if risk == "INSTABILITY" else 0.5,
+               {"risk_level": risk, "kappa": sp.get("kappa"), "step": sp.get("step")})
+
+
+def run_status(ctx: RunContext) -> Iterable[Recommendation]:
+    snap = ctx.snap
+    if snap.status == "error":
+        yield _rec("error", "investigate_run_error", f"The run ended with an error: {snap.reason or 'no reason recorded'}.",
+                   "Metrics of a crashed run describe only the part before the crash.", 0.8,
+                   {"status": snap.status, "reason": snap.reason})
+
+
+# -- LoRA audit --------------------------------------------------------------------------
+def _audit(ctx: RunContext) -> dict[str, Any]:
+    return ctx.snap.lora_audit or {}
+
+
+def low_utilization(ctx: RunContext) -> Iterable[Recommendation]:
+    util, r = _num(_audit(ctx).get("utilization_mean")), ctx.rank
+    if util is None or r is None or not (util < LOW_UTIL and r >= LOW_UTIL_MIN_R):
+        return
+    yield _rec("info", "low_utilization",
+               f"The adapter uses {util * 100:.0f}% of its rank on average (stable rank / r, r={r}).",
+               "Low utilisation at high rank means most of the adapter's directions carry little energy; a "
+               "smaller rank usually trains to the same accuracy.", 0.5,
+               {"utilization_mean": util, "r": r, "threshold": LOW_UTIL, "min_r": LOW_UTIL_MIN_R})
+
+
+def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
+    audit, r = _audit(ctx), ctx.rank
+    med, p90 = _num(audit.get("suggested_r_global_median")), _num(audit.get("suggested_r_global_90"))
+    if r is None or med is None or med >= r:
+        return
+    # The p90 suggestion is the conservative one; when even it is below r, say so with more confidence.
+    if p90 is not None and p90 < r:
+        target, conf, basis = int(p90), 0.7, "p90"
+    else:
+        target, conf, basis = int(med), 0.6, "median"
+    params = _num(audit.get("total_lora_params"))
+    saved = int(params * (1 - target / r)) if params else None
+    msg = f"Retrain at r={target} instead of r={r}"
+    if saved is not None:
+        msg += f" (about {saved:,} fewer LoRA parameters, {(1 - target / r) * 100:.0f}%)"
+    msg += "; verify accuracy with `gradience bench` or an eval run."
+    yield _rec("info", "compress_rank", msg,
+               f"The audit's {basis} suggestion (energy rank at 90%, rounded up) is below the configured rank, so "
+               "the extra directions carry under 10% of the update energy.", conf,
+               {"r": r, "suggested_r": target, "suggested_r_global_median": med, "suggested_r_global_90": p90,
+                "energy_rank_90_p50": audit.get("energy_rank_90_p50"), "total_lora_params": params,
+                "lora_params_saved": saved})
+
+
+def compress_mlp(ctx: RunContext) -> Iterable[Recommendation]:
+    by_type = _audit(ctx).get("by_type") or {}
+    attn = _num((by_type.get("attn") or {}).get("utilization_mean"))
+    mlp = _num((by_type.get("mlp") or {}).get("utilization_mean"))
+    if attn is None or mlp is None or not (mlp < MLP_UTIL_LOW and attn >= 2 * mlp):
+        return
+    yield _rec("info", "compress_mlp_targets",
+               f"MLP adapters use {mlp * 100:.0f}% of their rank vs {attn * 100:.0f}% for attention: try dropping "
+               "the MLP targets (or giving them a lower rank via rank_pattern).",
+               "MLP modules that barely use their rank add parameters without adding update energy.", 0.5,
+               {"mlp_utilization_mean": mlp, "attn_utilization_mean": attn, "threshold": MLP_UTIL_LOW})
+
+
+def high_udr(ctx: RunContext) -> Iterable[Recommendation]:
+    audit = _audit(ctx)
+    p90, mx = _num(audit.get("udr_p90")), _num(audit.get("udr_max"))
+    if p90 is None or p90 < UDR_HIGH:
+        return
+    yield _rec("info", "note_high_udr",
+               f"For 10% of modules the adapter's update is at least {p90:.2f}× the base weight's top singular "
+               f"value (max {_fmt(mx)}). This is not a pass/fail signal; if forgetting matters, compare base-task "
+               "eval or lower α.",
+               "UDR ≈ 1 means the update is as large as the base weight in its strongest direction; > 3 means it "
+               "dominates. Large updates are sometimes needed, so this is information only.", 0.4,
+               {"udr_p90": p90, "udr_max": mx, "fraction_udr_gt_0_3": audit.get("fraction_udr_gt_0_3")})
+
+
+RUN_RULES: tuple[Rule, ...] = (
+    gap_missing, memorization, underfitting,
+    nonfinite, loss_spikes, grad_health,
+    guard, spectral_risk, run_status,
+    low_utilization, compress_rank, compress_mlp, high_udr,
+)
