@@ -54,6 +54,10 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
         from ..watch.render import render_once
 
         con = console()
+        if width is not None and width != con.width:
+            from rich.console import Console
+
+            con = Console(width=width, highlight=False, soft_wrap=False)
         con.print(render_once(view, width=width or min(con.width, 120)))
         return
 

@@ -145,7 +145,7 @@ def banner(v: WatchView, width: int) -> RenderableType:
     paused = [("  ⏸ PAUSED", "bold reverse")] if v.paused else []
     if s is None:
         if not v.file_exists:
-            first = _line(("WAITING", "bold yellow"), f"  for {v.path} to appear", *paused)
+            first = _line(("WAITING", "bold yellow"), "  for the file to appear", *paused)
         elif v.requested_run_id is not None:
             first = _line(("WAITING", "bold yellow"), f"  for run {v.requested_run_id!r}", *paused)
         else:
