@@ -1,0 +1,221 @@
+"""RunRecorder: the flight-recorder side of a training run, shared by the HF callback and
+the plain-PyTorch controller.
+
+It owns the :class:`~gradience.telemetry.TelemetryWriter` (rank 0 only), the gradient-norm
+monitor, the mapping of framework eval metrics onto the spine, and the end-of-run steps
+(grad-norm summary, adapter audit, run recommendations, ``run_end``). Framework code calls
+it; it never calls framework code except to save a PEFT adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
+from ..telemetry.schema import ConfigSnapshot
+from ..telemetry.writer import TelemetryWriter
+from .gradnorm import GradNormMonitor
+
+__all__ = ["RunRecorder", "spine_metrics"]
+
+# Framework metric names → spine names (SPEC §2: loss, ppl, accuracy, n).
+_SPINE_ALIASES = {"loss": "loss", "accuracy": "accuracy", "acc": "accuracy", "perplexity": "ppl", "ppl": "ppl"}
+_HELD_OUT_NAMES = ("test", "eval", "validation", "val", "dev", "heldout", "held_out")
+
+
+def spine_metrics(metrics: dict[str, Any], *, causal_lm: bool = False) -> dict[str, Any]:
+    """Map already-unprefixed metric names onto the spine and keep the rest as extras.
+
+    ``ppl = exp(loss)`` is added only for causal language models (it is meaningless for a
+    classifier's cross-entropy). ``n`` is derived from ``runtime × samples_per_second``
+    when the framework reports throughput but not the sample count.
+    """
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        out[_SPINE_ALIASES.get(key, key)] = value
+    loss = out.get("loss")
+    if causal_lm and "ppl" not in out and isinstance(loss, (int, float)) and math.isfinite(loss) and loss < 700:
+        out["ppl"] = math.exp(loss)
+    if "n" not in out:
+        rt, sps = out.get("runtime"), out.get("samples_per_second")
+        if isinstance(rt, (int, float)) and isinstance(sps, (int, float)) and rt > 0 and sps > 0:
+            out["n"] = round(rt * sps)
+    return out
+
+
+def split_eval_metrics(metrics: dict[str, Any], test_split: str = "test") -> tuple[str, dict[str, Any]]:
+    """Split an HF ``evaluate`` result (``eval_loss`` or ``eval_<name>_loss``) into (split, metrics).
+
+    ``eval_dataset={"test": ..., "train": ...}`` gives prefixes ``eval_test_``/``eval_train_``;
+    a single eval dataset gives ``eval_``. ``train`` stays ``train``; held-out names
+    (test, eval, validation, val, dev) become ``test_split``; anything else is kept as is.
+    """
+    prefix = "eval_"
+    for key in metrics:
+        for suffix in ("_runtime", "_loss"):
+            if key.startswith("eval_") and key.endswith(suffix):
+                prefix = key[: -len(suffix) + 1]
+                break
+        else:
+            continue
+        break
+    name = prefix[len("eval_"):-1] if len(prefix) > len("eval_") else ""
+    if name == "train":
+        split = "train"
+    elif name in ("", *_HELD_OUT_NAMES):
+        split = test_split
+    else:
+        split = name
+    stripped = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return split, stripped
+
+
+def _api_landed(module: str, name: str) -> bool:
+    # TEMPORARY: the audit package is being built in parallel; this check goes away once
+    # `gradience.audit.audit_adapter` exists.
+    import importlib
+
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except ImportError:
+        return False
+
+
+class RunRecorder:
+    """Writes one run's telemetry. Only the process with ``is_writer`` writes anything.
+
+    Args:
+        path: the ``run.jsonl`` (appended to; never truncated).
+        is_writer: ``True`` on global rank 0.
+        telemetry_interval: a ``train_step`` event every N optimizer steps (and at step 1).
+        grad_thresholds: gradient-norm level boundaries.
+        run_id: reuse to resume a run.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, is_writer: bool = True, telemetry_interval: int = 10,
+                 grad_thresholds: GradThresholds = DEFAULT_THRESHOLDS, alert_cooldown: int = 50,
+                 run_id: str | None = None) -> None:
+        if telemetry_interval < 1:
+            raise ValueError("telemetry_interval must be >= 1")
+        self.path = Path(path)
+        self.is_writer = bool(is_writer)
+        self.telemetry_interval = int(telemetry_interval)
+        self.grad = GradNormMonitor(grad_thresholds, alert_cooldown=alert_cooldown)
+        self.writer = TelemetryWriter(self.path, run_id=run_id, enabled=self.is_writer)
+        self.started = False
+        self.ended = False
+        self.last_step = 0
+        self.last_loss: float | None = None
+        self._t_last: float | None = None
+        self._step_last: int | None = None
+        self._t_start: float | None = None
+        self.samples_per_step: int | None = None
+        # Optimizer steps whose telemetry interval is temporarily shortened (guard WARNING).
+        self.dense_until: int | None = None
+        self._grad_summary_written = False
+
+    @property
+    def run_id(self) -> str:
+        return self.writer.run_id
+
+    def start(self, config: ConfigSnapshot, meta: dict[str, Any], step: int | None = None) -> None:
+        self.writer.run_start(config, meta, step=step)
+        self.started = True
+        self._t_start = self._t_last = time.perf_counter()
+        self._step_last = step or 0
+
+    def wants_step(self, step: int) -> bool:
+        """Is ``step`` a telemetry step?"""
+        if self.dense_until is not None and step <= self.dense_until:
+            return True
+        return step == 1 or step % self.telemetry_interval == 0
+
+    def record_grad(self, step: int, pre_clip: float | None, post_clip: float | None) -> None:
+        """Feed the gradient-norm monitor (every optimizer step); alerts level changes."""
+        if pre_clip is None:
+            return
+        change = self.grad.update(step, pre_clip, post_clip)
+        if change is not None:
+            self.writer.alert(change.severity, change.code, change.message, step=step, context=change.context())
+
+    def train_step(self, step: int, *, loss: float | None, lr: Any, epoch: float | None = None,
+                   grad_norm: float | None = None, grad_norm_clipped: float | None = None,
+                   **extra: Any) -> None:
+        """Emit a ``train_step`` event with throughput since the previous one."""
+        now = time.perf_counter()
+        payload: dict[str, Any] = {}
+        if self._t_last is not None and self._step_last is not None and step > self._step_last:
+            dt = now - self._t_last
+            if dt > 0:
+                sps = (step - self._step_last) / dt
+                payload["steps_per_second"] = sps
+                if self.samples_per_step:
+                    payload["samples_per_second"] = sps * self.samples_per_step
+        self._t_last, self._step_last = now, step
+        if loss is not None:
+            self.last_loss = loss
+        self.last_step = max(self.last_step, step)
+        self.writer.train_step(step, loss=loss, lr=lr, grad_norm=grad_norm, grad_norm_clipped=grad_norm_clipped,
+                               epoch=epoch, **payload, **extra)
+
+    def eval(self, step: int | None, split: str, metrics: dict[str, Any]) -> None:
+        self.writer.eval(step, split=split, metrics=metrics)
+
+    # -- end of run ------------------------------------------------------------------
+    def save_training_args(self, out_dir: Path, args_dict: dict[str, Any]) -> Path | None:
+        if not self.is_writer:
+            return None
+        target = out_dir / "training"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / "training_args.json"
+        path.write_text(json.dumps(args_dict, indent=2, sort_keys=True, default=str) + "\n")
+        return path
+
+    def write_grad_summary(self, step: int | None) -> None:
+        """``metrics(kind="grad_norm")`` once per run (before recommendations read it)."""
+        if self.grad.n and not self._grad_summary_written:
+            self.writer.metrics("grad_norm", self.grad.summary(), step=step)
+            self._grad_summary_written = True
+
+    def append_audit(self, peft_dir: Path, step: int | None) -> dict[str, Any] | None:
+        """Audit the saved adapter and append ``metrics(kind="lora_audit")``."""
+        if not self.is_writer or not _api_landed("gradience.audit", "audit_adapter"):
+            return None
+        from ..audit import audit_adapter
+
+        result = audit_adapter(peft_dir)
+        summary = dict(result.summary)
+        self.writer.metrics("lora_audit", summary, step=step, peft_dir=str(peft_dir))
+        return summary
+
+    def append_recommendations(self, step: int | None, gap_threshold: float = 1.5) -> list[Any]:
+        """Run the ``monitor`` rules on what this run recorded so far; write a ``recommendation`` event."""
+        if not self.is_writer:
+            return []
+        from ..policy import run_recommendations
+        from ..telemetry.reader import TelemetryReader
+
+        self.writer.flush()
+        snap = TelemetryReader(self.path).summarize(self.run_id)
+        recs = list(run_recommendations(snap, gap_threshold=gap_threshold))
+        self.writer.recommendation(recs, step=step)
+        return recs
+
+    def finish(self, status: str, reason: str | None, step: int | None,
+               summary: dict[str, Any] | None = None) -> None:
+        """``metrics(kind="grad_norm")`` then ``run_end``; closes the file. Idempotent."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.writer.enabled and not self.writer.closed:
+            self.write_grad_summary(step)
+            duration = time.perf_counter() - self._t_start if self._t_start is not None else None
+            final = {"total_steps": self.last_step, "final_loss": self.last_loss, "duration_s": duration}
+            final.update(summary or {})
+            self.writer.run_end(status=status, reason=reason, summary=final, step=step)
+        self.writer.close()
