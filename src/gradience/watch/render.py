@@ -142,14 +142,15 @@ def overall_health(grad_level: str | None, risk_level: str | None) -> tuple[str,
 def banner(v: WatchView, width: int) -> RenderableType:
     """Two lines: state, progress, time; then health, run and model."""
     s = v.snapshot
-    paused = [("  ⏸ PAUSED", "bold reverse")] if v.paused else []
+    # First on the line, so a long status line can never truncate it away.
+    paused: list[str | tuple[str, str]] = [("⏸ PAUSED", "bold reverse"), "  "] if v.paused else []
     if s is None:
         if not v.file_exists:
-            first = _line(("WAITING", "bold yellow"), "  for the file to appear", *paused)
+            first = _line(*paused, ("WAITING", "bold yellow"), "  for the file to appear")
         elif v.requested_run_id is not None:
-            first = _line(("WAITING", "bold yellow"), f"  for run {v.requested_run_id!r}", *paused)
+            first = _line(*paused, ("WAITING", "bold yellow"), f"  for run {v.requested_run_id!r}")
         else:
-            first = _line(("WAITING", "bold yellow"), "  no telemetry events yet", *paused)
+            first = _line(*paused, ("WAITING", "bold yellow"), "  no telemetry events yet")
         others = f"runs in file: {', '.join(_short_id(r) for r in v.run_ids[-4:])}" if v.run_ids else v.path
         return Group(first, _line(_dim(others)))
     label, style = STATES.get(s.status, (s.status.upper(), "bold"))
@@ -173,7 +174,7 @@ def banner(v: WatchView, width: int) -> RenderableType:
         parts.append((f" · last event {fmt_duration(v.now - s.last_ts)} ago", "yellow"))
     if not running and s.reason:
         parts.append(f" · {s.reason}")
-    first = _line(*parts, *paused)
+    first = _line(*paused, *parts)
 
     level = s.grad_norm.get("level")
     risk = s.spectral.get("risk_level")
