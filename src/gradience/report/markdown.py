@@ -1,0 +1,138 @@
+"""Render a :class:`Report` as a Markdown summary (for PR comments): the same numbers as the page."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..telemetry.health import sparkline
+from . import _fmt as F
+from .build import Report
+from .charts import udr_bin_counts
+
+__all__ = ["render_markdown"]
+
+SPARK_WIDTH = 40
+
+
+def _cell(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(_cell(h) for h in headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def _spark(points: list[dict[str, Any]]) -> str:
+    vals = [p["mean"] for p in points]
+    if not any(math.isfinite(v) for v in vals):
+        return ""
+    # Bucket means again down to SPARK_WIDTH characters; NaN buckets show as ×.
+    n = len(vals)
+    if n > SPARK_WIDTH:
+        out = []
+        for b in range(SPARK_WIDTH):
+            chunk = [v for v in vals[b * n // SPARK_WIDTH:max(b * n // SPARK_WIDTH + 1, (b + 1) * n // SPARK_WIDTH)]
+                     if math.isfinite(v)]
+            out.append(sum(chunk) / len(chunk) if chunk else math.nan)
+        vals = out
+    return sparkline(vals)
+
+
+def render_markdown(rep: Report) -> str:
+    """GitHub-flavoured Markdown: overview, training, eval + gaps, guard, κ̃, audit, recommendations, alerts."""
+    snap, curves = rep.snapshot, rep.run.curves
+    L: list[str] = []
+    status = snap.status + (f" — {snap.reason}" if snap.reason else "")
+    L += [f"## Gradience report — {snap.model_name or 'run'}", ""]
+    steps = F.num(snap.last_step) + (f" / {F.num(snap.max_steps)}" if snap.max_steps else "")
+    L += _table(("run", "status", "model", "dataset", "profile", "r", "steps", "duration"), [(
+        f"`{rep.run.run_id}`", status, snap.model_name or F.DASH, snap.dataset_name or F.DASH, snap.task_profile,
+        F.num(snap.r), steps, F.duration(snap.duration_s))])
+
+    loss, g, lr = snap.loss, snap.grad_norm, snap.lr
+    L += ["### Training", ""]
+    rows = [
+        ("loss first → last", f"{F.num(loss.get('first'))} → {F.num(loss.get('last'))}"),
+        ("loss min (step)", f"{F.num(loss.get('min'))} ({F.num(loss.get('min_step'))})"),
+        ("non-finite losses", F.num(loss.get("nonfinite_count"))),
+        ("loss spikes", F.num(loss.get("spikes"))),
+        ("lr first → last", f"{F.num(lr.get('first'))} → {F.num(lr.get('last'))}"),
+        ("grad norm last / max", f"{F.num(g.get('last'), 3)} / {F.num(g.get('max'), 3)}"),
+        ("grad health", f"{g.get('level') or F.DASH} {g.get('trend') or ''}".strip()),
+    ]
+    spark = _spark(curves.loss.points()) if curves.loss.count else ""
+    if spark:
+        rows.append(("loss curve", f"`{spark}`"))
+    L += _table(("metric", "value"), rows)
+
+    L += ["### Evaluation", ""]
+    if snap.evals:
+        keys = [k for k in ("loss", "ppl", "accuracy", "n")
+                if any(k in e["metrics"] for e in snap.evals.values())]
+        erows = [[split, F.num(e.get("step")), *(F.num(e["metrics"].get(k)) for k in keys)]
+                 for split, e in sorted(snap.evals.items(), key=lambda kv: (kv[0] != "train", kv[0]))]
+        L += _table(("split", "step", *keys), erows)
+        gaps = [(k, F.num(snap.gaps.get(k))) for k in ("ppl_gap", "loss_gap", "acc_gap") if snap.gaps.get(k) is not None]
+        if gaps:
+            L += ["Gaps: " + ", ".join(f"{k} **{v}**" for k, v in gaps), ""]
+        if snap.gap_missing:
+            L += ["Gap not computable: " + "; ".join(snap.gap_missing), ""]
+    else:
+        L += ["No eval events.", ""]
+
+    gd = snap.guard
+    if gd.get("enabled"):
+        L += ["### Guard", ""]
+        L += _table(("snapshots", "rollbacks", "LR backoffs", "aborts", "lockout", "final LR scale", "integrity"), [(
+            F.num(gd.get("snapshots")), F.num(gd.get("rollbacks")), F.num(gd.get("lr_backoffs")),
+            F.num(gd.get("aborts")), "yes" if gd.get("lockout") else "no", F.num(gd.get("final_lr_scale")),
+            gd.get("integrity_status") or F.DASH)])
+        steps_rb = [str(e.step) for e in curves.guard_events if e.action == "rollback" and e.step is not None]
+        if steps_rb:
+            L += ["Rollbacks at steps: " + ", ".join(dict.fromkeys(steps_rb)), ""]
+
+    sp = snap.spectral
+    if sp.get("n"):
+        L += ["### Spectral κ̃", ""]
+        seen = ", ".join(f"{k} {v}" for k, v in sorted(curves.risk_counts.items()))
+        L += [f"Last κ̃ **{F.num(sp.get('kappa'))}** ({sp.get('risk_level') or F.DASH}) at step "
+              f"{F.num(sp.get('step'))}; {F.num(sp.get('n'))} samples" + (f"; levels seen: {seen}" if seen else "") + ".",
+              ""]
+
+    view = rep.audit
+    if view is not None:
+        s = view.summary
+        L += ["### LoRA audit", ""]
+        L += _table(("LoRA params", "modules", "utilization mean", "stable rank mean", "k@90% p50 / p90"), [(
+            F.num(view.total_params), F.num(s.get("n_layers", len(view.modules) or None)),
+            F.num(s.get("utilization_mean"), 3), F.num(s.get("stable_rank_mean"), 3),
+            f"{F.num(s.get('energy_rank_90_p50'))} / {F.num(s.get('energy_rank_90_p90'))}")])
+        srows = [(f"uniform r={o.r} ({o.label})", F.num(o.params_after), F.pct(o.saving_fraction)) for o in view.uniform]
+        if view.per_module_params_after is not None:
+            srows.append(("per-module ranks", F.num(view.per_module_params_after), F.pct(view.per_module_saving)))
+        if srows:
+            L += _table(("suggested", "LoRA params after", "saving"), srows)
+        if view.udr_values:
+            L += ["UDR per module: " + ", ".join(f"{label}: {n}" for label, n in udr_bin_counts(view.udr_values)), ""]
+
+    L += ["### Recommendations", ""]
+    if rep.recommendations:
+        for r in rep.recommendations:
+            conf = r.get("confidence")
+            conf_s = f" (confidence {conf:.2f})" if isinstance(conf, (int, float)) else ""
+            L.append(f"- **{r.get('severity', 'info')}** `{r.get('action', '')}`{conf_s}: {r.get('message', '')}")
+        L.append("")
+    else:
+        L += ["None.", ""]
+
+    if snap.alert_counts:
+        L += ["### Alerts", ""]
+        L += _table(("code", "count"), sorted(snap.alert_counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if rep.run.issues:
+        L += [f"**Telemetry issues:** {len(rep.run.issues)} unreadable line(s) skipped "
+              f"(first: line {rep.run.issues[0].line}, {rep.run.issues[0].kind}).", ""]
+    return "\n".join(L).rstrip() + "\n"
