@@ -125,7 +125,14 @@ def _dim(s: str) -> tuple[str, str]:
 def _spark(values: list[float], width: int) -> str:
     if not values:
         return ""
-    return sparkline(downsample(values, max(1, width)))
+    points = downsample(values, max(1, width))
+    finite = [x for x in points if math.isfinite(x)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        # Bucket means of a constant (a fixed LR) differ in the last bits; do not draw that noise.
+        if hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
+            points = [lo if math.isfinite(x) else x for x in points]
+    return sparkline(points)
 
 
 def overall_health(grad_level: str | None, risk_level: str | None) -> tuple[str, str]:
@@ -220,10 +227,10 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
     if s is None or (not v.loss_series and not v.lr_series):
         return _line(_dim("no train_step loss/lr yet"))
     loss = s.loss
-    loss_txt = f" {num(loss.get('last'))} (min {num(loss.get('min'))})"
+    loss_txt = f" {num(loss.get('last'))}"
     lr_txt = f" {num(s.lr.get('last'), 3)}"
     label_w = 5
-    spark_w = max(4, width - label_w - max(len(loss_txt), len(lr_txt)) - 1)
+    spark_w = max(4, width - label_w - max(len(loss_txt), len(lr_txt)))
     lines = [
         _line("loss ", (_spark(v.loss_series, spark_w).ljust(spark_w) if v.loss_series else "—".ljust(spark_w), "magenta"),
               loss_txt),
@@ -232,9 +239,9 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
     ]
     spikes = loss.get("spikes", 0)
     nonfinite = loss.get("nonfinite_count", 0)
-    bad = "yellow" if spikes or nonfinite else "dim"
-    lines.append(_line((f"spikes {spikes} · NaN/Inf {nonfinite}", bad),
-                       _dim(f" · {v.n_train_steps:,} steps")))
+    at = f" @{loss['min_step']}" if loss.get("min_step") is not None else ""
+    lines.append(_line(_dim(f"min {num(loss.get('min'))}{at} · "),
+                       (f"spikes {spikes} · NaN/Inf {nonfinite}", "yellow" if spikes or nonfinite else "dim")))
     return Group(*lines)
 
 
@@ -334,7 +341,8 @@ def audit_panel(v: WatchView, width: int) -> RenderableType:
     s = v.snapshot
     a = s.lora_audit if s is not None else None
     if not a:
-        return _line(_dim("no lora_audit yet (gradience audit … --append RUN.jsonl)"))
+        return Group(_line(_dim("no lora_audit event yet")),
+                     _line(_dim("see: gradience audit --append")))
     r = f"r {s.r}" if s is not None and s.r else "r ?"
     lines = [
         _line((r, "bold"), " → suggested ", (num(a.get("suggested_r_global_median")), "bold green"),
