@@ -146,7 +146,7 @@ def test_curves_use_the_whole_run(tmp_path: Path) -> None:
     loss_line = next(ln for ln in text.splitlines() if ln.startswith("loss"))
     spark = loss_line.split()[1]
     assert spark[0] == "█" and spark[-1] == "▁"  # decaying loss, first to last
-    assert "300 steps" in text
+    assert "@300 · spikes 0" in text  # the minimum of a decaying loss is its last step
 
 
 def test_log_newest_first_with_limit(tmp_path: Path) -> None:
