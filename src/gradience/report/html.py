@@ -37,7 +37,7 @@ nav a{color:var(--accent);text-decoration:none}
 .sev-info{background:#0891b2}.sev-warning{background:#d97706}.sev-error{background:#dc2626}.sev-critical{background:#7f1d1d}
 .kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;margin:12px 0}
 .kpi{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:8px 10px}
-.kpi .k{color:var(--muted);font-size:12px}.kpi .v{font-size:17px;font-weight:600}
+.kpi .k{color:var(--muted);font-size:12px}.kpi .v{font-size:17px;font-weight:600;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border-bottom:1px solid var(--line);padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 th{color:var(--muted);font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}

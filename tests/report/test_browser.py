@@ -1,0 +1,120 @@
+"""Open the report in headless Chromium (no network): it parses, logs no console errors, and the
+charts are actually painted (the screenshot has the series colours where the charts are)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from gradience.report import build_report, render_html
+
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="!!! headless browser test SKIPPED: no chromium on PATH (Debian: apt-get install -y chromium) !!!",
+)
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / "chromium-profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--hide-scrollbars", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # type: ignore[arg-type]
+
+
+def _console_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln]
+
+
+def _decode_png(data: bytes) -> tuple[int, int, int, list[bytes]]:
+    """Minimal PNG decoder (8-bit RGB/RGBA, non-interlaced): width, height, channels, rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    w = h = 0
+    channels = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and color in (2, 6) and interlace == 0
+            channels = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+    raw = zlib.decompress(idat)
+    stride = w * channels
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(h):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b = prev[i]
+            c = prev[i - channels] if i >= channels else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return w, h, channels, rows
+
+
+def _count_color(rows: list[bytes], channels: int, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    n = 0
+    for row in rows:
+        for i in range(0, len(row), channels):
+            if abs(row[i] - rgb[0]) + abs(row[i + 1] - rgb[1]) + abs(row[i + 2] - rgb[2]) <= tol:
+                n += 1
+    return n
+
+
+def test_console_error_detection_works(tmp_path: Path) -> None:
+    """Control: the stderr scan does see a console error, so a clean report run means something."""
+    page = tmp_path / "control.html"
+    page.write_text('<!DOCTYPE html><script>console.error("control-error-marker")</script>')
+    r = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert any("control-error-marker" in ln for ln in _console_lines(r.stderr)), r.stderr[-2000:]
+
+
+def test_report_renders_in_headless_chromium(guarded_run: Path, tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render_html(build_report(guarded_run)))
+    r = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _console_lines(r.stderr) == [], _console_lines(r.stderr)
+    dom = r.stdout
+    charts = dict(re.findall(r'data-chart="([^"]+)" data-points="(\d+)"', dom))
+    assert {"loss", "lr", "grad_norm", "guard"} <= set(charts), charts
+    assert all(int(v) > 0 for v in charts.values()), charts
+    assert dom.count('class="series"') >= 3  # loss, lr, grad-norm lines made it into the browser's DOM
+
+    shot = tmp_path / "report.png"
+    r = _chromium(tmp_path, "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri())
+    assert shot.exists() and shot.stat().st_size > 10_000, r.stderr[-2000:]
+    keep = os.environ.get("GRADIENCE_REPORT_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)
+    w, h, ch, rows = _decode_png(shot.read_bytes())
+    assert (w, h) == (1000, 1400)
+    # The series blue (#2563eb) is painted: the loss and lr lines are several hundred pixels long.
+    assert _count_color(rows, ch, (0x25, 0x63, 0xEB)) > 800
+    # The guard's red rollback lines and the × marker are painted too.
+    assert _count_color(rows, ch, (0xDC, 0x26, 0x26)) > 40

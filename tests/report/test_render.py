@@ -1,0 +1,160 @@
+"""HTML and Markdown for crafted runs: sections present, the run's numbers shown."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from gradience.errors import GradienceError
+from gradience.report import build_report, render_html, render_markdown
+from gradience.report.html import SECTIONS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import audit_dict
+
+
+def _section(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', html, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def _charts(html: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r'data-chart="([^"]+)" data-points="(\d+)"', html)}
+
+
+def test_healthy_run_html(healthy_run: Path) -> None:
+    rep = build_report(healthy_run)
+    html = render_html(rep)
+    for sid, _ in SECTIONS:
+        _section(html, sid)
+    charts = _charts(html)
+    assert charts["loss"] == 300 and charts["lr"] == 300
+    assert charts["grad_norm"] == 600  # pre and post clip
+    assert charts["eval_accuracy"] == 6 and charts["eval_loss"] == 6 and charts["kappa"] == 6
+    ov = _section(html, "overview")
+    assert "tiny-bert" in ov and "sst2" in ov and "easy_classification" in ov and "300 / 300" in ov
+    assert 'class="badge b-ok"' in ov
+    ev = _section(html, "eval")
+    assert "0.855" in ev and "0.045" in ev  # test accuracy and acc_gap = 0.9 - 0.855
+    assert "LEARNING" in _section(html, "spectral")
+    assert "not enabled" in _section(html, "guard")
+    assert "no adapter audit" in _section(html, "audit")
+    assert "every line of the file is valid" in _section(html, "issues")
+    assert "<script" not in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    # Every chart is well-formed XML (the page is static SVG, parsed strictly here).
+    for svg in re.findall(r"<svg .*?</svg>", html, re.S):
+        ET.fromstring(svg)
+
+
+def test_guard_run_html_and_markdown(guarded_run: Path) -> None:
+    rep = build_report(guarded_run)
+    html = render_html(rep)
+    guard = _section(html, "guard")
+    assert re.search(r"rollbacks</div><div class=\"v\">2<", guard)
+    assert re.search(r"final LR scale</div><div class=\"v\">0.25<", guard)
+    assert "LOCKOUT" in guard and "rolled back to snapshot at step 75" in guard
+    assert 'data-chart="guard"' in guard
+    training = _section(html, "training")
+    assert "non-finite loss ×1 at step 80" in training
+    assert "loss spike at step 120" in training
+    assert training.count('class="vline"') >= 6  # rollbacks 80, 150 and lockout 190 on loss and lr charts
+    assert "b-aborted" in _section(html, "overview")
+    assert "guard lockout after repeated faults" in _section(html, "overview")
+    alerts = _section(html, "alerts")
+    assert "GUARD_ROLLBACK" in alerts and "GUARD_LOCKOUT" in alerts
+    md = render_markdown(rep)
+    assert "| 8 | 2 | 2 | 1 | yes | 0.25 | LOCKOUT |" in md
+    assert "Rollbacks at steps: 80, 150" in md
+    assert "| non-finite losses | 1 |" in md and "| loss spikes | 1 |" in md
+
+
+def test_audited_run_sections_and_savings(healthy_run: Path, audit_file: Path) -> None:
+    rep = build_report(healthy_run, audit_path=audit_file)
+    view = rep.audit
+    assert view is not None and view.source == "file"
+    # 12 modules of 12,288 params at r=16; per-module ranks from k@90% = layer base + module offset.
+    expected = sum(round(12_288 * min(r, 16) / 16) for r in
+                   [2, 4, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16])
+    assert view.per_module_params_after == expected == 75_264
+    html = render_html(rep)
+    audit = _section(html, "audit")
+    charts = _charts(audit)
+    assert charts["heat_utilization"] == 12 and charts["heat_k90"] == 12
+    assert charts["spectra"] == 6 * 16 and charts["udr"] == 7
+    assert "73,728" in audit and "50.0%" in audit and "75,264" in audit and "49.0%" in audit
+    assert "query (attn)" in audit and "dense (mlp)" in audit
+    assert "most: L3 dense (u=0.49)" in audit and "least: L0 query (u=0.05)" in audit
+    md = render_markdown(rep)
+    assert "| uniform r=8 (median) | 73,728 | 50.0% |" in md
+    assert "| per-module ranks | 75,264 | 49.0% |" in md
+    assert "UDR per module: < 0.01: 1," in md and "> 3: 2" in md
+
+
+def test_run_lora_audit_used_when_no_audit_given(tmp_path: Path) -> None:
+    from gradience.telemetry import TelemetryWriter
+
+    summary = {k: v for k, v in audit_dict().items() if k != "layers"}
+    path = tmp_path / "run.jsonl"
+    with TelemetryWriter(path) as w:
+        w.run_start({"model_name": "m", "lora": {"r": 16}})
+        w.train_step(1, loss=1.0)
+        w.metrics("lora_audit", summary)
+    rep = build_report(path)
+    assert rep.audit is not None and rep.audit.source == "telemetry"
+    audit = _section(render_html(rep), "audit")
+    assert "the run&#x27;s lora_audit event" in audit and "73,728" in audit
+
+
+def test_policy_recommendations_used_and_recorded_fallback(guarded_run: Path, monkeypatch) -> None:
+    rep = build_report(guarded_run)
+    assert rep.rec_source == "policy"
+    assert "guard_aborted_run" in {r["action"] for r in rep.recommendations}
+    # A build without the policy engine falls back to the run's own recommendation events.
+    from gradience.telemetry import TelemetryWriter
+
+    with TelemetryWriter(guarded_run, run_id="guard-run") as w:
+        w.recommendation([{"severity": "warning", "action": "recorded_action", "message": "from the run",
+                           "confidence": 0.7}])
+    monkeypatch.setitem(sys.modules, "gradience.policy", None)
+    rep = build_report(guarded_run)
+    assert rep.rec_source == "recorded"
+    assert [r["action"] for r in rep.recommendations] == ["recorded_action"]
+    assert "recorded in the run" in _section(render_html(rep), "recommendations")
+
+
+def test_policy_errors_are_not_hidden(healthy_run: Path, monkeypatch) -> None:
+    import gradience.policy
+
+    def boom(snap):
+        raise RuntimeError("bug in a rule")
+
+    monkeypatch.setattr(gradience.policy, "run_recommendations", boom)
+    with pytest.raises(RuntimeError, match="bug in a rule"):
+        build_report(healthy_run)
+
+
+def test_telemetry_issues_listed(healthy_run: Path) -> None:
+    with open(healthy_run, "ab") as f:
+        f.write(b"{not json}\n")
+    html = render_html(build_report(healthy_run))
+    issues = _section(html, "issues")
+    assert "1 unreadable line(s)" in issues and "malformed_json" in issues
+
+
+def test_bad_audit_inputs(healthy_run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"layers\": [1, 2")
+    with pytest.raises(GradienceError, match="not valid JSON"):
+        build_report(healthy_run, audit_path=bad)
+    bad.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(GradienceError, match="not a Gradience audit"):
+        build_report(healthy_run, audit_path=bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(GradienceError, match="must be an object"):
+        build_report(healthy_run, audit_path=bad)
