@@ -23,9 +23,9 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def _words(name: str) -> list[str]:
-    # camelCase boundaries too ("GSM8KTrain" stays one word, "mathQA" → "math", "qa").
+    # Words as written ("MultiArith" → "multiarith") plus camelCase pieces ("mathQA" → "math", "qa").
     spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)
-    return _WORD.findall(spaced.lower())
+    return _WORD.findall(name.lower()) + _WORD.findall(spaced.lower())
 
 
 def infer_task_profile(name: str | None) -> TaskProfile:
