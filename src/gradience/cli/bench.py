@@ -1,6 +1,223 @@
-"""`gradience bench` (not built yet)."""
+"""`gradience bench`: prove suggested ranks on real data across seeds.
 
-from ._unbuilt import unbuilt
+Parsing and printing only; the protocol lives in :mod:`gradience.bench`. Torch is imported
+only by ``bench run`` once the config is valid, so ``--help`` and config errors are fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..bench.protocol import Reporter
+from ..errors import UsageError
+from ._output import console, err_console, fmt_num, print_json
 from .main import COMMANDS
 
-bench = unbuilt("bench", COMMANDS["bench"][2])
+
+def _parse_seeds(values: tuple[str, ...]) -> list[int] | None:
+    if not values:
+        return None
+    seeds: list[int] = []
+    for v in values:
+        for part in v.replace(" ", ",").split(","):
+            if not part:
+                continue
+            try:
+                seeds.append(int(part))
+            except ValueError:
+                raise UsageError(f"--seeds: {part!r} is not an integer", hint="e.g. --seeds 42,43,44") from None
+    return seeds
+
+
+class RichReporter(Reporter):
+    """Progress on stderr: one bar over all optimizer steps (ETA) plus the current variant × seed."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+        self.jobs = 0
+        self.done = 0
+        self.current = ""
+
+    def start(self, total_units: int, jobs: int) -> None:
+        self.jobs = jobs
+        if not self.enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=err_console(), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("bench", total=total_units)
+
+    def _describe(self) -> str:
+        return f"[{self.done}/{self.jobs}] {self.current}"
+
+    def job_start(self, seed: int, variant: str, units: int, reused: bool) -> None:
+        self.current = f"seed {seed} · {variant}" + (" (reused)" if reused else "")
+        if self.progress is not None:
+            self.progress.update(self.task, description=self._describe())
+
+    def advance(self, units: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, units)
+
+    def job_done(self, seed: int, variant: str, record: dict[str, Any], reused: bool) -> None:
+        self.done += 1
+        line = (f"seed {seed} · {variant}: {record['metric']} {record['value']:.4f} "
+                f"({record['correct']}/{record['n']}), ranks {record.get('r_min')}–{record.get('r_max')}, "
+                f"{record.get('lora_params'):,} LoRA params" + (" [reused]" if reused else ""))
+        if self.progress is not None:
+            self.progress.console.print(line)
+            self.progress.update(self.task, description=self._describe())
+        elif self.enabled:
+            err_console().print(line)
+
+    def note(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(f"[yellow]{message}[/yellow]")
+        else:
+            sys.stderr.write(message + "\n")
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: str, title: str) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ..bench.report import _ordered
+
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("variant", "ranks", "LoRA params", "LoRA red.", "red. incl. head", f"mean {metric}",
+                "mean Δ pt", "worst Δ pt", "pass", "verdict"):
+        t.add_column(col, justify="left" if col in ("variant", "ranks", "verdict") else "right",
+                     no_wrap=col in ("variant", "ranks", "verdict"))
+    p = summary.get("probe", {})
+    t.add_row("probe", p.get("ranks", "—"), fmt_num(round(p["lora_params"]) if p.get("lora_params") else None),
+              "—", "—", fmt_num(p.get("mean_value")), "—", "—", "—", "reference")
+    colors = {"PASS": "green", "FAIL": "red", "UNDERTRAINED": "yellow", "CONTROL": "dim", "INCOMPLETE": "yellow"}
+    strategies = summary.get("strategies", {})
+    for name in _ordered(strategies):
+        s = strategies[name]
+        v = s.get("verdict") or "—"
+        red = s.get("reduction_lora")
+        redh = s.get("reduction_with_head")
+        t.add_row(name, s["ranks"], fmt_num(round(s["lora_params"]) if s.get("lora_params") else None),
+                  "—" if red is None else f"{100 * red:.1f}%", "—" if redh is None else f"{100 * redh:.1f}%",
+                  fmt_num(s.get("mean_value")),
+                  "—" if s.get("mean_delta_points") is None else f"{s['mean_delta_points']:+.2f}",
+                  "—" if s.get("worst_delta_points") is None else f"{s['worst_delta_points']:+.2f}",
+                  s.get("pass_fraction") or "—", f"[{colors.get(v, 'white')}]{v}[/]")
+    c = console()
+    c.print(t)
+    status = str(verdicts.get("status"))
+    c.print(f"verdict: [{colors.get(status, 'white')}]{status}[/] — {verdicts.get('reason')}")
+
+
+@click.group(name="bench", help=COMMANDS["bench"][2] + "\n\nTrain a high-rank probe, audit it, retrain the "
+             "suggested smaller ranks (and truncate the probe by SVD), and judge every variant across seeds "
+             "with the safe-uniform policy.")
+def bench() -> None:
+    pass
+
+
+@bench.command("run")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Output directory; re-running with the same one resumes (finished variants are reused).")
+@click.option("--smoke", is_flag=True, help="Apply the config's runtime.smoke overrides (tiny and fast).")
+@click.option("--ci", is_flag=True, help="Exit 1 unless the policy passes.")
+@click.option("--device", default=None, help="auto (default: the config's runtime.device), cpu, cuda, cuda:N, mps.")
+@click.option("--seeds", multiple=True, help="Override the config's seeds, e.g. --seeds 42,43,44.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome (status, summary, verdicts) as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def run_cmd(config: Path, output: Path, smoke: bool, ci: bool, device: str | None, seeds: tuple[str, ...],
+            as_json: bool, quiet: bool) -> None:
+    """Run (or resume) a bench from a YAML CONFIG."""
+    from ..bench.config import load_config
+    from ..bench.protocol import check_output_dir, run_bench
+
+    cfg = load_config(config)
+    if smoke:
+        cfg = cfg.with_smoke()
+    parsed = _parse_seeds(seeds)
+    if parsed is not None:
+        cfg = cfg.with_seeds(parsed)
+    check_output_dir(output, cfg)
+    t0 = time.time()
+    reporter = RichReporter(enabled=not quiet and not as_json)
+    outcome = run_bench(cfg, output, device=device or "auto", reporter=reporter)
+    wall = time.time() - t0
+    if as_json:
+        print_json({"status": outcome.status, "reason": outcome.reason, "output": str(outcome.output),
+                    "wall_seconds": round(wall, 1), "summary": outcome.bench.get("summary"),
+                    "verdicts": outcome.verdicts})
+    else:
+        _print_summary(outcome.bench.get("summary", {}), outcome.verdicts, cfg.task.metric,
+                       f"bench {cfg.name}: seeds {outcome.bench.get('seeds_done')}")
+        console().print(f"outputs in {output}/ (bench.json, bench.md, verdicts.json, bench_aggregate.md); "
+                        f"wall {wall:.0f} s")
+    if outcome.status == "UNDERTRAINED":
+        sys.stderr.write(f"gradience: bench: UNDERTRAINED: {outcome.reason}\n")
+        sys.exit(1)
+    if ci and outcome.status != "PASS":
+        sys.stderr.write(f"gradience: bench --ci: {outcome.status}: {outcome.reason}\n")
+        sys.exit(1)
+
+
+@bench.command("aggregate")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for bench_aggregate.json and bench_aggregate.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print bench_aggregate.json to stdout too.")
+def aggregate_cmd(dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
+    """Merge bench outputs of one config (e.g. seeds run separately) and re-judge across all seeds."""
+    from ..bench.protocol import _write_json
+    from ..bench.report import aggregate, load_bench, render_aggregate_md
+
+    benches = [load_bench(d) for d in dirs]
+    agg = aggregate(benches, sources=[str(d) for d in dirs])
+    output.mkdir(parents=True, exist_ok=True)
+    _write_json(output / "bench_aggregate.json", agg)
+    (output / "bench_aggregate.md").write_text(render_aggregate_md(agg), encoding="utf-8")
+    if as_json:
+        print_json(agg)
+    else:
+        _print_summary(agg["summary"], agg["verdicts"], (agg.get("task") or {}).get("metric", "metric"),
+                       f"aggregate of {len(dirs)} bench(es): seeds {agg['seeds']}")
+        console().print(f"wrote {output}/bench_aggregate.json and bench_aggregate.md")
+
+
+@bench.command("report")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print bench.json's summary and verdicts as JSON.")
+def report_cmd(directory: Path, as_json: bool) -> None:
+    """Re-render bench.md (and the aggregate) from a bench output DIRECTORY's bench.json."""
+    from ..bench.report import load_bench, write_outputs
+
+    b = load_bench(directory)
+    write_outputs(directory if directory.is_dir() else directory.parent, b, b["verdicts"])
+    if as_json:
+        print_json({"status": b["verdicts"]["status"], "reason": b["verdicts"]["reason"],
+                    "summary": b["summary"], "verdicts": b["verdicts"]})
+    else:
+        _print_summary(b["summary"], b["verdicts"], b["task"]["metric"], f"bench {b.get('name')}")
+        console().print(f"re-rendered {directory}/bench.md")

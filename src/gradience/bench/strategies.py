@@ -1,0 +1,141 @@
+"""Compression strategies: turn the probe's audit into concrete variant plans.
+
+Pure logic (no torch). A :class:`VariantPlan` says what to build for one strategy: a global
+rank and alpha, optional PEFT ``rank_pattern``/``alpha_pattern`` (true per-module ranks), and
+whether it is retrained from scratch or made from the probe by SVD truncation. Every plan keeps
+the probe's scale α/r, so a rank change is the only variable that changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import GradienceError
+
+__all__ = ["VariantPlan", "peft_module_key", "plan_variants", "round_up_rank"]
+
+_PEFT_PREFIXES = ("base_model.model.", "base_model.")
+
+
+@dataclass
+class VariantPlan:
+    """What to build for one strategy.
+
+    Attributes:
+        strategy: one of ``uniform_median``, ``uniform_p90``, ``per_layer``, ``budget``, ``truncate``.
+        r: global LoRA rank (for pattern plans, the most common per-module rank).
+        alpha: global lora_alpha (``r`` × the probe's α/r).
+        rank_pattern / alpha_pattern: PEFT per-module overrides, keys are module names.
+        retrain: False for ``truncate`` (the probe compressed without training).
+        control: True when the plan equals the probe (nothing is compressed).
+        truncate_rank / truncate_energy: arguments for SVD truncation.
+        note: why these numbers (from the audit).
+    """
+
+    strategy: str
+    r: int
+    alpha: float
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    retrain: bool = True
+    control: bool = False
+    truncate_rank: int | None = None
+    truncate_energy: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable id of the plan (12 hex chars): resume reuses a variant only when it matches."""
+        d = self.to_dict()
+        d.pop("note", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def round_up_rank(k: float, allowed: Sequence[int], cap: int) -> int:
+    """Smallest allowed rank ≥ ``k`` (at least 1), never above ``cap``."""
+    for r in sorted(allowed):
+        if r >= k:
+            return min(r, cap)
+    return cap
+
+
+def peft_module_key(name: str) -> str:
+    """Module name as PEFT's ``rank_pattern`` matches it (no ``base_model.model.`` prefix, no weight suffix)."""
+    for p in _PEFT_PREFIXES:
+        if name.startswith(p):
+            name = name[len(p):]
+            break
+    for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_A", ".lora_B", ".weight"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _pattern_plan(strategy: str, ranks: Mapping[str, int], ratio: float, probe_r: int, note: str) -> VariantPlan:
+    if not ranks:
+        raise GradienceError(f"{strategy}: the audit produced no per-module ranks")
+    clean = {peft_module_key(k): max(1, int(v)) for k, v in ranks.items()}
+    counts = Counter(clean.values())
+    # The default rank is the most common one (ties: the smaller), so the pattern lists only exceptions.
+    default = min(counts, key=lambda r: (-counts[r], r))
+    rank_pattern = {k: v for k, v in sorted(clean.items()) if v != default}
+    alpha_pattern = {k: ratio * v for k, v in rank_pattern.items()}
+    control = default == probe_r and not rank_pattern
+    return VariantPlan(strategy=strategy, r=default, alpha=ratio * default, rank_pattern=rank_pattern,
+                       alpha_pattern=alpha_pattern, control=control, note=note)
+
+
+def plan_variants(summary: Mapping[str, Any], strategies: Sequence[str], *, probe_r: int, probe_alpha: float,
+                  allowed_ranks: Sequence[int], per_module_ranks: Mapping[str, int] | None = None,
+                  budget_ranks: Mapping[str, int] | None = None, truncate_rank: int | None = None,
+                  truncate_energy: float | None = None) -> list[VariantPlan]:
+    """Build one plan per strategy from an audit ``summary``.
+
+    Args:
+        summary: the audit summary (``suggested_r_global_median``, ``suggested_r_global_90``, ...).
+        per_module_ranks: per-module suggested ranks (module name -> rank) for ``per_layer``.
+        budget_ranks: per-module ranks from the budgeted allocation for ``budget``.
+        truncate_rank / truncate_energy: SVD truncation target (default: the median suggestion).
+    """
+    ratio = float(probe_alpha) / float(probe_r)
+    med = int(summary["suggested_r_global_median"])
+    p90 = int(summary["suggested_r_global_90"])
+    plans: list[VariantPlan] = []
+    for s in strategies:
+        if s == "uniform_median":
+            r = min(med, probe_r)
+            plans.append(VariantPlan(s, r=r, alpha=ratio * r, control=r == probe_r,
+                                     note=f"median over modules of the rank keeping 90% energy, rounded up: {med}"))
+        elif s == "uniform_p90":
+            r = min(p90, probe_r)
+            plans.append(VariantPlan(s, r=r, alpha=ratio * r, control=r == probe_r,
+                                     note=f"90th percentile of the per-module rank keeping 90% energy: {p90}"))
+        elif s == "per_layer":
+            plans.append(_pattern_plan(s, per_module_ranks or {}, ratio, probe_r,
+                                       "each module's smallest allowed rank keeping 90% of its energy"))
+        elif s == "budget":
+            plans.append(_pattern_plan(s, budget_ranks or {}, ratio, probe_r,
+                                       "ranks keeping the most update energy per parameter within the budget"))
+        elif s == "truncate":
+            if truncate_energy is not None:
+                plans.append(VariantPlan(s, r=probe_r, alpha=probe_alpha, retrain=False, truncate_energy=truncate_energy,
+                                         note=f"probe truncated by SVD keeping {truncate_energy:.0%} energy per module"))
+            else:
+                r = truncate_rank if truncate_rank is not None else min(med, probe_r)
+                r = max(1, min(int(r), probe_r))
+                plans.append(VariantPlan(s, r=r, alpha=ratio * r, retrain=False, truncate_rank=r,
+                                         control=r == probe_r,
+                                         note=f"probe truncated by SVD to rank {r}, no retraining"))
+        else:
+            raise GradienceError(f"unknown strategy {s!r}")
+    if not math.isfinite(ratio):  # pragma: no cover - config validation guarantees r >= 1, alpha > 0
+        raise GradienceError("probe alpha/r is not finite")
+    return plans

