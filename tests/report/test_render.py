@@ -158,3 +158,27 @@ def test_bad_audit_inputs(healthy_run: Path, tmp_path: Path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(GradienceError, match="must be an object"):
         build_report(healthy_run, audit_path=bad)
+
+
+def test_peft_dir_is_audited_now(healthy_run: Path, compat_dir: Path) -> None:
+    """--peft-dir runs the real adapter audit (gradience.audit) and shows its numbers."""
+    from gradience.audit import audit_adapter
+
+    adapter = compat_dir / "adapters" / "tiny_lora"
+    expected = audit_adapter(adapter, top_singular_values=16).to_dict(layers=True)
+    rep = build_report(healthy_run, peft_dir=adapter)
+    assert rep.audit is not None and rep.audit.source == "peft-dir"
+    assert rep.audit.total_params == expected["total_lora_params"]
+    assert len(rep.audit.modules) == len(expected["layers"])
+    audit = _section(render_html(rep), "audit")
+    assert f"{expected['total_lora_params']:,}" in audit
+    charts = _charts(audit)
+    assert charts["heat_utilization"] == len(expected["layers"])
+    assert charts["spectra"] > 0
+    first = expected["layers"][0]
+    assert f"{first['utilization']:.2f}" in audit
+
+
+def test_missing_peft_dir_is_a_one_line_error(healthy_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(GradienceError, match="adapter directory not found"):
+        build_report(healthy_run, peft_dir=tmp_path / "nope")

@@ -48,3 +48,11 @@ def test_bar_chart_heights_are_proportional() -> None:
 def test_ticks_and_labels() -> None:
     assert nice_ticks(0, 100, 5) == [0, 20, 40, 60, 80, 100]
     assert fmt_tick(0.0001) == "1e-4" and fmt_tick(25000) == "25k" and fmt_tick(0.25) == "0.25"
+
+
+def test_constant_series_is_drawn_flat() -> None:
+    """Float noise in bucket means of a constant (e.g. lr) must not become visible wiggles."""
+    ys = [1e-4 * (1 + k * 1e-15) for k in range(50)]
+    d = ET.fromstring(line_chart("t", [Series("lr", list(range(50)), ys)])).find(f".//{NS}path").get("d")
+    y_coords = {pt.split(",")[1] for pt in d.replace("M", "L").split("L") if pt}
+    assert len(y_coords) == 1

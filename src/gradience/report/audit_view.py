@@ -186,6 +186,10 @@ class AuditView:
         return 1 - self.per_module_params_after / self.total_params
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _row(raw: dict[str, Any]) -> ModuleRow:
     name = str(raw.get("name", "?"))
     r = raw.get("r")
@@ -205,7 +209,8 @@ def _row(raw: dict[str, Any]) -> ModuleRow:
         stable_rank=_num(raw.get("stable_rank")),
         effective_rank=_num(raw.get("effective_rank")),
         k90=k90,
-        suggested_r=suggest_rank(k90, r),
+        # The audit's own per-module suggestion when it wrote one; else the same rule applied here.
+        suggested_r=raw["suggested_r"] if _is_int(raw.get("suggested_r")) else suggest_rank(k90, r),
         top_sv=[float(v) for v in svs if _num(v) is not None],
         udr=_num(raw.get("udr")),
         sdi=_num(raw.get("sdi")),
@@ -262,8 +267,14 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
     # LoRA parameters are linear in r (A: r×in, B: out×r), so a module at r' keeps params·r'/r.
     sized = [(m.params, m.r, m.suggested_r or m.r) for m in rows if m.params is not None and m.r]
     all_sized = bool(sized) and len(sized) == len(rows)
-    if all_sized:
+    if _is_int(summary.get("per_layer_params_after")):
+        view.per_module_params_after = summary["per_layer_params_after"]
+    elif all_sized:
         view.per_module_params_after = sum(round(p * r_s / r) for p, r, r_s in sized)
+    suggestion = summary.get("per_layer_suggestion")
+    if isinstance(suggestion, dict) and isinstance(suggestion.get("rank_pattern"), dict):
+        view.rank_pattern = {str(k): v for k, v in suggestion["rank_pattern"].items()}
+    else:
         view.rank_pattern = {m.name: m.suggested_r for m in rows if m.suggested_r is not None and m.suggested_r != m.r}
     k90s = [m.k90 for m in rows if m.k90 is not None]
     r_max = max((m.r for m in rows if m.r), default=None)
@@ -273,7 +284,10 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
         if r_new is None:
             continue
         after: int | None = None
-        if all_sized:
+        audit_after = summary.get(key.replace("suggested_r_", "suggested_params_"))
+        if _is_int(audit_after) and isinstance(given, int):
+            after = audit_after
+        elif all_sized:
             after = sum(round(p * min(r_new, r) / r) for p, r, _ in sized)
         frac = 1 - after / view.total_params if after is not None and view.total_params else None
         view.uniform.append(UniformOption(label, r_new, after, frac))

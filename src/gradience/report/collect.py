@@ -143,7 +143,8 @@ class BucketSeries:
                 "from": idx * self.width,
                 "to": (idx + 1) * self.width - 1,
                 "n": b.n,
-                "mean": b.total / b.n if b.n else math.nan,
+                # Clamped: a float sum of many equal values can drift just outside [min, max].
+                "mean": min(max(b.total / b.n, b.lo), b.hi) if b.n else math.nan,
                 "min": b.lo if b.n else math.nan,
                 "max": b.hi if b.n else math.nan,
                 "last": b.last,

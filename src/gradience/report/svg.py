@@ -99,7 +99,12 @@ class _Scale:
         return self.a + (v - self._l0) / (self._l1 - self._l0) * (self.b - self.a)
 
     def ticks(self, n: int = 5) -> list[float]:
-        return _log_ticks(self.lo, self.hi) if self.log else nice_ticks(self.lo, self.hi, n)
+        if not self.log:
+            return nice_ticks(self.lo, self.hi, n)
+        ticks = _log_ticks(self.lo, self.hi)
+        if len(ticks) < 3:  # less than a decade: round linear values, still placed on the log axis
+            ticks = [t for t in nice_ticks(self.lo, self.hi, 4) if t > 0]
+        return ticks
 
 
 @dataclass
@@ -328,7 +333,8 @@ def line_chart(
         if ys_all:
             lo, hi = min(ys_all), max(ys_all)
             if not y_log:
-                pad = (hi - lo) * 0.06 or (abs(hi) * 0.1 or 1.0)
+                flat = hi - lo <= 1e-9 * max(abs(hi), abs(lo))  # constant up to float noise
+                pad = (abs(hi) * 0.1 or 1.0) if flat else (hi - lo) * 0.06
                 data_min = lo
                 lo, hi = lo - pad, hi + pad
                 if data_min >= 0 > lo:
