@@ -162,7 +162,8 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         nf, sp = int(loss.get("nonfinite_count") or 0), int(loss.get("spikes") or 0)
         nf_txt = f"{nf} (steps {_steps(loss.get('nonfinite_steps') or [])})" if nf else "0"
         sp_txt = f"{sp} (steps {_steps(loss.get('spike_steps') or [])})" if sp else "0"
-        say(f"non-finite {nf_txt} · spikes {sp_txt} · lr {fmt_num(lr.get('first'))} → {fmt_num(lr.get('last'))}")
+        say(f"non-finite {nf_txt} · spikes {sp_txt}")
+        say(f"lr {fmt_num(lr.get('first'))} → {fmt_num(lr.get('last'))}")
     else:
         say("no training losses recorded")
 

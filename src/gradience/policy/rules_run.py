@@ -215,6 +215,11 @@ def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
                    "expected.", "Vanishing gradients mean the adapter has stopped learning.", 0.5, evidence)
 
 
+def _fmt_g(x: Any) -> str:
+    v = _num(x)
+    return "—" if v is None else f"{v:.4g}"
+
+
 def _fmt(x: Any) -> str:
     v = _num(x)
     return "—" if v is None else f"{v:.3f}"
@@ -251,7 +256,7 @@ def spectral_risk(ctx: RunContext) -> Iterable[Recommendation]:
     if risk not in ("DANGER", "INSTABILITY"):
         return
     yield _rec("warning", "review_spectral_risk",
-               f"The last spectral risk level is {risk} (κ̃={_fmt(sp.get('kappa'))} at step {sp.get('step')}): "
+               f"The last spectral risk level is {risk} (κ̃={_fmt_g(sp.get('kappa'))} at step {sp.get('step')}): "
                "check the loss curve and eval around that step; lower the LR if they also degraded.",
                "κ̃ trends flag a fast-changing update spectrum; it is a proxy for instability, never a predictor "
                "of accuracy, so confirm with the loss and eval.", 0.6 if risk == "INSTABILITY" else 0.5,
