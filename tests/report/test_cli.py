@@ -52,3 +52,17 @@ def test_bad_inputs_exit_2_with_one_line(cli, healthy_run: Path, tmp_path: Path)
         cli("report", str(healthy_run), "--audit", str(corrupt), "--peft-dir", str(tmp_path)))
     assert "run id 'nope' not found" in _one_line_error(cli("report", str(healthy_run), "--run-id", "nope"))
     assert not (healthy_run.parent / "report.html").exists()  # no partial page after a failure
+
+
+def test_report_does_not_import_torch(healthy_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from gradience.cli.main import main\n"
+            "try:\n    main(['report', sys.argv[1], '-o', sys.argv[2]])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(healthy_run), str(tmp_path / "r.html")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False False"
+    assert (tmp_path / "r.html").exists()
