@@ -182,3 +182,17 @@ def test_peft_dir_is_audited_now(healthy_run: Path, compat_dir: Path) -> None:
 def test_missing_peft_dir_is_a_one_line_error(healthy_run: Path, tmp_path: Path) -> None:
     with pytest.raises(GradienceError, match="adapter directory not found"):
         build_report(healthy_run, peft_dir=tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", ["hf_callback_tiny_distilbert.jsonl", "bench_probe_distilbert_r32.jsonl",
+                                  "vnext_minimal.jsonl"])
+def test_files_from_earlier_releases_render(compat_dir: Path, name: str) -> None:
+    rep = build_report(compat_dir / "telemetry" / name)
+    html = render_html(rep)
+    for sid, _ in SECTIONS:
+        _section(html, sid)
+    assert 'data-chart="loss"' in html
+    if name != "vnext_minimal.jsonl":
+        # The held-out split these releases called "eval" is shown as "test".
+        assert "<td>test</td>" in _section(html, "eval")
+    assert render_markdown(rep).startswith("## Gradience report")

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ def build_report(
 
 
 def resolve_output(run_path: str | os.PathLike[str], output: str | os.PathLike[str] | None, fmt: str,
-                   protected: list[str | os.PathLike[str]] = ()) -> Path | None:  # type: ignore[assignment]
+                   protected: Sequence[str | os.PathLike[str]] = ()) -> Path | None:
     """Where to write: ``output``, or ``report.<ext>`` beside the run; ``-`` means stdout (``None``).
 
     Refuses a directory, a missing parent folder, and any path that is one of the inputs.
