@@ -241,7 +241,7 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
     nonfinite = loss.get("nonfinite_count", 0)
     at = f" @{loss['min_step']}" if loss.get("min_step") is not None else ""
     lines.append(_line(_dim(f"min {num(loss.get('min'))}{at} · "),
-                       (f"spikes {spikes} · NaN/Inf {nonfinite}", "yellow" if spikes or nonfinite else "dim")))
+                       (f"spikes {spikes} · NaN {nonfinite}", "yellow" if spikes or nonfinite else "dim")))
     return Group(*lines)
 
 
@@ -270,11 +270,11 @@ def eval_panel(v: WatchView, width: int) -> RenderableType:
     ppl_gap = gaps.get("ppl_gap")
     if ppl_gap is not None:
         # ppl_gap ≥ 1.5 is where `monitor` starts to call memorization (SPEC §4).
-        shown.append((f"ppl ×{ppl_gap:.3g}", "yellow" if ppl_gap >= 1.5 else ""))
+        shown.append((f"ppl ×{ppl_gap:.3f}", "yellow" if ppl_gap >= 1.5 else ""))
     if gaps.get("loss_gap") is not None:
-        shown.append((f"loss ×{gaps['loss_gap']:.3g}", ""))
+        shown.append((f"loss ×{gaps['loss_gap']:.3f}", ""))
     if gaps.get("acc_gap") is not None:
-        shown.append((f"acc Δ{gaps['acc_gap']:+.3g}", ""))
+        shown.append((f"acc Δ{gaps['acc_gap']:+.3f}", ""))
     for i, item in enumerate(shown):
         gparts.append(item)
         if i < len(shown) - 1:
