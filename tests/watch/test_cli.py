@@ -71,7 +71,7 @@ def test_missing_file_with_once_is_a_one_line_error(cli, tmp_path: Path) -> None
 
 
 def test_bad_refresh_is_rejected(cli, tmp_path: Path) -> None:
-    res = cli("watch", str(tmp_path / "x.jsonl"), "--refresh", "0")
+    res = cli("watch", str(tmp_path / "x.jsonl"), "--refresh", "0", "--once")
     assert res.returncode == 2 and "--refresh" in res.stderr
 
 
@@ -97,6 +97,11 @@ def test_live_mode_without_textual_names_the_extra(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "sys.modules['textual'] = None  # as if the tui extra were not installed\n"
+        "class Tty:\n"  # pretend to be in a terminal, or watch falls back to --once
+        "    def __init__(self, f): self.f = f\n"
+        "    def isatty(self): return True\n"
+        "    def __getattr__(self, name): return getattr(self.f, name)\n"
+        "sys.stdout, sys.stdin = Tty(sys.stdout), Tty(sys.stdin)\n"
         "from gradience.cli.main import main\n"
         f"main(['watch', {str(tmp_path / 'run.jsonl')!r}])\n"
     )
@@ -111,3 +116,12 @@ def test_once_on_a_torn_last_line_reports_it(cli, tmp_path: Path) -> None:
     res = cli("watch", str(p), "--once", env=PLAIN)
     assert res.returncode == 0
     assert "line 3 truncated_last_line" in res.stdout
+
+
+def test_without_a_terminal_live_mode_prints_the_static_view(cli, tmp_path: Path) -> None:
+    full_run(tmp_path / "run.jsonl")
+    live = cli("watch", "run.jsonl", env=PLAIN, cwd=tmp_path)  # stdout is a pipe here
+    once = cli("watch", "run.jsonl", "--once", env=PLAIN, cwd=tmp_path)
+    assert live.returncode == 0, live.stderr
+    assert live.stdout == once.stdout
+    assert "not a terminal" in live.stderr

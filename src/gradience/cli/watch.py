@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from ..errors import GradienceError, UsageError, require
-from ._output import console, print_json
+from ._output import console, err_console, print_json
 
 
 def _resolve(path: Path) -> Path:
@@ -29,11 +30,17 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
     """Live terminal dashboard for a run.jsonl (also while training writes it).
 
     RUN.jsonl may not exist yet (the dashboard waits for it) and may be a run directory
-    holding run.jsonl. Keys: q quit, p pause/resume, ? help.
+    holding run.jsonl. Keys: q quit, p pause/resume, ? help. When stdout or stdin is not a
+    terminal (a pipe, a CI log) it prints the static rendering, as with --once.
     """
     from ..watch.tail import WatchState
 
     path = _resolve(run_file)
+    if not (once or as_json) and not (sys.stdout.isatty() and sys.stdin.isatty()):
+        # A live UI cannot draw into a pipe or a CI log: print the static view instead.
+        err_console().print("gradience watch: not a terminal, printing one static rendering (--once)",
+                            style="dim", highlight=False)
+        once = True
     if once or as_json:
         if not path.exists():
             raise GradienceError("telemetry file not found", path=path,

@@ -237,21 +237,27 @@ class RunHistory:
 
     def add(self, ev: dict[str, Any]) -> None:
         name = ev.get("event")
-        ts = _num(ev.get("ts"))
-        step = ev.get("step") if isinstance(ev.get("step"), int) and not isinstance(ev.get("step"), bool) else None
+        ts = ev.get("ts")
+        step = ev.get("step")
+        if type(step) is not int:  # exact type: a bool is not a step
+            step = None
         if name == "train_step":
-            loss = _num(ev.get("loss"))
-            if loss is not None:
-                self.loss.append(loss)
+            # The hot path (most lines): exact type checks instead of isinstance chains.
+            loss = ev.get("loss")
+            if type(loss) is float or type(loss) is int:
+                self.loss.append(float(loss))
             lr = ev.get("lr")
-            lr = _num(lr[0]) if isinstance(lr, list) and lr else _num(lr)
-            if lr is not None:
-                self.lr.append(lr)
-            if ts is not None and step is not None:
+            if type(lr) is list:
+                lr = lr[0] if lr else None
+            if type(lr) is float or type(lr) is int:
+                self.lr.append(float(lr))
+            if step is not None and (type(ts) is float or type(ts) is int):
                 if self._rate_first is None:
-                    self._rate_first = (ts, step)
-                self._rate_last = (ts, step)
-        elif name == "run_start":
+                    self._rate_first = (float(ts), step)
+                self._rate_last = (float(ts), step)
+            return
+        ts = _num(ts)
+        if name == "run_start":
             # A resumed run restarts its clock; a rate across the gap would be meaningless.
             self._rate_first = self._rate_last = None
         elif name == "alert":
