@@ -85,6 +85,10 @@ CASES: list[tuple[str, SignalSnapshot, tuple[str, float], SignalSnapshot]] = [
     ("compress_rank", snap(r=32, audit=AUDIT), ("info", 0.7), snap(r=4, audit=AUDIT)),
     ("compress_rank", snap(r=8, audit={"suggested_r_global_median": 4, "suggested_r_global_90": 8}), ("info", 0.6),
      snap(r=8, audit={"suggested_r_global_median": 8, "suggested_r_global_90": 8})),
+    ("compress_rank", snap(r=32, audit=AUDIT), ("info", 0.7), snap(r=32, audit=dict(AUDIT, r=4))),
+    ("compress_rank", snap(r=8, audit={"suggested_r_global_median": 4, "suggested_r_global_90": 8}), ("info", 0.6),
+     snap(r=8, audit={"suggested_r_global_median": 4, "suggested_r_global_90": 8,
+                      "suggested_params_global_median": 1000, "total_lora_params": 1000})),
     ("compress_mlp_targets", snap(audit=AUDIT), ("info", 0.5),
      snap(audit={"by_type": {"attn": {"utilization_mean": 0.3}, "mlp": {"utilization_mean": 0.10}}})),
     ("compress_mlp_targets", snap(audit=AUDIT), ("info", 0.5),
@@ -125,6 +129,8 @@ def test_compress_rank_suggests_audited_rank_and_parameter_saving() -> None:
     rec = by_action(snap(r=32, audit=AUDIT))["compress_rank"]
     assert rec.evidence["suggested_r"] == 8 and rec.evidence["lora_params_saved"] == 75_000
     assert "r=8" in rec.message and "75,000" in rec.message
+    exact = dict(AUDIT, suggested_params_global_90=30_000)  # the audit's own count wins over r-scaling
+    assert by_action(snap(r=32, audit=exact))["compress_rank"].evidence["lora_params_saved"] == 70_000
 
 
 def test_guard_rollback_suggests_backed_off_lr() -> None:

@@ -212,7 +212,7 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
             return f"{x * 100:.0f}%" if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
 
         say(f"suggested r: median {fmt_num(audit.get('suggested_r_global_median'))} · p90 "
-            f"{fmt_num(audit.get('suggested_r_global_90'))} (current r={fmt_num(sig.get('r'))}) · energy rank@90% p50 "
+            f"{fmt_num(audit.get('suggested_r_global_90'))} (audited r={fmt_num(audit.get('r', sig.get('r')))}) · energy rank@90% p50 "
             f"{fmt_num(audit.get('energy_rank_90_p50'))}")
         by_type = audit.get("by_type") or {}
         types = " · ".join(f"{t} {pct((v or {}).get('utilization_mean'))}" for t, v in sorted(by_type.items())

@@ -66,14 +66,15 @@ class RunContext:
 
     @property
     def rank(self) -> int | None:
-        if self.cfg.lora.r:
-            return int(self.cfg.lora.r)
+        """The rank the audit-based rules compare against: the audited adapter's own (most
+        common) r when the audit block has one (it describes the adapter actually measured),
+        else the configured r."""
         audit = self.snap.lora_audit or {}
-        for key in ("r", "current_r", "r_max"):
+        for key in ("r", "current_r"):
             v = _num(audit.get(key))
             if v:
                 return int(v)
-        return None
+        return int(self.cfg.lora.r) if self.cfg.lora.r else None
 
     def memorising(self) -> tuple[str, float, float] | None:
         """(gap name, value, threshold) of the first gap over its threshold, else None."""
@@ -292,16 +293,22 @@ def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
     med, p90 = _num(audit.get("suggested_r_global_median")), _num(audit.get("suggested_r_global_90"))
     if r is None or med is None or med >= r:
         return
+    med_params, total = _num(audit.get("suggested_params_global_median")), _num(audit.get("total_lora_params"))
+    if (p90 is not None and p90 >= r) and med_params is not None and med_params == total:
+        return  # a smaller median rank that saves no parameters (every module already at or below it)
     # The p90 suggestion is the conservative one; when even it is below r, say so with more confidence.
     if p90 is not None and p90 < r:
         target, conf, basis = int(p90), 0.7, "p90"
     else:
         target, conf, basis = int(med), 0.6, "median"
     params = _num(audit.get("total_lora_params"))
-    saved = int(params * (1 - target / r)) if params else None
+    # The audit's exact parameter count at the suggested rank when it has one; else LoRA
+    # parameters scale linearly with r for a uniform rank.
+    after = _num(audit.get("suggested_params_global_90" if basis == "p90" else "suggested_params_global_median"))
+    saved = (int(params - after) if after is not None else int(params * (1 - target / r))) if params else None
     msg = f"Retrain at r={target} instead of r={r}"
-    if saved is not None:
-        msg += f" (about {saved:,} fewer LoRA parameters, {(1 - target / r) * 100:.0f}%)"
+    if saved is not None and params and saved > 0:
+        msg += f" (about {saved:,} fewer LoRA parameters, {saved / params * 100:.0f}%)"
     msg += "; verify accuracy with `gradience bench` or an eval run."
     yield _rec("info", "compress_rank", msg,
                f"The audit's {basis} suggestion (energy rank at 90%, rounded up) is below the configured rank, so "
