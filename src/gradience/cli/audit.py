@@ -1,6 +1,227 @@
-"""`gradience audit` (not built yet)."""
+"""`gradience audit`: parse options, run :func:`gradience.audit.audit_adapter`, print."""
 
-from ._unbuilt import unbuilt
-from .main import COMMANDS
+from __future__ import annotations
 
-audit = unbuilt("audit", COMMANDS["audit"][2])
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import GradienceError, UsageError
+from ._output import console, fmt_num, print_json
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+@click.command(name="audit")
+@click.option("--peft-dir", type=click.Path(path_type=Path), help="PEFT adapter directory (adapter_config.json + weights).")
+@click.option("--adapter-config", type=click.Path(path_type=Path), help="Explicit adapter_config.json.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Explicit weights file (.safetensors or .bin).")
+@click.option("--top-wasteful", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Show the N modules with the most unused parameters.")
+@click.option("--top-singular-values", type=click.IntRange(min=0), default=0,
+              help="Keep the top K singular values of B·A per module (JSON rows, unscaled).")
+@click.option("--layers", "show_layers", is_flag=True, help="Include every module (a `layers` list in JSON).")
+@click.option("--suggest-per-layer", is_flag=True, help="Print the PEFT-ready per-module rank_pattern/alpha_pattern.")
+@click.option("--budget-params", type=click.IntRange(min=1), default=None,
+              help="Allocate per-module ranks that keep the most energy within N LoRA parameters.")
+@click.option("--energy", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Allocate per-module ranks that keep this fraction of the total update energy.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (documented in docs/audit.md).")
+@click.option("--append", "append_to", type=click.Path(path_type=Path),
+              help="Append the summary as a metrics(kind=lora_audit) event to the last run in RUN.jsonl.")
+@click.option("--base-model", help="Base model directory or hub id (local cache) for UDR/SDI.")
+@click.option("--base-norms-cache", type=click.Path(path_type=Path), help="Directory caching base-weight norms.")
+@click.option("--no-udr", is_flag=True, help="Skip UDR/SDI even when the base model is available.")
+def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | None, top_wasteful: int,
+          top_singular_values: int, show_layers: bool, suggest_per_layer: bool, budget_params: int | None,
+          energy: float | None, as_json: bool, append_to: Path | None, base_model: str | None,
+          base_norms_cache: Path | None, no_udr: bool) -> None:
+    """Audit a LoRA adapter's spectrum for wasted rank (exact, from the factors).
+
+    Reports stable/effective rank, utilization, energy ranks, suggested ranks with their
+    parameter savings, where the update energy sits, and UDR against the base weights.
+    """
+    from ..audit import audit_adapter
+
+    if budget_params is not None and energy is not None:
+        raise UsageError("--budget-params and --energy are alternatives; give one")
+    if no_udr and base_model is not None:
+        raise UsageError("--no-udr contradicts --base-model")
+    run_id = None
+    if append_to is not None:
+        run_id = _last_run(append_to)
+
+    progress = None
+    status = None
+    if not as_json and sys.stderr.isatty():
+        from ._output import err_console
+
+        status = err_console().status("auditing adapter…")
+        status.start()
+
+        def progress(done: int, total: int) -> None:
+            assert status is not None
+            status.update(f"auditing adapter… {done}/{total} modules")
+
+    try:
+        res = audit_adapter(peft_dir, adapter_config=adapter_config, weights=weights,
+                            top_singular_values=top_singular_values, base_model=base_model,
+                            base_norms_cache=base_norms_cache, udr=not no_udr, budget_params=budget_params,
+                            energy=energy, progress=progress)
+    finally:
+        if status is not None:
+            status.stop()
+
+    if append_to is not None:
+        from ..telemetry import TelemetryWriter
+
+        with TelemetryWriter(append_to, run_id=run_id) as w:
+            w.metrics(kind="lora_audit", metrics=res.summary)
+
+    if as_json:
+        print_json(res.to_dict(layers=show_layers))
+        return
+    _print_report(res, top_wasteful, show_layers, suggest_per_layer, append_to)
+
+
+def _last_run(path: Path) -> str:
+    from ..telemetry import TelemetryReader
+
+    run_id = TelemetryReader(path).last_run_id()
+    if run_id is None:
+        raise GradienceError("no run in the telemetry file to append to", path=path,
+                             hint="append to a run.jsonl written by a training run (it starts with run_start)")
+    return run_id
+
+
+def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appended: Path | None) -> None:
+    from rich.table import Table
+
+    c = console()
+    s = res.summary
+    a = res.adapter
+    c.print(f"[bold]LoRA audit[/bold]  {a['config_path'].rsplit('/', 1)[0]}")
+    c.print(f"  {s['n_layers']} modules · {fmt_num(s['total_lora_params'])} LoRA parameters · r={s['r']} "
+            f"α={fmt_num(s['lora_alpha'])}{' · rsLoRA' if s['use_rslora'] else ''}{' · DoRA' if s['use_dora'] else ''}"
+            f" · {'/'.join(a['dtype'])}")
+    c.print()
+    t = Table(title="Summary", show_header=False, title_justify="left", box=None, pad_edge=False)
+    t.add_column(style="dim")
+    t.add_column(justify="right")
+    for label, key in (("stable rank mean / median", ("stable_rank_mean", "stable_rank_median")),
+                       ("stable rank (param-weighted)", ("stable_rank_weighted_mean",)),
+                       ("effective rank mean", ("effective_rank_mean",)),
+                       ("utilization mean (stable rank / r)", ("utilization_mean",)),
+                       ("energy rank @90% p50 / p90", ("energy_rank_90_p50", "energy_rank_90_p90")),
+                       ("‖ΔW‖₂ mean / p90", ("delta_sigma_max_scaled_mean", "delta_sigma_max_scaled_p90")),
+                       ("‖ΔW‖_F mean / p90", ("delta_frob_norm_scaled_mean", "delta_frob_norm_scaled_p90"))):
+        t.add_row(label, " / ".join(fmt_num(s[k], 3) for k in key))
+    c.print(t)
+    c.print()
+
+    bt = Table(title="By module type", title_justify="left")
+    for col in ("type", "modules", "params", "stable rank", "utilization", "k@90 p50", "suggested r", "energy share"):
+        bt.add_column(col, justify="left" if col == "type" else "right")
+    for typ, row in s["by_type"].items():
+        bt.add_row(typ, str(row["n"]), fmt_num(row["params"]), fmt_num(row["stable_rank_mean"], 3),
+                   fmt_num(row["utilization_mean"], 3), fmt_num(row["energy_rank_90_p50"], 3),
+                   fmt_num(row["suggested_r_median"]), _pct(row["energy_share"]))
+    c.print(bt)
+
+    if top_n > 0:
+        wt = Table(title=f"Most wasteful modules (top {top_n}: params × (1 − utilization))", title_justify="left")
+        for col in ("module", "type", "r", "params", "stable rank", "util", "k@90", "suggested r"):
+            wt.add_column(col, justify="left" if col in ("module", "type") else "right",
+                          overflow="fold", ratio=3 if col == "module" else None)
+        for r in res.top_wasteful(top_n):
+            wt.add_row(r["name"], r["module_type"], str(r["r"]), fmt_num(r["params"]), fmt_num(r["stable_rank"], 3),
+                       fmt_num(r["utilization"], 3), str(r["energy_rank_90"]), str(r["suggested_r"]))
+        c.print(wt)
+
+    if show_layers:
+        lt = Table(title="All modules", title_justify="left")
+        cols = ["module", "type", "r", "scale", "shape", "stable rank", "util", "eff rank", "k@90/95/99", "‖ΔW‖₂"]
+        has_udr = any("udr" in r for r in res.layers)
+        if has_udr:
+            cols.append("UDR")
+        for col in cols:
+            lt.add_column(col, justify="left" if col in ("module", "type", "shape") else "right")
+        for r in res.layers:
+            if "stable_rank" not in r:
+                lt.add_row(r["name"], r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
+                           "[red]non-finite[/red]", *[""] * (len(cols) - 6))
+                continue
+            cells = [r["name"], r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
+                     fmt_num(r["stable_rank"], 3), fmt_num(r["utilization"], 3), fmt_num(r["effective_rank"], 3),
+                     f"{r['energy_rank_90']}/{r['energy_rank_95']}/{r['energy_rank_99']}",
+                     fmt_num(r["delta_sigma_max"], 3)]
+            if has_udr:
+                cells.append(fmt_num(r.get("udr"), 3))
+            lt.add_row(*cells)
+        c.print(lt)
+
+    c.print()
+    c.print("[bold]Suggested ranks[/bold] (each keeps ≥ 90% of a module's update energy; verify with an eval)")
+    before = s["total_lora_params"]
+    for label, rk, pk in (("global median", "suggested_r_global_median", "suggested_params_global_median"),
+                          ("global p90", "suggested_r_global_90", "suggested_params_global_90")):
+        if s.get(rk) is None:
+            continue
+        after = s[pk]
+        saved = 1 - after / before if before else 0.0
+        c.print(f"  {label:14s} r={s[rk]:<4d} {fmt_num(after)} params ({_pct(saved)} fewer)")
+    pl = res.per_layer
+    if pl:
+        c.print(f"  {'per module':14s} default r={pl['r']}, {len(pl['rank_pattern'])} override(s): "
+                f"{fmt_num(pl['params_after'])} params ({_pct(pl['params_saved_fraction'])} fewer)")
+        if per_layer:
+            import json
+
+            frag = {"r": pl["r"], "lora_alpha": pl["lora_alpha"], "rank_pattern": pl["rank_pattern"],
+                    "alpha_pattern": pl["alpha_pattern"]}
+            c.print("  LoraConfig fields (keep each module's scale):")
+            c.print(json.dumps(frag, indent=2), markup=False, highlight=False)
+    al = res.allocation
+    if al:
+        what = (f"budget {fmt_num(al['budget_params'])} params" if al["budget_params"] is not None
+                else f"energy target {_pct(al['energy_target'])}")
+        c.print(f"  {'allocation':14s} {what}: {fmt_num(al['params_after'])} params "
+                f"({_pct(al['params_saved_fraction'])} fewer), keeps {_pct(al['energy_kept'])} of the update energy; "
+                f"default r={al['r']}, {len(al['rank_pattern'])} override(s) (see --json for the patterns)")
+
+    c.print()
+    c.print("[bold]Where the update energy sits[/bold]")
+    if s.get("energy_hhi") is not None:
+        tops = ", ".join(f"{x['layer']} {_pct(x['energy_share'])}" for x in s["top_layers"])
+        c.print(f"  top layers: {tops}")
+        c.print(f"  top 10% of modules hold {_pct(s['top10pct_energy_share'])}; concentration HHI "
+                f"{fmt_num(s['energy_hhi'], 3)} (even spread = {fmt_num(1 / max(s['n_modules_measured'], 1), 3)})")
+    else:
+        c.print("  no update energy (all modules are zero)")
+
+    c.print()
+    if s.get("n_layers_with_udr"):
+        c.print(f"[bold]UDR[/bold] vs {s['udr_base_model']} ({s['n_layers_with_udr']}/{s['n_layers']} modules): "
+                f"median {fmt_num(s['udr_median'], 3)}, p90 {fmt_num(s['udr_p90'], 3)}, max {fmt_num(s['udr_max'], 3)}; "
+                f"{_pct(s['fraction_udr_gt_0_1'])} > 0.1, {_pct(s['fraction_udr_gt_0_3'])} > 0.3  "
+                "[dim](<0.1 small perturbation, ~1 comparable to the base, >3 the adapter dominates)[/dim]")
+    else:
+        c.print(f"[bold]UDR[/bold] skipped: {s.get('udr_skipped_reason')}", markup=True)
+
+    issues = s.get("issues") or []
+    c.print()
+    if issues:
+        c.print("[bold]Issues[/bold]")
+        colors = {"error": "red", "warning": "yellow", "info": "cyan"}
+        for it in issues:
+            col = colors.get(it.get("severity", "info"), "white")
+            c.print(f"  [{col}]{it['severity']}[/{col}] {it['code']}: ", end="")
+            c.print(it["message"], markup=False)
+    else:
+        c.print("[green]No issues found.[/green]")
+    if appended is not None:
+        c.print(f"\nAppended metrics(kind=lora_audit) to {appended}")

@@ -1,0 +1,18 @@
+"""LoRA adapter audit: exact factored spectra, rank suggestions, UDR, compression.
+
+The core never imports torch: safetensors adapters (fp32/fp16/bf16) are parsed directly.
+"""
+
+from .core import AuditResult, audit_adapter, open_adapter
+from .loading import AdapterConfig, load_adapter_config
+from .spectrum import factored_svd, singular_values
+
+__all__ = [
+    "AdapterConfig",
+    "AuditResult",
+    "audit_adapter",
+    "factored_svd",
+    "load_adapter_config",
+    "open_adapter",
+    "singular_values",
+]

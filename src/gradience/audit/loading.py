@@ -1,0 +1,526 @@
+"""Read PEFT LoRA adapters without torch.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header
+(``name -> {dtype, shape, data_offsets}``) and a flat data section. We parse the header
+ourselves and read one tensor at a time with ``pread`` into anonymous memory, so fp32,
+fp16 and bf16 adapters load without torch and the process never maps (or copies) the
+whole file. ``.bin`` checkpoints need torch and are opened with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import AdapterFormatError, ConfigError, require
+
+__all__ = [
+    "AdapterConfig",
+    "LoraModule",
+    "ModuleScan",
+    "SafetensorsFile",
+    "TensorSource",
+    "TorchBinFile",
+    "load_adapter_config",
+    "open_weights",
+    "resolve_adapter_paths",
+    "scan_modules",
+]
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+# safetensors dtype -> (numpy storage dtype, itemsize). bf16 is stored as uint16 and widened.
+_DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
+    "F64": (np.dtype("<f8"), 8),
+    "F32": (np.dtype("<f4"), 4),
+    "F16": (np.dtype("<f2"), 2),
+    "BF16": (np.dtype("<u2"), 2),
+    "I64": (np.dtype("<i8"), 8),
+    "I32": (np.dtype("<i4"), 4),
+    "I16": (np.dtype("<i2"), 2),
+    "I8": (np.dtype("i1"), 1),
+    "U8": (np.dtype("u1"), 1),
+    "BOOL": (np.dtype("?"), 1),
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------
+# adapter_config.json
+# ---------------------------------------------------------------------------------------
+@dataclass
+class AdapterConfig:
+    """The fields of a PEFT ``LoraConfig`` that the audit needs (older files may lack some).
+
+    ``lora_alpha`` and ``r`` are the global values; ``rank_pattern`` / ``alpha_pattern``
+    override them per module with PEFT's key-matching rules (see :mod:`.naming`).
+    """
+
+    r: int = 8
+    lora_alpha: float = 8.0
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_rslora: bool = False
+    use_dora: bool = False
+    fan_in_fan_out: bool = False
+    target_modules: Any = None
+    modules_to_save: Any = None
+    base_model_name_or_path: str | None = None
+    peft_type: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> AdapterConfig:
+        where = path if path is not None else "adapter config"
+        peft_type = d.get("peft_type")
+        if peft_type is not None and str(peft_type).upper() not in ("LORA",):
+            raise ConfigError(
+                f"peft_type {peft_type!r} is not LoRA; the audit reads LoRA adapters (B·A updates) only",
+                path=where,
+            )
+
+        def num(key: str, default: float | None) -> float | None:
+            v = d.get(key, default)
+            if v is None:
+                return default
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{key} must be a number, got {v!r}", path=where)
+            return float(v)
+
+        r = num("r", 8.0)
+        assert r is not None
+        # Very old configs wrote "alpha"; a missing alpha means PEFT's default (8).
+        alpha = num("lora_alpha", None)
+        if alpha is None:
+            alpha = num("alpha", 8.0)
+        assert alpha is not None
+
+        def pattern(key: str) -> dict[str, Any]:
+            v = d.get(key) or {}
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{key} must be an object mapping module names to numbers", path=where)
+            out = {}
+            for k, val in v.items():
+                if isinstance(val, bool) or not isinstance(val, (int, float)):
+                    raise ConfigError(f"{key}[{k!r}] must be a number, got {val!r}", path=where)
+                out[str(k)] = val
+            return out
+
+        return cls(
+            r=int(r),
+            lora_alpha=alpha,
+            rank_pattern={k: int(v) for k, v in pattern("rank_pattern").items()},
+            alpha_pattern={k: float(v) for k, v in pattern("alpha_pattern").items()},
+            use_rslora=bool(d.get("use_rslora") or False),
+            use_dora=bool(d.get("use_dora") or False),
+            fan_in_fan_out=bool(d.get("fan_in_fan_out") or False),
+            target_modules=d.get("target_modules"),
+            modules_to_save=d.get("modules_to_save"),
+            base_model_name_or_path=d.get("base_model_name_or_path") or None,
+            peft_type=str(peft_type) if peft_type is not None else None,
+            raw=dict(d),
+            path=path,
+        )
+
+
+def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
+    """Parse ``adapter_config.json`` (a clear :class:`ConfigError` for anything unreadable)."""
+    p = Path(path)
+    if not p.exists():
+        raise AdapterFormatError("adapter config not found", path=p,
+                                 hint="a PEFT adapter directory holds adapter_config.json (save_pretrained writes it)")
+    if p.is_dir():
+        raise AdapterFormatError("expected a file, got a directory", path=p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdapterFormatError(f"cannot read adapter config: {exc}", path=p) from None
+    if not text.strip():
+        raise AdapterFormatError("adapter config is empty (zero-size file)", path=p)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"adapter config is not valid JSON ({exc.msg} at line {exc.lineno})", path=p) from None
+    if not isinstance(data, dict):
+        raise ConfigError("adapter config must be a JSON object", path=p)
+    return AdapterConfig.from_dict(data, path=p)
+
+
+def resolve_adapter_paths(
+    peft_dir: str | os.PathLike[str] | None = None,
+    adapter_config: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> tuple[Path, Path]:
+    """Return ``(config_path, weights_path)``; safetensors preferred over ``.bin``."""
+    if peft_dir is None and adapter_config is None and weights is None:
+        raise AdapterFormatError("no adapter given", hint="pass --peft-dir DIR (or --adapter-config and --weights)")
+    d = Path(peft_dir) if peft_dir is not None else None
+    if d is not None:
+        if not d.exists():
+            raise AdapterFormatError("adapter directory not found", path=d)
+        if not d.is_dir():
+            raise AdapterFormatError("expected an adapter directory", path=d,
+                                     hint="pass the folder that holds adapter_config.json, or use --weights FILE")
+    if adapter_config is not None:
+        cfg = Path(adapter_config)
+    elif d is not None:
+        cfg = d / CONFIG_NAME
+    else:
+        cfg = Path(weights).parent / CONFIG_NAME  # type: ignore[arg-type]
+    if weights is not None:
+        w = Path(weights)
+    else:
+        base = d if d is not None else cfg.parent
+        found = [base / n for n in WEIGHT_NAMES if (base / n).exists()]
+        if not found:
+            raise AdapterFormatError(
+                "no adapter weights found (adapter_model.safetensors or adapter_model.bin)", path=base,
+                hint="point --peft-dir at the folder written by save_pretrained, or pass --weights FILE")
+        w = found[0]
+    if not cfg.exists():
+        raise AdapterFormatError("adapter config not found", path=cfg,
+                                 hint="the audit needs adapter_config.json for r and alpha; pass --adapter-config FILE")
+    if not w.exists():
+        raise AdapterFormatError("adapter weights not found", path=w)
+    return cfg, w
+
+
+# ---------------------------------------------------------------------------------------
+# tensor sources
+# ---------------------------------------------------------------------------------------
+class TensorSource(Protocol):
+    path: Path
+
+    def names(self) -> list[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> str: ...
+    def read(self, name: str) -> np.ndarray: ...
+    def read_into(self, name: str, out: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bf16_to_f32(u16: np.ndarray) -> np.ndarray:
+    """bf16 bits are the top half of an f32: widen and shift (exact)."""
+    return np.left_shift(u16, 16, dtype=np.uint32).view(np.float32)
+
+
+class SafetensorsFile:
+    """A safetensors file read one tensor at a time (no torch, no whole-file mapping).
+
+    ``read(name)`` returns float32 for fp16/bf16/fp32 tensors (float64 stays float64),
+    in the stored shape. The header is validated up front: a truncated or corrupt file
+    raises :class:`AdapterFormatError` naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._f = open(self.path, "rb")
+        except OSError as exc:
+            raise AdapterFormatError(f"cannot open weights: {exc.strerror}", path=self.path) from None
+        try:
+            self._parse()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _bad(self, what: str) -> AdapterFormatError:
+        return AdapterFormatError(f"not a valid safetensors file: {what}", path=self.path,
+                                  hint="the file may be truncated or corrupt; re-save the adapter")
+
+    def _parse(self) -> None:
+        size = os.fstat(self._f.fileno()).st_size
+        if size == 0:
+            raise AdapterFormatError("weights file is empty (zero-size file)", path=self.path)
+        if size < 8:
+            raise self._bad(f"only {size} bytes")
+        head = self._f.read(8)
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
+            raise self._bad(f"header length {n} does not fit a {size}-byte file")
+        raw = self._f.read(n)
+        try:
+            header = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise self._bad("header is not JSON") from None
+        if not isinstance(header, dict):
+            raise self._bad("header is not an object")
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.header_bytes = raw
+        self._data_start = 8 + n
+        data_len = size - self._data_start
+        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        for name, info in header.items():
+            try:
+                dt = str(info["dtype"])
+                shape = tuple(int(s) for s in info["shape"])
+                start, end = (int(x) for x in info["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise self._bad(f"malformed entry for tensor {name!r}") from None
+            if dt not in _DTYPES:
+                raise self._bad(f"tensor {name!r} has unsupported dtype {dt}")
+            count = int(np.prod(shape)) if shape else 1
+            if start < 0 or end < start or end - start != count * _DTYPES[dt][1]:
+                raise self._bad(f"tensor {name!r}: byte range does not match shape {list(shape)} and dtype {dt}")
+            if end > data_len:
+                raise self._bad(f"tensor {name!r} extends past the end of the file (truncated?)")
+            self._entries[name] = (dt, shape, start, end)
+        self.size = size
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name][1]
+
+    def dtype(self, name: str) -> str:
+        return self._entries[name][0]
+
+    def nbytes(self, name: str) -> int:
+        _, _, s, e = self._entries[name]
+        return e - s
+
+    def _raw(self, name: str) -> np.ndarray:
+        dt, shape, start, end = self._entries[name]
+        storage = _DTYPES[dt][0]
+        buf = np.empty(shape, dtype=storage)
+        view = memoryview(buf.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        got = os.preadv(self._f.fileno(), [view], self._data_start + start) if end > start else 0
+        if got != end - start:
+            raise self._bad(f"short read for tensor {name!r}")
+        return buf
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32 (float64 if stored so); integer tensors as stored."""
+        dt = self._entries[name][0]
+        arr = self._raw(name)
+        if dt == "BF16":
+            return _bf16_to_f32(arr)
+        if dt == "F16":
+            return arr.astype(np.float32)
+        return arr
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Decode the tensor into ``out`` (same number of elements; casting assignment)."""
+        dt = self._entries[name][0]
+        arr = self._raw(name)
+        if dt == "BF16":
+            arr = _bf16_to_f32(arr)
+        out[...] = arr.reshape(out.shape)
+
+    def read_raw(self, name: str) -> tuple[np.ndarray, str]:
+        """The stored bits (bf16 as uint16) and the safetensors dtype string."""
+        return self._raw(name), self._entries[name][0]
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TorchBinFile:
+    """A ``.bin`` (pickle) state dict, loaded with ``torch.load(weights_only=True)``.
+
+    ``weights_only`` refuses arbitrary objects, so a malicious pickle cannot run code.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.stat().st_size == 0:
+            raise AdapterFormatError("weights file is empty (zero-size file)", path=self.path)
+        torch = require("torch", "hf", "reading .bin adapter weights")
+        try:
+            sd = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for bad pickles
+            raise AdapterFormatError(f"cannot load .bin weights ({type(exc).__name__}: {str(exc)[:160]})",
+                                     path=self.path, hint="re-save the adapter with safetensors") from None
+        if not isinstance(sd, Mapping):
+            raise AdapterFormatError("the .bin file does not hold a state dict", path=self.path)
+        self._sd = {str(k): v for k, v in sd.items() if hasattr(v, "shape")}
+        self._torch = torch
+
+    def names(self) -> list[str]:
+        return list(self._sd)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(s) for s in self._sd[name].shape)
+
+    def dtype(self, name: str) -> str:
+        t = self._sd[name]
+        return {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
+                "torch.float64": "F64"}.get(str(t.dtype), str(t.dtype))
+
+    def nbytes(self, name: str) -> int:
+        t = self._sd[name]
+        return int(t.numel() * t.element_size())
+
+    def read(self, name: str) -> np.ndarray:
+        t = self._sd[name]
+        if t.dtype == self._torch.float64:
+            return t.detach().numpy()
+        if t.is_floating_point():
+            return t.detach().to(self._torch.float32).numpy()
+        return t.detach().numpy()
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        out[...] = self.read(name).reshape(out.shape)
+
+    def close(self) -> None:
+        self._sd = {}
+
+
+def open_weights(path: str | os.PathLike[str]) -> SafetensorsFile | TorchBinFile:
+    p = Path(path)
+    if p.is_dir():
+        raise AdapterFormatError("expected a weights file, got a directory", path=p)
+    if p.suffix == ".bin" or p.suffix == ".pt":
+        return TorchBinFile(p)
+    return SafetensorsFile(p)
+
+
+# ---------------------------------------------------------------------------------------
+# pairing lora_A / lora_B
+# ---------------------------------------------------------------------------------------
+_LORA_KEY = re.compile(
+    r"^(?P<mod>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"(?:\.(?P<adapter>[^.]+))?(?:\.(?P<param>weight|bias))?$"
+)
+_MAGNITUDE_KEY = re.compile(r"^(?P<mod>.+?)\.lora_magnitude_vector(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraModule:
+    """One adapted module: where its factors live and their geometry.
+
+    ``name`` is the module path inside the base model (PEFT's ``base_model.model.``
+    prefix removed), e.g. ``model.layers.0.self_attn.q_proj``. ``a_key``/``b_key`` name
+    the tensors; ``kind`` is ``linear``, ``embedding`` or ``conv``. Geometry is of the
+    update ΔW (out × in) after flattening conv kernels: B is out × r, A is r × in.
+    """
+
+    name: str
+    key_prefix: str
+    a_key: str
+    b_key: str
+    kind: str
+    r: int
+    out_features: int
+    in_features: int
+    adapter_name: str | None = None
+    magnitude_key: str | None = None
+    a_shape: tuple[int, ...] = ()
+    b_shape: tuple[int, ...] = ()
+
+    @property
+    def params(self) -> int:
+        return self.r * (self.in_features + self.out_features)
+
+
+@dataclass
+class ModuleScan:
+    modules: list[LoraModule]
+    skipped: list[str]
+    problems: list[dict[str, Any]]
+
+
+def _strip(name: str) -> str:
+    return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+
+
+def scan_modules(src: TensorSource) -> ModuleScan:
+    """Pair every ``lora_A`` with its ``lora_B``; list other tensors as skipped.
+
+    Raises :class:`AdapterFormatError` for a factor without its partner or when no LoRA
+    module exists (never an empty audit). Geometry that does not fit a LoRA pair is
+    returned in ``problems`` and that module is left out.
+    """
+    pairs: dict[tuple[str, str | None], dict[str, str]] = {}
+    magnitudes: dict[tuple[str, str | None], str] = {}
+    skipped: list[str] = []
+    for key in src.names():
+        m = _LORA_KEY.match(key)
+        if m and m.group("param") != "bias":
+            slot = "A" if m.group("which").endswith("A") else "B"
+            emb = m.group("which").startswith("lora_embedding")
+            d = pairs.setdefault((m.group("mod"), m.group("adapter")), {})
+            if slot in d:
+                raise AdapterFormatError(f"two lora_{slot} tensors for module {m.group('mod')!r}", path=src.path)
+            d[slot] = key
+            d["emb"] = "1" if emb else d.get("emb", "")
+            continue
+        mm = _MAGNITUDE_KEY.match(key)
+        if mm:
+            magnitudes[(mm.group("mod"), mm.group("adapter"))] = key
+            continue
+        skipped.append(key)
+
+    adapters = {a for (_, a) in pairs}
+    modules: list[LoraModule] = []
+    problems: list[dict[str, Any]] = []
+    for (mod, adapter), d in pairs.items():
+        if "A" not in d or "B" not in d:
+            have, miss = ("B", "A") if "B" in d else ("A", "B")
+            raise AdapterFormatError(f"module {mod!r} has lora_{have} but no lora_{miss}", path=src.path,
+                                     hint="the adapter file is incomplete; re-save it")
+        for k in (d["A"], d["B"]):
+            if src.dtype(k) not in FLOAT_DTYPES:
+                raise AdapterFormatError(f"tensor {k!r} has non-float dtype {src.dtype(k)}", path=src.path)
+        a_shape, b_shape = src.shape(d["A"]), src.shape(d["B"])
+        name = _strip(mod)
+        if len(adapters) > 1 and adapter is not None:
+            name = f"{name}[{adapter}]"
+        geom = _geometry(a_shape, b_shape, bool(d["emb"]))
+        if isinstance(geom, str):
+            problems.append({"code": "SHAPE_MISMATCH", "severity": "error", "module": name,
+                             "message": f"{name}: {geom} (lora_A {list(a_shape)}, lora_B {list(b_shape)}); module skipped"})
+            continue
+        kind, r, out_f, in_f = geom
+        modules.append(LoraModule(
+            name=name, key_prefix=mod, a_key=d["A"], b_key=d["B"], kind=kind, r=r, out_features=out_f,
+            in_features=in_f, adapter_name=adapter, magnitude_key=magnitudes.get((mod, adapter)),
+            a_shape=a_shape, b_shape=b_shape,
+        ))
+    if not modules:
+        detail = f"; {len(problems)} module(s) had unusable shapes" if problems else ""
+        raise AdapterFormatError(f"no LoRA modules found (no lora_A/lora_B tensor pairs){detail}", path=src.path,
+                                 hint="is this a LoRA adapter saved by PEFT?")
+    modules.sort(key=lambda m: _natural_key(m.name))
+    return ModuleScan(modules=modules, skipped=sorted(skipped), problems=problems)
+
+
+def _geometry(a: tuple[int, ...], b: tuple[int, ...], emb: bool) -> tuple[str, int, int, int] | str:
+    """(kind, r, out, in) of ΔW = B·A, or the reason the shapes are not a LoRA pair."""
+    if emb:
+        # PEFT embedding LoRA: A is r × num_embeddings, B is embedding_dim × r; ΔW = (B·A)ᵀ.
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
+            return "embedding factors do not share a rank dimension"
+        return "embedding", a[0], b[0], a[1]
+    if len(a) == 2 and len(b) == 2:
+        if a[0] != b[1]:
+            return f"rank of lora_A ({a[0]}) differs from rank of lora_B ({b[1]})"
+        return "linear", a[0], b[0], a[1]
+    if len(a) >= 3 and len(b) == len(a):
+        # Conv LoRA: A is r × in × k..., B is out × r × 1...; flatten the kernel into `in`.
+        if a[0] != b[1] or any(s != 1 for s in b[2:]):
+            return "conv factors do not form r × in × k / out × r × 1"
+        return "conv", a[0], b[0], int(np.prod(a[1:]))
+    return "factor shapes are not 2-D (linear/embedding) or matching conv kernels"
+
+
+def _natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]

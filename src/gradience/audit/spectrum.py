@@ -1,0 +1,141 @@
+"""Exact spectrum of a LoRA update B·A without forming it (pure float64 numerics).
+
+With thin QR factorizations B = Q_B R_B and Aᵀ = Q_A R_A, B·A = Q_B (R_B R_Aᵀ) Q_Aᵀ, so
+the singular values of B·A are those of the r × r matrix M = R_B R_Aᵀ, and its singular
+vectors are Q_B U and Q_A V.
+
+R factors are computed from the Gram matrix (Cholesky-QR), which is a handful of GEMMs
+instead of a Householder sweep (about 10× faster on tall-skinny factors). Cholesky-QR
+returns R̃ = (I + Δ)·R up to an orthogonal factor with ‖Δ‖ ≈ c·ε·κ², and a multiplicative
+perturbation of that size moves every singular value of M by at most the same relative
+amount. Measured on 4096 × 64 float64 factors the constant is c ≈ 0.15 (relative error
+3e-11 at κ = 1e3, 3e-9 at 1e4, 2e-7 at 1e5), so we use it only when κ(X) ≤ 3e4 (≲ 3e-8),
+refine once (Cholesky-QR2, backward stable) up to κ ≤ 1e7, and fall back to Householder QR
+for anything worse, including exactly rank-deficient factors. Factors that are exactly
+zero give σ = 0 without any factorization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FactoredSVD", "factored_svd", "r_factors", "singular_values"]
+
+_KAPPA_FAST = 3e4
+_KAPPA_REFINE = 1e7
+
+
+def _gram(x: np.ndarray, tall: bool) -> np.ndarray:
+    """XᵀX for tall stacks (n, m, r); X Xᵀ for wide stacks (n, r, m). Result (n, r, r)."""
+    g = np.matmul(x.transpose(0, 2, 1), x) if tall else np.matmul(x, x.transpose(0, 2, 1))
+    # Symmetrize: GEMM rounding can leave G slightly asymmetric, which Cholesky ignores but
+    # eigvalsh (used for κ) would not.
+    return 0.5 * (g + g.transpose(0, 2, 1))
+
+
+def r_factors(x: np.ndarray, tall: bool, want_q: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """R factors (n, r, r), upper triangular, of a stack of factors, with R̃ᵀR̃ = XᵀX.
+
+    ``x`` is float64 of shape (n, m, r) when ``tall`` (B stacks) or (n, r, m) otherwise
+    (A stacks, factored as Aᵀ = Q R). With ``want_q`` also returns Q (n, m, r) with
+    orthonormal columns (an exact zero factor gets Q = 0 and R = 0).
+    """
+    n = x.shape[0]
+    r = x.shape[2] if tall else x.shape[1]
+    m = x.shape[1] if tall else x.shape[2]
+    R = np.zeros((n, r, r))
+    Q = np.zeros((n, m, r)) if want_q else None
+    g = _gram(x, tall)
+    # NaN/Inf in a factor poisons its Gram matrix; such modules get R = NaN (reported by
+    # the caller) instead of failing the whole batch inside LAPACK.
+    bad = ~np.isfinite(g).all(axis=(1, 2))
+    if bad.any():
+        g[bad] = 0.0
+    lam = np.linalg.eigvalsh(g)  # ascending, (n, r)
+    lmax = lam[:, -1]
+    lmin = lam[:, 0]
+    zero = lmax <= 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa2 = np.where(lmin > 0, lmax / np.where(lmin > 0, lmin, 1.0), np.inf)
+    fast = ~zero & (kappa2 <= _KAPPA_FAST**2)
+    refine = ~zero & ~fast & (kappa2 <= _KAPPA_REFINE**2)
+    slow = ~zero & ~fast & ~refine
+
+    for mask, passes in ((fast, 1), (refine, 2)):
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            continue
+        try:
+            r1 = np.linalg.cholesky(g[idx]).transpose(0, 2, 1)
+        except np.linalg.LinAlgError:
+            slow[idx] = True
+            continue
+        if passes == 2 or want_q:
+            all_rows = idx.size == n
+            xs = x if all_rows else x[idx]
+            xi = xs if tall else xs.transpose(0, 2, 1)
+            q1 = np.matmul(xi, np.linalg.inv(r1))
+            if passes == 2:
+                g2 = np.matmul(q1.transpose(0, 2, 1), q1)
+                try:
+                    r2 = np.linalg.cholesky(0.5 * (g2 + g2.transpose(0, 2, 1))).transpose(0, 2, 1)
+                except np.linalg.LinAlgError:
+                    slow[idx] = True
+                    continue
+                r1 = np.matmul(r2, r1)
+                if want_q:
+                    q1 = np.matmul(q1, np.linalg.inv(r2))
+            if Q is not None:
+                Q[idx] = q1
+        R[idx] = r1
+
+    for i in np.flatnonzero(slow):
+        xi = x[i] if tall else x[i].T
+        if Q is not None:
+            q, rr = np.linalg.qr(xi, mode="reduced")
+            Q[i] = q
+            R[i] = rr
+        else:
+            R[i] = np.linalg.qr(xi, mode="r")  # type: ignore[assignment]
+    if bad.any():
+        R[bad] = np.nan
+    return R, Q
+
+
+def singular_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """σ of B·A for stacks ``a`` (n, r, in) and ``b`` (n, out, r), float64; returns (n, r),
+    descending. Unscaled (multiply by |s| for ΔW = s·B·A). Modules whose factors hold
+    NaN/Inf get a row of NaN."""
+    ra, _ = r_factors(a, tall=False)
+    rb, _ = r_factors(b, tall=True)
+    m = np.matmul(rb, ra.transpose(0, 2, 1))
+    ok = np.isfinite(m).all(axis=(1, 2))
+    out = np.full(m.shape[:2], np.nan)
+    if ok.all():
+        return np.linalg.svd(m, compute_uv=False)
+    if ok.any():
+        out[ok] = np.linalg.svd(m[ok], compute_uv=False)
+    return out
+
+
+@dataclass
+class FactoredSVD:
+    """Thin SVD of B·A (n stacked modules): B·A = (Q_B U) diag(σ) (Q_A V)ᵀ.
+
+    Shapes: ``left`` (n, out, r) = Q_B U, ``sigma`` (n, r) descending, ``right`` (n, in, r) = Q_A V.
+    """
+
+    left: np.ndarray
+    sigma: np.ndarray
+    right: np.ndarray
+
+
+def factored_svd(a: np.ndarray, b: np.ndarray) -> FactoredSVD:
+    """Thin SVD of B·A from the factors (used by compress); same shapes as :func:`singular_values`."""
+    ra, qa = r_factors(a, tall=False, want_q=True)
+    rb, qb = r_factors(b, tall=True, want_q=True)
+    assert qa is not None and qb is not None
+    u, s, vt = np.linalg.svd(np.matmul(rb, ra.transpose(0, 2, 1)))
+    return FactoredSVD(left=np.matmul(qb, u), sigma=s, right=np.matmul(qa, vt.transpose(0, 2, 1)))
