@@ -102,7 +102,7 @@ class CompressionConfig:
     strategies: list[str] = _f(factory=lambda: list(STRATEGIES), help=f"any of {', '.join(STRATEGIES)}")  # noqa: RUF009
     allowed_ranks: list[int] = _f(factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256],  # noqa: RUF009
                                   help="ranks a suggestion may round up to")
-    acc_tolerance: float = _f(2.5, "allowed accuracy drop in points (overrides the policy when set)")
+    acc_tolerance: float | None = _f(None, "per-seed allowed drop in points (default: the policy's 2.5)")
     budget_fraction: float = _f(0.1, "budget strategy: LoRA parameter budget as a fraction of the probe's")
     truncate_rank: int | None = _f(None, "truncate strategy: rank (default: the audit's median suggestion)")
     truncate_energy: float | None = _f(None, "truncate strategy: keep this energy per module instead of a rank")
@@ -308,7 +308,7 @@ def _check_semantics(cfg: BenchConfig) -> None:
         raise bad("compression.strategies", "duplicate strategy")
     if not co.allowed_ranks or any(r < 1 for r in co.allowed_ranks):
         raise bad("compression.allowed_ranks", "needs positive ranks")
-    if co.acc_tolerance < 0:
+    if co.acc_tolerance is not None and co.acc_tolerance < 0:
         raise bad("compression.acc_tolerance", "is a drop in points and must be >= 0")
     if not 0 < co.budget_fraction <= 1:
         raise bad("compression.budget_fraction", "must be in (0, 1]")

@@ -186,10 +186,11 @@ def _interpretation(summary: Mapping[str, Any], verdicts: Mapping[str, Any]) -> 
     status = verdicts.get("status")
     pol = verdicts.get("policy", {})
     tol = pol.get("max_drop_points")
+    floor = pol.get("worst_seed_floor_points", tol)
     frac = pol.get("min_pass_fraction")
     lines.append(f"Policy `{pol.get('name')}`: a variant passes when at least {frac} of the seeds lose no more "
-                 f"than {tol} points against the probe of the same seed and the worst seed also stays within "
-                 f"{tol} points. Verdict: **{status}** — {verdicts.get('reason')}.")
+                 f"than {tol} points against the probe of the same seed and the worst seed loses no more than "
+                 f"{floor} points. Verdict: **{status}** — {verdicts.get('reason')}.")
     lines.append("")
     strategies = summary.get("strategies", {})
     for name in _ordered(strategies):
@@ -274,6 +275,7 @@ def _policy_from(d: Mapping[str, Any]) -> Policy:
     return Policy(name=d["name"], version=int(d.get("version", 1)),
                   min_pass_fraction=Fraction(str(d["min_pass_fraction"])),
                   max_drop_points=Fraction(str(d["max_drop_points"])),
+                  worst_seed_floor_points=Fraction(str(d.get("worst_seed_floor_points", d["max_drop_points"]))),
                   gate_strategies=tuple(d.get("gate_strategies", ())), quality_gates=dict(d.get("quality_gates", {})))
 
 

@@ -99,7 +99,11 @@ def _load_base(cfg: BenchConfig, path: str) -> Any:
 def _quiet_transformers() -> None:
     import transformers
 
+    import warnings
+
     transformers.logging.set_verbosity_error()
+    # Deprecation notices from inside transformers are not actionable for a bench user.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars would garble our progress
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

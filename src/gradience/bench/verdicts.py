@@ -66,6 +66,7 @@ class Policy:
     version: int
     min_pass_fraction: Fraction
     max_drop_points: Fraction
+    worst_seed_floor_points: Fraction
     gate_strategies: tuple[str, ...]
     quality_gates: Mapping[str, float]
 
@@ -81,6 +82,7 @@ class Policy:
             "name": self.name, "version": self.version,
             "min_pass_fraction": f"{self.min_pass_fraction.numerator}/{self.min_pass_fraction.denominator}",
             "max_drop_points": float(self.max_drop_points),
+            "worst_seed_floor_points": float(self.worst_seed_floor_points),
             "gate_strategies": list(self.gate_strategies), "quality_gates": dict(self.quality_gates),
         }
 
@@ -97,7 +99,8 @@ def _fraction(key: str, value: Any, where: str) -> Fraction:
 def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Policy:
     """Load a policy by packaged name (``safe_uniform``) or from a YAML path.
 
-    ``max_drop_points`` overrides the file's tolerance (the bench config's ``acc_tolerance``).
+    ``max_drop_points`` overrides the file's per-seed tolerance (the bench config's
+    ``acc_tolerance``); the worst-seed floor stays the policy's.
     """
     import yaml
 
@@ -115,7 +118,8 @@ def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Poli
         raise ConfigError(f"policy is not valid YAML: {str(exc).splitlines()[0]}", path=where) from None
     if not isinstance(data, dict):
         raise ConfigError("policy must be a mapping", path=where)
-    known = {"name", "version", "min_pass_fraction", "max_drop_points", "gate_strategies", "quality_gates"}
+    known = {"name", "version", "min_pass_fraction", "max_drop_points", "worst_seed_floor_points",
+             "gate_strategies", "quality_gates"}
     for k in data:
         if k not in known:
             raise ConfigError(f"unknown key '{k}' in policy", path=where)
@@ -129,12 +133,16 @@ def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Poli
     drop = _fraction("max_drop_points", data.get("max_drop_points", 2.5), where)
     if max_drop_points is not None:
         drop = Fraction(str(max_drop_points))
+    floor = _fraction("worst_seed_floor_points", data.get("worst_seed_floor_points", 2.5), where)
+    if drop < 0 or floor < 0:
+        raise ConfigError("max_drop_points and worst_seed_floor_points are drops in points and must be >= 0",
+                          path=where)
     frac = _fraction("min_pass_fraction", data.get("min_pass_fraction", "2/3"), where)
     if not 0 < frac <= 1:
         raise ConfigError("min_pass_fraction must be in (0, 1]", path=where)
     return Policy(
         name=str(data.get("name", p.stem)), version=int(data.get("version", 1)), min_pass_fraction=frac,
-        max_drop_points=drop, gate_strategies=tuple(gate_strats),
+        max_drop_points=drop, worst_seed_floor_points=floor, gate_strategies=tuple(gate_strats),
         quality_gates={str(k): float(v) for k, v in gates.items()},
     )
 
@@ -159,6 +167,7 @@ def judge(results: Sequence[SeedResult], policy: Policy, task: str, strategies: 
     """
     gate = policy.quality_gate(task, quality_gate)
     tol = -policy.max_drop_points
+    floor = -policy.worst_seed_floor_points
     probe_vals = {str(r.seed): r.probe.value for r in results}
     under = [r.seed for r in results if r.probe.fraction < gate]
     out_strats: dict[str, Any] = {}
@@ -192,11 +201,11 @@ def judge(results: Sequence[SeedResult], policy: Policy, task: str, strategies: 
         else:
             frac_ok = Fraction(n_pass, len(deltas)) >= policy.min_pass_fraction
             worst = min(deltas.values())
-            worst_ok = worst >= tol
+            worst_ok = worst >= floor
             entry["verdict"] = PASS if (frac_ok and worst_ok) else FAIL
             why = [f"{n_pass}/{len(deltas)} seeds within {float(policy.max_drop_points):g} pt"
                    f" (need ≥ {_ratio(policy.min_pass_fraction.numerator, policy.min_pass_fraction.denominator)})",
-                   f"worst seed {float(worst):+.2f} pt"]
+                   f"worst seed {float(worst):+.2f} pt (floor {float(floor):+.2f})"]
             entry["reason"] = "; ".join(why)
         out_strats[name] = entry
 
