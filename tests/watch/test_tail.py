@@ -232,8 +232,12 @@ def test_history_log_is_chronological_and_rate_is_measured() -> None:
     h.add({"event": "alert", "step": 12, "ts": 101.0, "severity": "warning", "code": "X", "message": "m"})
     h.add({"event": "recommendation", "step": 15, "ts": 102.0,
            "recommendations": [{"severity": "info", "action": "lower_lr", "message": "try 1e-4"}]})
+    h.add({"event": "recommendation", "step": 16, "ts": 103.0,
+           "recommendations": [{"severity": "warning", "action": "A", "message": ""},
+                               {"severity": "info", "action": "B", "message": ""}]})
     h.add({"event": "train_step", "step": 30, "ts": 110.0, "loss": 0.5, "lr": 1e-4})
-    assert [e["code"] for e in h.log] == ["X", "lower_lr"]
+    # newest event first; inside one event the writer's order (most severe first) stays
+    assert [e["code"] for e in h.newest_first()] == ["A", "B", "lower_lr", "X"]
     assert h.lr.values() == [1e-4, 1e-4]
     assert h.steps_per_s == pytest.approx(2.0)
 

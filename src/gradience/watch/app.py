@@ -31,7 +31,7 @@ HELP_TEXT = """\
   q      quit
   p      pause / resume following the file
   ?      show / hide this help
-  ↑ ↓    scroll the alerts log (click it first)
+  ↑ ↓    scroll the alerts log (Tab or click to focus it)
 
 [b]Panels[/b]
   banner      state, step / max steps, elapsed, rate, ETA; health =

@@ -347,8 +347,8 @@ def audit_panel(v: WatchView, width: int) -> RenderableType:
     lines = [
         _line((r, "bold"), " → suggested ", (num(a.get("suggested_r_global_median")), "bold green"),
               _dim(" median"), " / ", num(a.get("suggested_r_global_90")), _dim(" p90")),
-        _line(f"util {num(a.get('utilization_mean'), 3)} · k@90 p50 {num(a.get('energy_rank_90_p50'), 3)}"
-              f" · {compact_count(a.get('total_lora_params'))} params"),
+        _line(f"{compact_count(a.get('total_lora_params'))} params · util {num(a.get('utilization_mean'), 2)}"
+              f" · k90 p50 {num(a.get('energy_rank_90_p50'), 3)}"),
     ]
     types = _type_summary(a.get("by_type"))
     if types:

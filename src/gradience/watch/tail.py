@@ -230,12 +230,16 @@ class RunHistory:
     def __init__(self, capacity: int = 1024, log_size: int = MAX_KEPT_LOG) -> None:
         self.loss = SeriesBuffer(capacity)
         self.lr = SeriesBuffer(capacity)
-        self.log: deque[dict[str, Any]] = deque(maxlen=log_size)
+        # (event index, entry): entries of one recommendation event share an index, so
+        # "newest first" can keep their own order (most severe first) inside the event.
+        self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=log_size)
         self.n_log = 0
+        self._n_events = 0
         self._rate_first: tuple[float, int] | None = None
         self._rate_last: tuple[float, int] | None = None
 
     def add(self, ev: dict[str, Any]) -> None:
+        self._n_events += 1
         name = ev.get("event")
         ts = ev.get("ts")
         step = ev.get("step")
@@ -275,7 +279,11 @@ class RunHistory:
 
     def _log(self, entry: dict[str, Any]) -> None:
         self.n_log += 1
-        self.log.append(entry)
+        self.log.append((self._n_events, entry))
+
+    def newest_first(self) -> list[dict[str, Any]]:
+        """Log entries, newest event first; entries of one event keep their order."""
+        return [e for _, e in sorted(self.log, key=lambda t: -t[0])]
 
     @property
     def steps_per_s(self) -> float | None:
@@ -482,6 +490,6 @@ class WatchState:
             v.lr_series = hist.lr.values()
             v.n_train_steps = max(len(hist.loss), len(hist.lr))
             v.steps_per_s = hist.steps_per_s
-            v.log = list(reversed(hist.log))
+            v.log = hist.newest_first()
             v.n_log = hist.n_log
         return v
