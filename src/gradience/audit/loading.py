@@ -397,9 +397,10 @@ def open_weights(path: str | os.PathLike[str]) -> SafetensorsFile | TorchBinFile
 # ---------------------------------------------------------------------------------------
 _LORA_KEY = re.compile(
     r"^(?P<mod>.+?)\.(?P<which>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
-    r"(?:\.(?P<adapter>[^.]+))?(?:\.(?P<param>weight|bias))?$"
+    r"(?:\.(?P<adapter>(?!(?:weight|bias)$)[^.]+))?(?:\.(?P<param>weight|bias))?$"
 )
-_MAGNITUDE_KEY = re.compile(r"^(?P<mod>.+?)\.lora_magnitude_vector(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
+_MAGNITUDE_KEY = re.compile(
+    r"^(?P<mod>.+?)\.lora_magnitude_vector(?:\.(?P<adapter>(?!weight$)[^.]+))?(?:\.weight)?$")
 PEFT_PREFIX = "base_model.model."
 
 
