@@ -51,3 +51,13 @@ def test_profile_is_inferred_from_dataset_when_not_given() -> None:
     c = ConfigSnapshot(dataset_name="openai/gsm8k", optimizer=OptimizerConfig(lr=None),
                        lora=LoRAConfig(r=8, alpha=8, target_modules=["q_proj"]))
     assert "set_lr" in [r.action for r in check_config(c)]
+
+
+def test_ill_typed_recorded_config_does_not_crash_rules() -> None:
+    odd = ConfigSnapshot.from_dict({"dataset_name": 7, "optimizer": {"lr": "fast", "weight_decay": [1]},
+                                    "lora": {"r": "8", "alpha": None, "dropout": "x", "target_modules": 5,
+                                             "use_rslora": "yes"},
+                                    "training": {"max_grad_norm": [1.0]}})
+    actions = [r.action for r in check_config(odd)]
+    assert actions == ["calibration_probe", "config_ok"]  # nothing usable, so nothing to flag
+    assert odd.lora.r == "8"  # the caller's object is left untouched

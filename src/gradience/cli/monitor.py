@@ -204,7 +204,7 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         say("no spectral samples")
 
     # LoRA audit
-    audit = sig.get("lora_audit")
+    audit = sig.get("lora_audit") if isinstance(sig.get("lora_audit"), dict) else None
     con.print()
     section("LoRA audit")
     if audit:
@@ -214,8 +214,8 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         say(f"suggested r: median {fmt_num(audit.get('suggested_r_global_median'))} · p90 "
             f"{fmt_num(audit.get('suggested_r_global_90'))} (audited r={fmt_num(audit.get('r', sig.get('r')))}) · energy rank@90% p50 "
             f"{fmt_num(audit.get('energy_rank_90_p50'))}")
-        by_type = audit.get("by_type") or {}
-        types = " · ".join(f"{t} {pct((v or {}).get('utilization_mean'))}" for t, v in sorted(by_type.items())
+        by_type = audit.get("by_type") if isinstance(audit.get("by_type"), dict) else {}
+        types = " · ".join(f"{t} {pct(v.get('utilization_mean'))}" for t, v in sorted(by_type.items())
                            if isinstance(v, dict))
         say(f"utilization mean {pct(audit.get('utilization_mean'))}" + (f" ({types})" if types else "")
             + f" · LoRA params {fmt_num(audit.get('total_lora_params'))}"

@@ -21,7 +21,7 @@ from ..errors import ConfigError, UsageError
 from ..telemetry.schema import ConfigSnapshot, LoRAConfig, TaskProfile
 from .profiles import resolve_profile
 
-__all__ = ["OVERRIDE_KEYS", "detect_kind", "load_config", "parse_peft", "parse_training"]
+__all__ = ["OVERRIDE_KEYS", "coerce_numbers", "detect_kind", "load_config", "parse_peft", "parse_training"]
 
 PEFT_NAMES = ("adapter_config.json", "adapter_config.yaml", "adapter_config.yml")
 TRAINING_NAMES = ("training_args.json", "training_args.yaml", "training_args.yml")
@@ -31,6 +31,40 @@ _PEFT_KEYS = {"peft_type", "lora_alpha", "target_modules", "r", "lora_dropout", 
 _TRAINING_KEYS = {"learning_rate", "per_device_train_batch_size", "output_dir", "num_train_epochs",
                   "gradient_accumulation_steps", "max_grad_norm", "lr_scheduler_type"}
 _SNAPSHOT_KEYS = {"lora", "optimizer", "training", "task_profile"}
+
+
+def _as_num(v: Any, integer: bool = False) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if integer:
+        return int(v) if math.isfinite(v) and float(v).is_integer() else None
+    return float(v)
+
+
+def coerce_numbers(cfg: ConfigSnapshot) -> ConfigSnapshot:
+    """A copy of ``cfg`` whose numeric fields are numbers or None (recorded configs are not
+    type-checked when read, and a rule must never crash on an odd value)."""
+    out = ConfigSnapshot.from_dict(cfg.to_dict())
+    opt, lora, tr = out.optimizer, out.lora, out.training
+    opt.lr, opt.weight_decay = _as_num(opt.lr), _as_num(opt.weight_decay)
+    lora.r, lora.alpha = _as_num(lora.r, integer=True), _as_num(lora.alpha)
+    lora.dropout, lora.alpha_over_r = _as_num(lora.dropout), _as_num(lora.alpha_over_r)
+    tr.max_grad_norm, tr.max_steps = _as_num(tr.max_grad_norm), _as_num(tr.max_steps, integer=True)
+    tm = lora.target_modules
+    if isinstance(tm, str):
+        lora.target_modules = [tm]
+    elif not isinstance(tm, list):
+        lora.target_modules = None
+    else:
+        lora.target_modules = [str(t) for t in tm]
+    for name in ("use_rslora", "use_dora"):
+        if not isinstance(getattr(lora, name), (bool, type(None))):
+            setattr(lora, name, None)
+    for name in ("model_name", "dataset_name"):
+        v = getattr(out, name)
+        if v is not None and not isinstance(v, str):
+            setattr(out, name, str(v))
+    return out
 
 
 # -- reading --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..telemetry.schema import ConfigSnapshot, Recommendation, TaskProfile
+from .config_parse import coerce_numbers
 from .profiles import resolve_profile
 from .targets import TargetSummary, summarize_targets
 
@@ -42,6 +43,7 @@ class CheckContext:
 
     @classmethod
     def build(cls, cfg: ConfigSnapshot) -> CheckContext:
+        cfg = coerce_numbers(cfg)
         profile, source = resolve_profile(cfg)
         return cls(cfg=cfg, profile=profile, profile_source=source,
                    targets=summarize_targets(cfg.lora.target_modules))

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..telemetry.schema import ConfigSnapshot, Recommendation, TaskProfile
 from ..telemetry.snapshot import SignalSnapshot
+from .config_parse import coerce_numbers
 from .profiles import resolve_profile
 
 __all__ = ["RUN_RULES", "RunContext"]
@@ -39,6 +40,10 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
+def _dict(x: Any) -> dict[str, Any]:
+    return x if isinstance(x, dict) else {}
+
+
 @dataclass
 class RunContext:
     """What a run rule reads: the snapshot, its config and the resolved profile."""
@@ -52,7 +57,7 @@ class RunContext:
     def build(cls, snap: SignalSnapshot, *, gap_threshold: float = DEFAULT_GAP_THRESHOLD,
               config: ConfigSnapshot | None = None) -> RunContext:
         # Work on a copy: filling gaps from the snapshot must not mutate the caller's config.
-        cfg = ConfigSnapshot.from_dict(config.to_dict() if config is not None else (snap.config or None))
+        cfg = coerce_numbers(ConfigSnapshot.from_dict(config.to_dict() if config is not None else (snap.config or None)))
         if cfg.dataset_name is None and snap.dataset_name:
             cfg.dataset_name = snap.dataset_name
         if TaskProfile.parse(cfg.task_profile) is TaskProfile.UNKNOWN:
@@ -69,10 +74,10 @@ class RunContext:
         """The rank the audit-based rules compare against: the audited adapter's own (most
         common) r when the audit block has one (it describes the adapter actually measured),
         else the configured r."""
-        audit = self.snap.lora_audit or {}
+        audit = _dict(self.snap.lora_audit)
         for key in ("r", "current_r"):
             v = _num(audit.get(key))
-            if v:
+            if v and math.isfinite(v) and v >= 1:
                 return int(v)
         return int(self.cfg.lora.r) if self.cfg.lora.r else None
 
@@ -274,7 +279,7 @@ def run_status(ctx: RunContext) -> Iterable[Recommendation]:
 
 # -- LoRA audit --------------------------------------------------------------------------
 def _audit(ctx: RunContext) -> dict[str, Any]:
-    return ctx.snap.lora_audit or {}
+    return _dict(ctx.snap.lora_audit)
 
 
 def low_utilization(ctx: RunContext) -> Iterable[Recommendation]:
@@ -319,9 +324,9 @@ def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def compress_mlp(ctx: RunContext) -> Iterable[Recommendation]:
-    by_type = _audit(ctx).get("by_type") or {}
-    attn = _num((by_type.get("attn") or {}).get("utilization_mean"))
-    mlp = _num((by_type.get("mlp") or {}).get("utilization_mean"))
+    by_type = _dict(_audit(ctx).get("by_type"))
+    attn = _num(_dict(by_type.get("attn")).get("utilization_mean"))
+    mlp = _num(_dict(by_type.get("mlp")).get("utilization_mean"))
     if attn is None or mlp is None or not (mlp < MLP_UTIL_LOW and attn >= 2 * mlp):
         return
     yield _rec("info", "compress_mlp_targets",
