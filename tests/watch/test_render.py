@@ -178,3 +178,13 @@ def test_formatters() -> None:
     assert fmt_duration(None) == "—" and fmt_duration(59.9) == "59s" and fmt_duration(3725) == "1h02m"
     assert fmt_duration(2 * 86400 + 3 * 3600) == "2d03h"
     assert compact_count(147456) == "147k" and compact_count(1234567) == "1.23M" and compact_count(None) == "—"
+
+
+def test_static_log_wraps_long_messages_instead_of_cutting(tmp_path: Path) -> None:
+    msg = "lower the learning rate and compare the gap " * 4 + "END"
+    v = view_of(tmp_path, [run_start(), line("alert", 3, T0 + 3, severity="warning", code="C", message=msg,
+                                             context={})])
+    cut = plain(log_panel(v, 60), width=60)
+    folded = plain(log_panel(v, 60, wrap=True), width=60)
+    assert "END" not in cut and len(cut.splitlines()) == 1
+    assert "END" in folded and " ".join(folded.split()).endswith(" ".join(msg.split()))

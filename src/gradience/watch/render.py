@@ -231,11 +231,13 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
     lr_txt = f" {num(s.lr.get('last'), 3)}"
     label_w = 5
     spark_w = max(4, width - label_w - max(len(loss_txt), len(lr_txt)))
+    loss_spark = _spark(v.loss_series, spark_w) or "—"
+    lr_spark = _spark(v.lr_series, spark_w) or "—"
+    # Short runs draw one character per point; keep the numbers next to them, aligned.
+    pad = max(len(loss_spark), len(lr_spark))
     lines = [
-        _line("loss ", (_spark(v.loss_series, spark_w).ljust(spark_w) if v.loss_series else "—".ljust(spark_w), "magenta"),
-              loss_txt),
-        _line("lr   ", (_spark(v.lr_series, spark_w).ljust(spark_w) if v.lr_series else "—".ljust(spark_w), "blue"),
-              lr_txt),
+        _line("loss ", (loss_spark.ljust(pad), "magenta"), loss_txt),
+        _line("lr   ", (lr_spark.ljust(pad), "blue"), lr_txt),
     ]
     spikes = loss.get("spikes", 0)
     nonfinite = loss.get("nonfinite_count", 0)
@@ -356,8 +358,11 @@ def audit_panel(v: WatchView, width: int) -> RenderableType:
     return Group(*lines)
 
 
-def log_panel(v: WatchView, width: int, limit: int | None = None) -> RenderableType:
-    """Alerts and recommendations, newest first (``limit`` entries, then a count of the rest)."""
+def log_panel(v: WatchView, width: int, limit: int | None = None, wrap: bool = False) -> RenderableType:
+    """Alerts and recommendations, newest first (``limit`` entries, then a count of the rest).
+
+    ``wrap`` folds long messages onto more lines (static output) instead of cutting them.
+    """
     if not v.log:
         return _line(_dim("no alerts or recommendations"))
     entries = v.log if limit is None else v.log[:limit]
@@ -369,6 +374,8 @@ def log_panel(v: WatchView, width: int, limit: int | None = None) -> RenderableT
         lines.append(_line(_dim(f"{step:>7} "), (f"{tag} {SEVERITY_TAGS.get(sev, sev[:4].upper())}",
                                                  SEVERITY_STYLES.get(sev, "")),
                            " ", (e["code"], "bold"), f" {e['message']}"))
+        if wrap:
+            lines[-1].no_wrap, lines[-1].overflow = False, "fold"
     hidden = v.n_log - len(entries)
     if hidden > 0:
         lines.append(_line(_dim(f"… {hidden} older")))
@@ -423,6 +430,6 @@ def render_once(v: WatchView, width: int = 80, log_limit: int = 20) -> Renderabl
     panels = {pid: (title, builder) for pid, title, builder in PANELS}
     for pid in ONCE_ORDER:
         title, builder = panels[pid]
-        body = log_panel(v, inner, limit=log_limit) if pid == "log" else builder(v, inner)
+        body = log_panel(v, inner, limit=log_limit, wrap=True) if pid == "log" else builder(v, inner)
         parts.append(panel(body, title))
     return Group(*parts)
