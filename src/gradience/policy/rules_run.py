@@ -315,11 +315,13 @@ def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
     if saved is not None and params and saved > 0:
         msg += f" (about {saved:,} fewer LoRA parameters, {saved / params * 100:.0f}%)"
     msg += "; verify accuracy with `gradience bench` or an eval run."
+    share = "90% of" if basis == "p90" else "half of"
     yield _rec("info", "compress_rank", msg,
-               f"The audit's {basis} suggestion (energy rank at 90%, rounded up) is below the configured rank, so "
-               "the extra directions carry under 10% of the update energy.", conf,
+               f"In {share} the audited modules, the top {target} singular directions already hold ≥ 90% of the "
+               "update energy (energy rank at 90%, rounded up to an allowed rank); the rest of the rank adds "
+               "parameters, not signal. Only an eval can confirm that accuracy holds.", conf,
                {"r": r, "suggested_r": target, "suggested_r_global_median": med, "suggested_r_global_90": p90,
-                "energy_rank_90_p50": audit.get("energy_rank_90_p50"), "total_lora_params": params,
+                "energy_rank_90_p50": audit.get("energy_rank_90_p50"), "total_lora_params": audit.get("total_lora_params"),
                 "lora_params_saved": saved})
 
 
