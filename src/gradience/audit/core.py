@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ __all__ = ["AuditResult", "LoadedAdapter", "audit_adapter", "iter_factor_batches
 
 # Upper bound on the float64 working set of one batch (A and B stacks together). Keeps
 # peak memory flat however large the adapter is.
-BATCH_BYTES = 48 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
 
 ProgressFn = Callable[[int, int], None]
 
@@ -100,20 +102,76 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
 
 
 def iter_factor_batches(ad: LoadedAdapter, modules: list[LoraModule] | None = None,
-                        batch_bytes: int = BATCH_BYTES) -> Iterator[tuple[list[LoraModule], np.ndarray, np.ndarray]]:
+                        batch_bytes: int = BATCH_BYTES, prefetch: bool = True,
+                        ) -> Iterator[tuple[list[LoraModule], np.ndarray, np.ndarray]]:
     """Yield ``(modules, A, B)`` float64 stacks of equal-shaped modules: A (n, r, in),
-    B (n, out, r). Tensors are read one at a time; a batch never exceeds ``batch_bytes``."""
+    B (n, out, r). Tensors are read one at a time; a batch never exceeds ``batch_bytes``.
+
+    With ``prefetch`` a background thread reads and decodes the next batch while the
+    caller computes on this one (numpy and the file reads release the GIL). Stacks come
+    from a small ring of reused buffers: a yielded batch is valid until the next one is
+    requested; copy what you keep.
+    """
+    mods_all = modules if modules is not None else ad.modules
+    if not prefetch:
+        yield from _read_batches(ad, mods_all, batch_bytes, ring=1)
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in _read_batches(ad, mods_all, batch_bytes, ring=3):
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer thread
+            q.put(exc)
+
+    t = threading.Thread(target=produce, name="gradience-audit-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(timeout=0.05)
+
+
+def _read_batches(ad: LoadedAdapter, modules: list[LoraModule], batch_bytes: int, ring: int,
+                  ) -> Iterator[tuple[list[LoraModule], np.ndarray, np.ndarray]]:
     groups: dict[tuple[int, int, int], list[LoraModule]] = defaultdict(list)
-    for m in modules if modules is not None else ad.modules:
+    for m in modules:
         groups[(m.r, m.in_features, m.out_features)].append(m)
     src = ad.source
     for (r, n_in, n_out), mods in groups.items():
         per = 8 * r * (n_in + n_out)
-        step = max(1, batch_bytes // max(per, 1))
-        for i in range(0, len(mods), step):
+        step = max(1, min(len(mods), batch_bytes // max(per, 1)))
+        n_chunks = -(-len(mods) // step)
+        # Buffers are reused across chunks (a ring of `ring`, so a prefetching reader never
+        # overwrites the batch being computed on): fresh 32 MB arrays per chunk would cost
+        # more in page faults than the arithmetic does.
+        bufs = [(np.empty((step, r, n_in)), np.empty((step, n_out, r))) for _ in range(min(ring, n_chunks))]
+        for c, i in enumerate(range(0, len(mods), step)):
             chunk = mods[i: i + step]
-            a = np.empty((len(chunk), r, n_in))
-            b = np.empty((len(chunk), n_out, r))
+            a_buf, b_buf = bufs[c % len(bufs)]
+            a, b = a_buf[: len(chunk)], b_buf[: len(chunk)]
             for j, m in enumerate(chunk):
                 src.read_into(m.a_key, a[j])
                 src.read_into(m.b_key, b[j])

@@ -224,6 +224,8 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._scratch: np.ndarray | None = None
+        self._wide: np.ndarray | None = None
         try:
             self._f = open(self.path, "rb")
         except OSError as exc:
@@ -290,13 +292,22 @@ class SafetensorsFile:
         _, _, s, e = self._entries[name]
         return e - s
 
-    def _raw(self, name: str) -> np.ndarray:
+    def _raw(self, name: str, scratch: bool = False) -> np.ndarray:
+        """The stored bits of a tensor. With ``scratch`` the array lives in a buffer reused
+        by the next call (no fresh allocation, so no page faults per tensor)."""
         dt, shape, start, end = self._entries[name]
         storage = _DTYPES[dt][0]
-        buf = np.empty(shape, dtype=storage)
-        view = memoryview(buf.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        got = os.preadv(self._f.fileno(), [view], self._data_start + start) if end > start else 0
-        if got != end - start:
+        n = end - start
+        if scratch:
+            if self._scratch is None or self._scratch.size < n:
+                self._scratch = np.empty(max(n, 1 << 20), dtype=np.uint8)
+            flat = self._scratch[:n]
+            buf = flat.view(storage).reshape(shape)
+        else:
+            buf = np.empty(shape, dtype=storage)
+            flat = buf.reshape(-1).view(np.uint8)
+        got = os.preadv(self._f.fileno(), [memoryview(flat)], self._data_start + start) if n else 0  # type: ignore[arg-type]
+        if got != n:
             raise self._bad(f"short read for tensor {name!r}")
         return buf
 
@@ -313,9 +324,14 @@ class SafetensorsFile:
     def read_into(self, name: str, out: np.ndarray) -> None:
         """Decode the tensor into ``out`` (same number of elements; casting assignment)."""
         dt = self._entries[name][0]
-        arr = self._raw(name)
+        arr = self._raw(name, scratch=True)
         if dt == "BF16":
-            arr = _bf16_to_f32(arr)
+            n = arr.size
+            if self._wide is None or self._wide.size < n:
+                self._wide = np.empty(max(n, 1 << 18), dtype=np.uint32)
+            wide = self._wide[:n].reshape(arr.shape)
+            np.left_shift(arr, 16, out=wide, dtype=np.uint32)
+            arr = wide.view(np.float32)
         out[...] = arr.reshape(out.shape)
 
     def read_raw(self, name: str) -> tuple[np.ndarray, str]:
