@@ -160,6 +160,9 @@ class GradienceCallback(TrainerCallback):
         prev = sys.excepthook
 
         def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+            if sys.excepthook is hook:
+                sys.excepthook = prev
+            self._prev_excepthook = None
             if self.recorder is not None and self.recorder.started and not self.recorder.ended:
                 status = "aborted" if issubclass(exc_type, KeyboardInterrupt) else "error"
                 self.recorder.finish(status, f"{exc_type.__name__}: {exc}", self.recorder.last_step or None)

@@ -93,6 +93,13 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
         raise UsageError("--steps must be >= 1")
     if opts.rank < 1:
         raise UsageError("--rank must be >= 1")
+    # Bad input fails before the (slow) framework imports.
+    if opts.data_dir is not None:
+        train_ex, test_ex = load_tsv_dir(opts.data_dir, n_train=opts.n_train, n_test=opts.n_eval, seed=opts.seed)
+        dataset_name = f"sst2-style TSV ({Path(opts.data_dir).name})"
+    else:
+        train_ex, test_ex = generate_sentiment(n_train=opts.n_train, n_test=opts.n_eval, seed=opts.seed)
+        dataset_name = "gradience-synthetic-sentiment"
     require("transformers", "hf", "gradience demo")
     require("peft", "hf", "gradience demo")
     import torch
@@ -118,12 +125,6 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     model_path = resolve_model_path(opts.model)
-    if opts.data_dir is not None:
-        train_ex, test_ex = load_tsv_dir(opts.data_dir, n_train=opts.n_train, n_test=opts.n_eval, seed=opts.seed)
-        dataset_name = f"sst2-style TSV ({Path(opts.data_dir).name})"
-    else:
-        train_ex, test_ex = generate_sentiment(n_train=opts.n_train, n_test=opts.n_eval, seed=opts.seed)
-        dataset_name = "gradience-synthetic-sentiment"
     n_labels = max(2, max(e.label for e in train_ex + test_ex) + 1)
 
     torch.manual_seed(opts.seed)
@@ -141,7 +142,8 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
     test_ds = _TextDataset(test_ex, tokenizer, opts.max_length)
     # A fixed train subset of the same size as the test split: the train side of the gap.
     train_subset = _TextDataset(train_ex[: len(test_ex)], tokenizer, opts.max_length)
-    eval_every = opts.eval_every or max(1, opts.steps // 4)
+    # About 4 evaluations per run, never more often than every 10 steps (short runs: one, at the end).
+    eval_every = opts.eval_every or max(opts.steps // 4, min(opts.steps, 10))
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     args = TrainingArguments(
