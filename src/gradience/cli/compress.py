@@ -1,6 +1,65 @@
-"""`gradience compress` (not built yet)."""
+"""`gradience compress`: parse options, run :func:`gradience.audit.compress.compress_adapter`, print."""
 
-from ._unbuilt import unbuilt
-from .main import COMMANDS
+from __future__ import annotations
 
-compress = unbuilt("compress", COMMANDS["compress"][2])
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._output import console, fmt_num, print_json
+
+
+@click.command(name="compress")
+@click.option("--peft-dir", type=click.Path(path_type=Path), required=True, help="Input PEFT adapter directory.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory (never the input).")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate every module to min(N, r).")
+@click.option("--energy", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Per module the smallest rank keeping this fraction of Σσ² (energy, not norm).")
+@click.option("--strategy", type=click.Choice(["uniform_median", "uniform_p90", "per_layer"]), default=None,
+              help="Use the audit's suggested ranks.")
+@click.option("--budget-params", type=click.IntRange(min=1), default=None,
+              help="Per-module ranks keeping the most update energy within N LoRA parameters.")
+@click.option("--force", is_flag=True, help="Overwrite a non-empty output directory.")
+@click.option("--dry-run", is_flag=True, help="Report what would be kept; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (documented in docs/compress.md).")
+def compress(peft_dir: Path, out: Path, rank: int | None, energy: float | None, strategy: str | None,
+             budget_params: int | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Shrink a trained LoRA adapter exactly (best rank-k ΔW per module), without retraining.
+
+    Writes adapter_config.json + adapter_model.safetensors that PEFT loads unchanged on the
+    same base model. Verify the smaller adapter with an eval before you ship it.
+    """
+    from ..audit.compress import compress_adapter
+
+    rep = compress_adapter(peft_dir, out, rank=rank, energy=energy, strategy=strategy,
+                           budget_params=budget_params, force=force, dry_run=dry_run)
+    if as_json:
+        print_json(rep)
+        return
+    _print(rep)
+
+
+def _print(rep: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    c = console()
+    s = rep["summary"]
+    how = {"rank": f"rank {s['rank']}", "energy": f"energy {s['energy']}",
+           "budget_params": f"budget {fmt_num(s['budget_params'])} params"}.get(s["method"], f"strategy {s['method']}")
+    c.print(f"[bold]Compress[/bold] {s['input']} → {s['output']} ({how}){' [dry run: nothing written]' if s['dry_run'] else ''}")
+    t = Table(title="Modules", title_justify="left")
+    for col in ("module", "r", "new r", "retained energy", "spectral error s·σₖ₊₁"):
+        t.add_column(col, justify="left" if col == "module" else "right", overflow="fold")
+    for m in rep["modules"]:
+        t.add_row(m["name"], str(m["old_r"]), str(m["new_r"]), f"{100 * m['retained_energy']:.2f}%",
+                  fmt_num(m["spectral_error"], 3))
+    c.print(t)
+    saved = 100 * s["params_saved_fraction"]
+    c.print(f"parameters {fmt_num(s['params_before'])} → {fmt_num(s['params_after'])} ({saved:.1f}% fewer); "
+            f"file {fmt_num(s['bytes_before'])} → {'~' if s['bytes_after_estimated'] else ''}{fmt_num(s['bytes_after'])} bytes")
+    c.print(f"retained energy: min {100 * s['retained_energy_min']:.2f}%, mean {100 * s['retained_energy_mean']:.2f}%; "
+            f"{s['n_truncated']}/{s['n_modules']} modules truncated; new r={s['r']} α={fmt_num(s['lora_alpha'])}"
+            + (f", {len(rep['config']['rank_pattern'])} rank_pattern override(s)" if rep["config"]["rank_pattern"] else ""))
+    if not s["dry_run"]:
+        c.print("Next: evaluate the compressed adapter against the original before using it.")

@@ -1,0 +1,266 @@
+"""Shrink a LoRA adapter exactly: per module the best rank-k approximation of ΔW (Eckart–Young),
+computed from the factored SVD (ΔW is never formed), written as an adapter PEFT loads unchanged.
+
+New factors B' = Q_B U_k Σ_k^½ and A' = Σ_k^½ V_kᵀ Q_Aᵀ satisfy B'·A' = (B·A)_k, and each module
+keeps its scale s (α' = s·k, or s·√k with rsLoRA), so s·B'·A' is the truncated s·B·A. Work is
+float64; the output keeps the input dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import AdapterFormatError, UsageError
+from .core import LoadedAdapter, iter_factor_batches, open_adapter
+from .loading import SafetensorsFile
+from .metrics import energy_rank, percentile
+from .spectrum import factored_svd, singular_values
+from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
+
+__all__ = ["STRATEGIES", "compress_adapter"]
+
+STRATEGIES = ("uniform_median", "uniform_p90", "per_layer")
+_ST_DTYPE = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _encode(x: np.ndarray, dtype: str) -> bytes:
+    if dtype == "BF16":
+        u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+        # round to nearest even, like torch's bf16 cast
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2").tobytes()
+    return np.ascontiguousarray(x, dtype=_ST_DTYPE[dtype]).tobytes()
+
+
+def _check_paths(src_dir: Path, out: Path, force: bool, dry_run: bool) -> None:
+    src = src_dir.resolve()
+    dst = out.resolve()
+    if dst == src or src in dst.parents:
+        raise UsageError("the output must not be the input adapter directory or inside it", path=out,
+                         hint="choose a new directory, e.g. runs/x/peft-r16")
+    if dry_run:
+        return
+    if dst.exists() and not dst.is_dir():
+        raise UsageError("output exists and is not a directory", path=out)
+    if dst.exists() and any(dst.iterdir()) and not force:
+        raise UsageError("output directory exists and is not empty", path=out, hint="pass --force to overwrite")
+
+
+def _sigmas(ad: LoadedAdapter) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for chunk, a, b in iter_factor_batches(ad):
+        s = singular_values(a, b)
+        for m, row in zip(chunk, s, strict=True):
+            out[m.name] = row.copy()
+    return out
+
+
+def compress_adapter(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    rank: int | None = None,
+    energy: float | None = None,
+    strategy: str | None = None,
+    budget_params: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Compress the adapter in directory ``path`` into ``out`` (a new directory).
+
+    Exactly one of: ``rank`` (every module to min(rank, r)), ``energy`` (per module the
+    smallest k keeping that fraction of Σσ²), ``strategy`` (``uniform_median``,
+    ``uniform_p90`` or ``per_layer`` from the audit's suggestions) or ``budget_params``
+    (the audit's budgeted allocation). ``dry_run`` computes the report without writing.
+
+    Returns the report: ``modules`` (per module old/new rank, retained energy, spectral
+    error s·σ_{k+1}, Frobenius error) and ``summary`` (parameters and file bytes before/after,
+    minimum/mean retained energy).
+    """
+    given = [x is not None for x in (rank, energy, strategy, budget_params)]
+    if sum(given) != 1:
+        raise UsageError("give exactly one of --rank, --energy, --strategy, --budget-params")
+    if rank is not None and rank < 1:
+        raise UsageError(f"rank must be >= 1, got {rank}")
+    if energy is not None and not (0.0 < energy <= 1.0):
+        raise UsageError(f"energy must be in (0, 1], got {energy}")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    src_dir = Path(path)
+    out_dir = Path(out)
+    if not src_dir.is_dir():
+        raise AdapterFormatError("adapter directory not found", path=src_dir)
+    _check_paths(src_dir, out_dir, force, dry_run)
+
+    ad = open_adapter(src_dir)
+    try:
+        if ad.config.use_dora or any(m.magnitude_key for m in ad.modules):
+            raise AdapterFormatError(
+                "DoRA adapters cannot be compressed by truncating B·A: the learned magnitude is normalised "
+                "by the norm of W + s·B·A, which truncation changes", path=src_dir,
+                hint="compress a plain LoRA adapter, or merge the DoRA adapter into the base model first")
+        bad = [p for p in ad.issues if p["code"] == "SHAPE_MISMATCH"]
+        if bad:
+            raise AdapterFormatError(f"cannot compress an adapter with unusable modules: {bad[0]['message']}",
+                                     path=ad.weights_path)
+        return _compress(ad, out_dir, rank, energy, strategy, budget_params, dry_run)
+    finally:
+        ad.close()
+
+
+def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, strategy: str | None,
+                  budget_params: int | None) -> dict[str, int]:
+    if rank is not None:
+        return {m.name: min(rank, m.r) for m in ad.modules}
+    sig = _sigmas(ad)
+    nonfinite = [n for n, s in sig.items() if not np.all(np.isfinite(s))]
+    if nonfinite:
+        raise AdapterFormatError(f"{len(nonfinite)} module(s) contain NaN/Inf, e.g. {nonfinite[0]}",
+                                 path=ad.weights_path, hint="the adapter is corrupt; it cannot be compressed")
+    if energy is not None:
+        return {m.name: max(1, energy_rank(sig[m.name], energy)) for m in ad.modules}
+    rows = [{"name": m.name, "r": m.r, "scale": ad.module_scale[m.name], "in_features": m.in_features,
+             "out_features": m.out_features, "params": m.params,
+             "energy_rank_90": energy_rank(sig[m.name], 0.90)} for m in ad.modules]
+    if budget_params is not None:
+        try:
+            alloc = allocate(rows, [sig[r["name"]] for r in rows], ad.config.use_rslora, budget_params=budget_params)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return {k: int(v) for k, v in alloc["ranks"].items()}
+    if strategy == "per_layer":
+        return {k: int(v) for k, v in per_module_suggestion(rows, ad.config.use_rslora)["ranks"].items()}
+    measured = [r["energy_rank_90"] for r in rows if np.any(sig[r["name"]] > 0)] or [1]
+    q = 50 if strategy == "uniform_median" else 90
+    k = round_up_rank(percentile(measured, q), max(m.r for m in ad.modules)) or 1
+    return {m.name: min(k, m.r) for m in ad.modules}
+
+
+def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float | None, strategy: str | None,
+              budget_params: int | None, dry_run: bool) -> dict[str, Any]:
+    targets = _target_ranks(ad, rank, energy, strategy, budget_params)
+    rs = ad.config.use_rslora
+    src = ad.source
+    reports: dict[str, dict[str, Any]] = {}
+    tmp_data = None
+    entries: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, start, end
+    offset = 0
+    if not dry_run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp_data = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".compress-", suffix=".tmp", delete=False)  # noqa: SIM115
+
+    def emit(name: str, dtype: str, shape: list[int], data: bytes) -> None:
+        nonlocal offset
+        size = int(np.prod(shape)) * _ITEMSIZE.get(dtype, 4) if dry_run else len(data)
+        entries.append((name, dtype, shape, offset, offset + size))
+        offset += size
+        if tmp_data is not None:
+            tmp_data.write(data)
+
+    try:
+        for chunk, a, b in iter_factor_batches(ad):
+            f = factored_svd(a, b)
+            for j, m in enumerate(chunk):
+                sig = f.sigma[j]
+                if not np.all(np.isfinite(sig)):
+                    raise AdapterFormatError(f"module {m.name} contains NaN/Inf", path=ad.weights_path)
+                k = max(1, min(int(targets[m.name]), m.r))
+                s = ad.module_scale[m.name]
+                root = np.sqrt(sig[:k])
+                new_b = f.left[j][:, :k] * root  # out × k
+                new_a = (f.right[j][:, :k] * root).T  # k × in
+                total = float(np.dot(sig, sig))
+                kept = float(np.dot(sig[:k], sig[:k]))
+                reports[m.name] = {
+                    "name": m.name, "old_r": m.r, "new_r": k, "scale": s,
+                    "alpha": alpha_for(s, k, rs),
+                    "retained_energy": kept / total if total > 0 else 1.0,
+                    "spectral_error": abs(s) * float(sig[k]) if k < sig.size else 0.0,
+                    "frob_error": abs(s) * math.sqrt(max(total - kept, 0.0)),
+                    "params_before": m.params, "params_after": k * (m.in_features + m.out_features),
+                }
+                dt_a, dt_b = src.dtype(m.a_key), src.dtype(m.b_key)
+                a_shape = [k, *m.a_shape[1:]]
+                b_shape = [m.b_shape[0], k, *m.b_shape[2:]]
+                emit(m.a_key, dt_a, a_shape, b"" if dry_run else _encode(new_a.reshape(a_shape), dt_a))
+                emit(m.b_key, dt_b, b_shape, b"" if dry_run else _encode(new_b.reshape(b_shape), dt_b))
+        # everything that is not a LoRA factor is copied bit for bit
+        for name in ad.skipped + [m.magnitude_key for m in ad.modules if m.magnitude_key]:
+            if isinstance(src, SafetensorsFile):
+                raw, dt = src.read_raw(name)
+                emit(name, dt, list(raw.shape), b"" if dry_run else raw.tobytes())
+            else:
+                x = src.read(name)
+                dt = src.dtype(name)
+                emit(name, dt if dt in _ST_DTYPE or dt == "BF16" else "F32", list(x.shape),
+                     b"" if dry_run else _encode(x, dt if dt in _ST_DTYPE or dt == "BF16" else "F32"))
+        rows = [reports[m.name] for m in ad.modules]
+        cfg = _new_config(ad, rows)
+        weights_out = out_dir / "adapter_model.safetensors"
+        if tmp_data is not None:
+            tmp_data.close()
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            for name, dt, shape, start, end in entries:
+                header[name] = {"dtype": dt, "shape": shape, "data_offsets": [start, end]}
+            raw_h = json.dumps(header, separators=(",", ":")).encode()
+            raw_h += b" " * (-len(raw_h) % 8)
+            part = out_dir / ".adapter_model.safetensors.part"
+            with open(part, "wb") as fo, open(tmp_data.name, "rb") as fi:
+                fo.write(len(raw_h).to_bytes(8, "little"))
+                fo.write(raw_h)
+                shutil.copyfileobj(fi, fo, 16 << 20)
+            os.replace(part, weights_out)
+            (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+            stale = out_dir / "adapter_model.bin"
+            if stale.exists():
+                stale.unlink()  # PEFT must not pick up an old .bin beside the new file
+    finally:
+        if tmp_data is not None:
+            tmp_data.close()
+            Path(tmp_data.name).unlink(missing_ok=True)
+
+    header_est = 8 + sum(len(n) + 80 for n, *_ in entries)  # JSON entry per tensor, roughly
+    bytes_after = weights_out.stat().st_size if not dry_run else header_est + offset
+    retained = [r["retained_energy"] for r in rows]
+    before = sum(r["params_before"] for r in rows)
+    after = sum(r["params_after"] for r in rows)
+    summary = {
+        "method": ("rank" if rank is not None else "energy" if energy is not None
+                   else "budget_params" if budget_params is not None else strategy),
+        "rank": rank, "energy": energy, "strategy": strategy, "budget_params": budget_params,
+        "n_modules": len(rows),
+        "n_truncated": sum(r["new_r"] < r["old_r"] for r in rows),
+        "params_before": before, "params_after": after,
+        "params_saved_fraction": (1 - after / before) if before else 0.0,
+        "bytes_before": ad.weights_path.stat().st_size, "bytes_after": int(bytes_after),
+        "bytes_after_estimated": dry_run,
+        "retained_energy_min": min(retained), "retained_energy_mean": float(np.mean(retained)),
+        "spectral_error_max": max(r["spectral_error"] for r in rows),
+        "ranks": dict(sorted(Counter(r["new_r"] for r in rows).items())),
+        "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
+        "input": str(ad.config_path.parent), "output": str(out_dir), "dry_run": dry_run,
+    }
+    return {"summary": summary, "modules": rows, "config": cfg}
+
+
+def _new_config(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The input config with r/alpha set to the most common new rank and explicit full-name
+    rank_pattern/alpha_pattern entries for every module that differs (PEFT matches a
+    pattern key against the end of the module path)."""
+    frag = _pattern([{"name": r["name"].split("[")[0], "scale": r["scale"]} for r in rows],
+                    [r["new_r"] for r in rows], ad.config.use_rslora)
+    cfg = dict(ad.config.raw)
+    cfg["r"] = frag["r"]
+    cfg["lora_alpha"] = frag["lora_alpha"]
+    cfg["rank_pattern"] = frag["rank_pattern"]
+    cfg["alpha_pattern"] = frag["alpha_pattern"]
+    cfg.pop("alpha", None)  # very old key; lora_alpha is authoritative now
+    return cfg
