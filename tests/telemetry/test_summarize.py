@@ -151,3 +151,22 @@ def test_config_snapshot_roundtrip_keeps_unknown_keys() -> None:
     assert rec.severity == "warning" and rec.severity_rank == 1
     with pytest.raises(ValueError):
         Recommendation("info", "a", "m", confidence=1.5)
+
+
+def test_odd_config_sections_do_not_crash(tmp_path: Path) -> None:
+    path = tmp_path / "odd.jsonl"
+    with TelemetryWriter(path, run_id="o") as w:
+        w.emit("run_start", config={"lora": "r=8", "optimizer": [1, 2], "training": 3, "extras": "x"}, meta={})
+    snap = TelemetryReader(path).summarize()
+    assert snap.r is None and snap.config["lora"]["extras"] == {"_unparsed": "r=8"}
+
+
+def test_profile_inferred_from_dataset_when_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "lm.jsonl"
+    with TelemetryWriter(path, run_id="g") as w:
+        w.run_start({"dataset_name": "openai/gsm8k", "task_profile": "unknown"})
+        w.eval(1, split="train", metrics={"loss": 1.0})
+        w.eval(1, split="test", metrics={"loss": 2.0})
+    snap = TelemetryReader(path).summarize()
+    assert snap.task_profile == "hard_reasoning"
+    assert snap.gaps["ppl_gap"] == pytest.approx(math.e)

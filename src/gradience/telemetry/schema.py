@@ -95,9 +95,13 @@ def _from_dict(cls: type, data: Any) -> Any:
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise TypeError(f"{cls.__name__}.from_dict expects an object, got {type(data).__name__}")
+        # Telemetry from other writers may hold anything here: keep it, never crash.
+        obj = cls()
+        obj.extras = {"_unparsed": data}
+        return obj
     known, unknown = _split_known(cls, data)
-    extras = dict(known.pop("extras", None) or {})
+    raw_extras = known.pop("extras", None)
+    extras = dict(raw_extras) if isinstance(raw_extras, dict) else {}
     extras.update(unknown)
     obj = cls(**known)
     obj.extras = extras
@@ -182,7 +186,8 @@ class ConfigSnapshot:
         if not isinstance(data, dict):
             raise TypeError(f"ConfigSnapshot.from_dict expects an object, got {type(data).__name__}")
         known, unknown = _split_known(cls, data)
-        extras = dict(known.pop("extras", None) or {})
+        raw_extras = known.pop("extras", None)
+        extras = dict(raw_extras) if isinstance(raw_extras, dict) else {}
         extras.update(unknown)
         profile = known.pop("task_profile", None)
         return cls(

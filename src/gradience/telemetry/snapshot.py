@@ -264,14 +264,17 @@ class RunAccumulator:
     # ------------------------------------------------------------------------------
     def snapshot(self, *, gap_threshold: float | None = None) -> SignalSnapshot:
         cfg = ConfigSnapshot.from_dict(self.config) if self.config else ConfigSnapshot()
-        profile = TaskProfile.parse(cfg.task_profile)
+        from ..policy.profiles import resolve_profile  # core → core; lazy to keep telemetry standalone
+
+        profile, _ = resolve_profile(cfg)
         snap = SignalSnapshot(
             run_id=self.run_id,
             model_name=cfg.model_name,
             dataset_name=cfg.dataset_name,
             task_profile=profile.value,
             r=cfg.lora.r,
-            config=self.config,
+            # Normalised (known fields typed, anything else under extras) so views never meet odd types.
+            config=cfg.to_dict() if self.config else {},
             meta=self.meta,
             status=self.status,
             reason=self.reason,
