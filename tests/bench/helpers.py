@@ -32,7 +32,7 @@ CHARS = list("0123456789+-*.?: \nQWAabcdefghijklmnopqrstuvwxyz")
 
 def tiny_causal_dir(root: Path) -> Path:
     """A hidden-32 random GPT-2 with a character-level tokenizer built here (no downloads)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     out = root / "tiny-gpt2"
@@ -43,6 +43,7 @@ def tiny_causal_dir(root: Path) -> Path:
         vocab.setdefault(ch, len(vocab))
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tk.decoder = decoders.Fuse()  # characters join back without spaces
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     cfg = GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=128,
                      bos_token_id=1, eos_token_id=1, pad_token_id=0)

@@ -42,7 +42,7 @@ def test_bad_tsv_rows_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="line 3: label 'x' is not an integer"):
         load_task_data(cfg.task, None, None)
     (tmp_path / "train.tsv").write_text("label\tsentence\n7\tgood\n")
-    with pytest.raises(ConfigError, match="label 7 outside 0..1"):
+    with pytest.raises(ConfigError, match=r"label 7 outside 0\.\.1"):
         load_task_data(cfg.task, None, None)
     (tmp_path / "dev.tsv").unlink()
     with pytest.raises(ConfigError, match=r"no dev\.tsv"):

@@ -279,12 +279,18 @@ class _Runner:
         return True
 
     def _control_from_probe(self, seed: int, plan: VariantPlan, probe: dict[str, Any]) -> dict[str, Any]:
+        """The probe's record under the control's name; ``eval.json`` points at the probe's adapter."""
         units = self.cfg.train.max_steps
         self.reporter.job_start(seed, plan.strategy, units, True)
         self.reporter.advance(units)
         rec = dict(probe)
         rec.update({"strategy": plan.strategy, "plan": plan.to_dict(), "plan_fingerprint": plan.fingerprint(),
-                    "control": True, "retrained": False, "same_as": PROBE})
+                    "control": True, "retrained": False, "same_as": PROBE, "adapter": f"../{PROBE}/peft"})
+        vdir = self.output / f"seed_{seed}" / plan.strategy
+        old = _read_json(vdir / EVAL_FILE)
+        if not (_reusable(old, self.cfg_hash, plan) and old and old.get("finished_at") == probe.get("finished_at")):
+            vdir.mkdir(parents=True, exist_ok=True)
+            _write_json(vdir / EVAL_FILE, rec)
         self.reporter.job_done(seed, plan.strategy, rec, True)
         return rec
 

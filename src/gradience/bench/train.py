@@ -97,9 +97,9 @@ def _load_base(cfg: BenchConfig, path: str) -> Any:
 
 
 def _quiet_transformers() -> None:
-    import transformers
-
     import warnings
+
+    import transformers
 
     transformers.logging.set_verbosity_error()
     # Deprecation notices from inside transformers are not actionable for a bench user.
