@@ -88,7 +88,7 @@ def test_output_keeps_dtype_and_conv1d_layout(tmp_path, dtype):
 
 
 def test_strategies_budget_and_patterns(tmp_path):
-    src, mods = _adapter(tmp_path)
+    src, _ = _adapter(tmp_path)
     rep = compress_adapter(src, tmp_path / "pl", strategy="per_layer")
     cfg = rep["config"]
     ranks = {m["name"]: m["new_r"] for m in rep["modules"]}

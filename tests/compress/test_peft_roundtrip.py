@@ -76,7 +76,7 @@ def test_roundtrip_through_peft(kind, tmp_path):
         row = next(m for m in rep["modules"] if m["name"] == name)
         assert row["spectral_error"] == pytest.approx(np.linalg.norm(d2 - new, 2), rel=1e-4)
         assert row["spectral_error"] == pytest.approx(s[2], rel=1e-4)
-    for mod in (m for m in small.modules() if hasattr(m, "r") and isinstance(getattr(m, "r"), dict)):
+    for mod in (m for m in small.modules() if hasattr(m, "r") and isinstance(m.r, dict)):
         assert mod.r["default"] == 2
     with torch.no_grad():
         assert not torch.allclose(small(ids).logits, ref_logits)

@@ -23,7 +23,7 @@ from ..errors import AdapterFormatError, UsageError
 from .core import LoadedAdapter, iter_factor_batches, open_adapter
 from .loading import SafetensorsFile
 from .metrics import energy_rank, percentile
-from .spectrum import factored_svd, singular_values
+from .spectrum import singular_values, truncated_factors
 from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
 
 __all__ = ["STRATEGIES", "compress_adapter"]
@@ -127,7 +127,7 @@ def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, str
                                  path=ad.weights_path, hint="the adapter is corrupt; it cannot be compressed")
     if energy is not None:
         return {m.name: max(1, energy_rank(sig[m.name], energy)) for m in ad.modules}
-    rows = [{"name": m.name, "r": m.r, "scale": ad.module_scale[m.name], "in_features": m.in_features,
+    rows: list[dict[str, Any]] = [{"name": m.name, "r": m.r, "scale": ad.module_scale[m.name], "in_features": m.in_features,
              "out_features": m.out_features, "params": m.params,
              "energy_rank_90": energy_rank(sig[m.name], 0.90)} for m in ad.modules]
     if budget_params is not None:
@@ -138,7 +138,7 @@ def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, str
         return {k: int(v) for k, v in alloc["ranks"].items()}
     if strategy == "per_layer":
         return {k: int(v) for k, v in per_module_suggestion(rows, ad.config.use_rslora)["ranks"].items()}
-    measured = [r["energy_rank_90"] for r in rows if np.any(sig[r["name"]] > 0)] or [1]
+    measured = [float(r["energy_rank_90"]) for r in rows if np.any(sig[r["name"]] > 0)] or [1.0]
     q = 50 if strategy == "uniform_median" else 90
     k = round_up_rank(percentile(measured, q), max(m.r for m in ad.modules)) or 1
     return {m.name: min(k, m.r) for m in ad.modules}
@@ -155,7 +155,7 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
     offset = 0
     if not dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp_data = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".compress-", suffix=".tmp", delete=False)  # noqa: SIM115
+        tmp_data = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".compress-", suffix=".tmp", delete=False)
 
     def emit(name: str, dtype: str, shape: list[int], data: bytes) -> None:
         nonlocal offset
@@ -167,16 +167,12 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
 
     try:
         for chunk, a, b in iter_factor_batches(ad):
-            f = factored_svd(a, b)
-            for j, m in enumerate(chunk):
-                sig = f.sigma[j]
+            ks = [max(1, min(int(targets[m.name]), m.r)) for m in chunk]
+            facs = truncated_factors(a, b, ks)
+            for m, k, (new_a, new_b, sig) in zip(chunk, ks, facs, strict=True):
                 if not np.all(np.isfinite(sig)):
                     raise AdapterFormatError(f"module {m.name} contains NaN/Inf", path=ad.weights_path)
-                k = max(1, min(int(targets[m.name]), m.r))
                 s = ad.module_scale[m.name]
-                root = np.sqrt(sig[:k])
-                new_b = f.left[j][:, :k] * root  # out × k
-                new_a = (f.right[j][:, :k] * root).T  # k × in
                 total = float(np.dot(sig, sig))
                 kept = float(np.dot(sig[:k], sig[:k]))
                 reports[m.name] = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FactoredSVD", "factored_svd", "r_factors", "singular_values"]
+__all__ = ["FactoredSVD", "factored_svd", "r_factors", "singular_values", "truncated_factors"]
 
 _KAPPA_FAST = 3e4
 _KAPPA_REFINE = 1e7
@@ -35,18 +35,20 @@ def _gram(x: np.ndarray, tall: bool) -> np.ndarray:
     return 0.5 * (g + g.transpose(0, 2, 1))
 
 
-def r_factors(x: np.ndarray, tall: bool, want_q: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def r_factors(x: np.ndarray, tall: bool, want_q: bool = False,
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """R factors (n, r, r), upper triangular, of a stack of factors, with R̃ᵀR̃ = XᵀX.
 
     ``x`` is float64 of shape (n, m, r) when ``tall`` (B stacks) or (n, r, m) otherwise
     (A stacks, factored as Aᵀ = Q R). With ``want_q`` also returns Q (n, m, r) with
-    orthonormal columns (an exact zero factor gets Q = 0 and R = 0).
+    orthonormal columns for the modules factored by Householder QR (the third output, a
+    boolean mask); for the others R is invertible and Q = X R⁻¹ is left implicit. An exact
+    zero factor gets R = 0 (and is not in the mask).
     """
     n = x.shape[0]
     r = x.shape[2] if tall else x.shape[1]
     m = x.shape[1] if tall else x.shape[2]
     R = np.zeros((n, r, r))
-    Q = np.zeros((n, m, r)) if want_q else None
     g = _gram(x, tall)
     # NaN/Inf in a factor poisons its Gram matrix; such modules get R = NaN (reported by
     # the caller) instead of failing the whole batch inside LAPACK.
@@ -72,7 +74,7 @@ def r_factors(x: np.ndarray, tall: bool, want_q: bool = False) -> tuple[np.ndarr
         except np.linalg.LinAlgError:
             slow[idx] = True
             continue
-        if passes == 2 or want_q:
+        if passes == 2:
             all_rows = idx.size == n
             xs = x if all_rows else x[idx]
             xi = xs if tall else xs.transpose(0, 2, 1)
@@ -85,12 +87,10 @@ def r_factors(x: np.ndarray, tall: bool, want_q: bool = False) -> tuple[np.ndarr
                     slow[idx] = True
                     continue
                 r1 = np.matmul(r2, r1)
-                if want_q:
-                    q1 = np.matmul(q1, np.linalg.inv(r2))
-            if Q is not None:
-                Q[idx] = q1
         R[idx] = r1
 
+    # Q is only materialised for Householder-factored modules (rare), never for the batch.
+    Q = np.zeros((n, m, r)) if want_q and slow.any() else (np.zeros((n, 0, 0)) if want_q else None)
     for i in np.flatnonzero(slow):
         xi = x[i] if tall else x[i].T
         if Q is not None:
@@ -101,15 +101,15 @@ def r_factors(x: np.ndarray, tall: bool, want_q: bool = False) -> tuple[np.ndarr
             R[i] = np.linalg.qr(xi, mode="r")  # type: ignore[assignment]
     if bad.any():
         R[bad] = np.nan
-    return R, Q
+    return R, Q, slow
 
 
 def singular_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """σ of B·A for stacks ``a`` (n, r, in) and ``b`` (n, out, r), float64; returns (n, r),
     descending. Unscaled (multiply by |s| for ΔW = s·B·A). Modules whose factors hold
     NaN/Inf get a row of NaN."""
-    ra, _ = r_factors(a, tall=False)
-    rb, _ = r_factors(b, tall=True)
+    ra, _, _ = r_factors(a, tall=False)
+    rb, _, _ = r_factors(b, tall=True)
     m = np.matmul(rb, ra.transpose(0, 2, 1))
     ok = np.isfinite(m).all(axis=(1, 2))
     out = np.full(m.shape[:2], np.nan)
@@ -133,9 +133,55 @@ class FactoredSVD:
 
 
 def factored_svd(a: np.ndarray, b: np.ndarray) -> FactoredSVD:
-    """Thin SVD of B·A from the factors (used by compress); same shapes as :func:`singular_values`."""
-    ra, qa = r_factors(a, tall=False, want_q=True)
-    rb, qb = r_factors(b, tall=True, want_q=True)
+    """Thin SVD of B·A from the factors; same shapes as :func:`singular_values`."""
+    n, r, _ = a.shape
+    fa = truncated_factors(a, b, [r] * n)
+    sig = np.stack([s for _, _, s in fa])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.where(sig > 0, np.sqrt(sig), 1.0)
+    left = np.stack([bp for _, bp, _ in fa]) / root[:, None, :]
+    right = np.stack([ap.T for ap, _, _ in fa]) / root[:, None, :]
+    return FactoredSVD(left=left, sigma=sig, right=right)
+
+
+def truncated_factors(a: np.ndarray, b: np.ndarray, ks: list[int],
+                      ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Best rank-k factors of each B·A (Eckart–Young), without forming B·A.
+
+    ``a`` (n, r, in), ``b`` (n, out, r) float64; ``ks`` the target rank per module. Returns
+    per module ``(A' (k, in), B' (out, k), σ (r,))`` with B'·A' = (B·A)_k and the singular
+    values split evenly (B' = Q_B U_k Σ_k^½, A' = Σ_k^½ V_kᵀ Q_Aᵀ). Q_B U_k is computed as
+    B·(R_B⁻¹ U_k) by a triangular solve (only Householder-factored modules form Q).
+    """
+    ra, qa, slow_a = r_factors(a, tall=False, want_q=True)
+    rb, qb, slow_b = r_factors(b, tall=True, want_q=True)
     assert qa is not None and qb is not None
-    u, s, vt = np.linalg.svd(np.matmul(rb, ra.transpose(0, 2, 1)))
-    return FactoredSVD(left=np.matmul(qb, u), sigma=s, right=np.matmul(qa, vt.transpose(0, 2, 1)))
+    m = np.matmul(rb, ra.transpose(0, 2, 1))
+    ok = np.isfinite(m).all(axis=(1, 2))
+    u = np.full_like(m, np.nan)
+    vt = np.full_like(m, np.nan)
+    sig = np.full(m.shape[:2], np.nan)
+    if ok.any():
+        u[ok], sig[ok], vt[ok] = np.linalg.svd(m[ok])
+    out = []
+    for j, k in enumerate(ks):
+        if not ok[j]:  # NaN/Inf in the factors: σ = NaN tells the caller
+            out.append((np.full((k, a.shape[2]), np.nan), np.full((b.shape[1], k), np.nan), sig[j]))
+            continue
+        root = np.sqrt(sig[j, :k])
+        uk = u[j][:, :k] * root  # r × k
+        vk = vt[j][:k].T * root  # r × k
+        if slow_b[j]:
+            bp = qb[j] @ uk
+        elif np.any(rb[j]):
+            bp = b[j] @ np.linalg.solve(rb[j], uk)
+        else:
+            bp = np.zeros((b.shape[1], k))
+        if slow_a[j]:
+            ap = (qa[j] @ vk).T
+        elif np.any(ra[j]):
+            ap = np.linalg.solve(ra[j], vk).T @ a[j]
+        else:
+            ap = np.zeros((k, a.shape[2]))
+        out.append((ap, bp, sig[j]))
+    return out
