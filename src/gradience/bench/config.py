@@ -288,8 +288,8 @@ def _check_semantics(cfg: BenchConfig) -> None:
         raise bad("train.warmup_ratio", "must be in [0, 1)")
     if tr.eval_every < 0:
         raise bad("train.eval_every", "must be >= 0")
-    for key, val in (("train.train_samples", tr.train_samples), ("train.eval_samples", tr.eval_samples)):
-        if val is not None and val < 1:
+    for key, opt in (("train.train_samples", tr.train_samples), ("train.eval_samples", tr.eval_samples)):
+        if opt is not None and opt < 1:
             raise bad(key, "must be >= 1 or null")
     if not tr.seeds:
         raise bad("train.seeds", "needs at least one seed")

@@ -98,7 +98,9 @@ def _metric_key(cfg: BenchConfig) -> str:
 
 
 def _reusable(rec: dict[str, Any] | None, cfg_hash: str, plan: VariantPlan) -> bool:
-    return bool(rec) and rec.get("config_hash") == cfg_hash and rec.get("plan_fingerprint") == plan.fingerprint() \
+    if not rec:
+        return False
+    return rec.get("config_hash") == cfg_hash and rec.get("plan_fingerprint") == plan.fingerprint() \
         and isinstance(rec.get("correct"), int) and isinstance(rec.get("n"), int)
 
 

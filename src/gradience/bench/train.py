@@ -119,7 +119,7 @@ def build_model(cfg: BenchConfig, plan: VariantPlan, seed: int, model_path: str)
     if causal and getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = base.config.eos_token_id
     lcfg = peft.LoraConfig(
-        r=plan.r, lora_alpha=plan.alpha, lora_dropout=cfg.lora.dropout,
+        r=plan.r, lora_alpha=plan.alpha, lora_dropout=cfg.lora.dropout,  # type: ignore[arg-type]
         target_modules=list(cfg.lora.target_modules), rank_pattern=dict(plan.rank_pattern),
         alpha_pattern=dict(plan.alpha_pattern), modules_to_save=cfg.lora.modules_to_save,
         task_type=peft.TaskType.CAUSAL_LM if causal else peft.TaskType.SEQ_CLS,
@@ -174,12 +174,13 @@ def _telemetry_callbacks(cfg: BenchConfig, plan: VariantPlan, seed: int, out_dir
     from transformers import TrainerCallback
 
     callbacks: list[Any] = []
+    callback_cls: Any
     try:
-        from ..training.callback import GradienceCallback
-    except ImportError:
-        GradienceCallback = None
-    if GradienceCallback is not None:
-        callbacks.append(GradienceCallback(
+        from ..training.callback import GradienceCallback as callback_cls
+    except ImportError:  # the training integration is optional; fall back to a minimal recorder
+        callback_cls = None
+    if callback_cls is not None:
+        callbacks.append(callback_cls(
             out_dir=str(out_dir), filename="run.jsonl", telemetry_interval=cfg.train.logging_steps,
             model_name=cfg.model.name, dataset_name=cfg.task.name,
             task_profile="easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",

@@ -108,7 +108,7 @@ def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Poli
     if p.suffix in (".yaml", ".yml") and p.is_file():
         text, where = p.read_text(encoding="utf-8"), str(p)
     else:
-        res = resources.files("gradience.bench").joinpath("policies", f"{name_or_path}.yaml")
+        res = resources.files("gradience.bench") / "policies" / f"{name_or_path}.yaml"
         if not res.is_file():
             raise ConfigError(f"unknown policy {name_or_path!r}", hint="use 'safe_uniform' or a path to a policy YAML")
         text, where = res.read_text(encoding="utf-8"), f"policies/{name_or_path}.yaml"

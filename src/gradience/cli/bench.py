@@ -99,33 +99,42 @@ class RichReporter(Reporter):
             self.progress = None
 
 
+def _short_ranks(label: str) -> str:
+    return label.replace("r=", "").split(" (")[0]
+
+
 def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: str, title: str) -> None:
+    """Cross-seed table: ranks, LoRA params, reduction (LoRA only / with head), mean metric, Δ mean/worst."""
     from rich import box
     from rich.table import Table
 
     from ..bench.report import _ordered
 
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("variant", "ranks", "LoRA params", "LoRA red.", "red. incl. head", f"mean {metric}",
-                "mean Δ pt", "worst Δ pt", "pass", "verdict"):
-        t.add_column(col, justify="left" if col in ("variant", "ranks", "verdict") else "right",
-                     no_wrap=col in ("variant", "ranks", "verdict"))
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+              collapse_padding=True)
+    cols = [("variant", "left"), ("ranks", "left"), ("LoRA par.", "right"), ("saved %", "right"),
+            (metric[:8], "right"), ("Δ pt", "right"), ("verdict", "left")]
+    for col, just in cols:
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     p = summary.get("probe", {})
-    t.add_row("probe", p.get("ranks", "—"), fmt_num(round(p["lora_params"]) if p.get("lora_params") else None),
-              "—", "—", fmt_num(p.get("mean_value")), "—", "—", "—", "reference")
+    t.add_row("probe", _short_ranks(p.get("ranks", "—")),
+              fmt_num(round(p["lora_params"]) if p.get("lora_params") else None), "—",
+              "—" if p.get("mean_value") is None else f"{100 * p['mean_value']:.2f}", "—", "reference")
     colors = {"PASS": "green", "FAIL": "red", "UNDERTRAINED": "yellow", "CONTROL": "dim", "INCOMPLETE": "yellow"}
     strategies = summary.get("strategies", {})
     for name in _ordered(strategies):
         s = strategies[name]
         v = s.get("verdict") or "—"
-        red = s.get("reduction_lora")
-        redh = s.get("reduction_with_head")
-        t.add_row(name, s["ranks"], fmt_num(round(s["lora_params"]) if s.get("lora_params") else None),
-                  "—" if red is None else f"{100 * red:.1f}%", "—" if redh is None else f"{100 * redh:.1f}%",
-                  fmt_num(s.get("mean_value")),
-                  "—" if s.get("mean_delta_points") is None else f"{s['mean_delta_points']:+.2f}",
-                  "—" if s.get("worst_delta_points") is None else f"{s['worst_delta_points']:+.2f}",
-                  s.get("pass_fraction") or "—", f"[{colors.get(v, 'white')}]{v}[/]")
+        red, redh = s.get("reduction_lora"), s.get("reduction_with_head")
+        saved = "—" if red is None else f"{100 * red:.1f}/{100 * (redh or 0):.1f}"
+        dm, dw = s.get("mean_delta_points"), s.get("worst_delta_points")
+        delta = "—" if dm is None else f"{dm:+.2f}/{dw:+.2f}"
+        t.add_row(name, _short_ranks(s["ranks"]),
+                  fmt_num(round(s["lora_params"]) if s.get("lora_params") else None), saved,
+                  "—" if s.get("mean_value") is None else f"{100 * s['mean_value']:.2f}", delta,
+                  f"[{colors.get(v, 'white')}]{v}[/] ({s.get('pass_fraction') or '—'})")
+    t.caption = "saved % = fewer LoRA params / fewer incl. task head; Δ pt = mean / worst seed vs the probe"
+    t.caption_justify = "left"
     c = console()
     c.print(t)
     status = str(verdicts.get("status"))

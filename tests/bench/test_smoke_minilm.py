@@ -1,0 +1,36 @@
+"""`gradience bench run --smoke` on the bundled MiniLM and real SST-2 (about a minute on a quiet CPU).
+
+Marked slow: the default suite runs the same code path on a tiny random BERT (test_protocol.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_minilm_sst2_smoke_produces_every_documented_output(tmp_path, cli, sst2_dir):
+    out = tmp_path / "smoke"
+    r = cli("bench", "run", str(REPO / "configs" / "bench_minilm_sst2.yaml"), "--smoke", "--output", str(out),
+            "--json", timeout=1200)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["status"] in ("PASS", "FAIL", "INCOMPLETE")
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["config"]["model"]["name"] == "bundled:minilm" and bench["seeds_done"] == [42]
+    assert set(bench["variants"]) == {"uniform_median", "uniform_p90", "per_layer", "budget", "truncate"}
+    probe = bench["probe"]["42"]
+    assert probe["n"] == 128 and probe["r_min"] == probe["r_max"] == 32
+    assert len(probe["ranks"]) == 12  # 6 layers × query/value
+    assert probe["head_params"] > 0
+    for name in ("bench.md", "verdicts.json", "bench_aggregate.json", "bench_aggregate.md"):
+        assert (out / name).is_file()
+    for v, row in bench["variants"].items():
+        ev = json.loads((out / "seed_42" / v / "eval.json").read_text())
+        assert ev["ranks"] and ev["lora_params"] == row["lora_params"]
