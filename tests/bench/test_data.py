@@ -97,3 +97,13 @@ def test_response_only_masking():
     short = encode_causal_example(CharTok(), "What is 1 + 1?", "-10.5", max_length=10)
     assert len(short["input_ids"]) == 10
     assert [t for t in short["labels"] if t != IGNORE_INDEX] == [ord(c) for c in " -10.5"] + [1]
+
+
+def test_hub_dataset_without_the_datasets_package_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    cfg = config_from_dict({"task": {"dataset": "glue", "subset": "sst2", "eval_split": "validation"}})
+    with pytest.raises(ConfigError, match="needs the 'datasets' package") as exc:
+        load_task_data(cfg.task, None, None)
+    assert "task.data_dir" in exc.value.one_line()

@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingExtraError
+from ..errors import ConfigError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -141,7 +141,9 @@ def _load_hub(task: Any, split: str) -> list[Example]:
     try:
         import datasets
     except ImportError:
-        raise MissingExtraError("datasets", "bench", "a hub dataset (task.dataset)") from None
+        # Not part of any gradience extra: offline benches use task.data_dir.
+        raise ConfigError("task.dataset needs the 'datasets' package, which is not installed",
+                          hint="pip install datasets, or use task.data_dir with a local TSV copy") from None
     try:
         ds = datasets.load_dataset(task.dataset, task.subset, split=split)
     except Exception as exc:  # the hub client raises many types; all mean "cannot load it"
