@@ -145,3 +145,15 @@ def test_help_and_validation_do_not_import_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "run" in r.stdout and "aggregate" in r.stdout and "report" in r.stdout
+
+
+def test_smoke_flag_without_smoke_overrides_is_a_usage_error(tmp_path, cli):
+    p = _write(tmp_path, "task: {data_dir: /tmp}\n")
+    r = cli("bench", "run", str(p), "--output", str(tmp_path / "out"), "--smoke")
+    assert r.returncode == 2 and "no runtime.smoke overrides" in r.stderr
+
+
+def test_bad_seeds_option_is_a_usage_error(tmp_path, cli):
+    p = _write(tmp_path, "task: {data_dir: /tmp}\n")
+    r = cli("bench", "run", str(p), "--output", str(tmp_path / "out"), "--seeds", "1,x")
+    assert r.returncode == 2 and "--seeds: 'x' is not an integer" in r.stderr

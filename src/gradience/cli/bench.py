@@ -166,6 +166,9 @@ def run_cmd(config: Path, output: Path, smoke: bool, ci: bool, device: str | Non
 
     cfg = load_config(config)
     if smoke:
+        if not cfg.runtime.smoke:
+            raise UsageError("--smoke: this config has no runtime.smoke overrides",
+                             hint="add e.g. runtime: {smoke: {train: {max_steps: 8, seeds: [42]}}}")
         cfg = cfg.with_smoke()
     parsed = _parse_seeds(seeds)
     if parsed is not None:
