@@ -28,8 +28,28 @@ class Rows(torch.utils.data.Dataset):
                 "labels": self.labels[i]}
 
 
+def check_only(out: str) -> None:
+    """Only rank 1 sees a non-finite loss; every rank must report the same triggers."""
+    import torch.distributed as dist
+
+    from gradience.training.guard import GuardConfig, TrainingGuard
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    p = torch.nn.Parameter(torch.ones(3))
+    guard = TrainingGuard(GuardConfig(), {"p": p})
+    triggers = guard.check(1, float("nan") if rank == 1 else 0.5, 1.0)
+    healthy = guard.check(2, 0.5, 1.0)
+    with open(os.path.join(out, f"check{rank}.json"), "w") as fh:
+        json.dump({"triggers": triggers, "healthy": healthy}, fh)
+    dist.destroy_process_group()
+
+
 def main() -> None:
     out = sys.argv[1]
+    if len(sys.argv) > 2 and sys.argv[2] == "check":
+        check_only(out)
+        return
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     fault = options.pop("fault", None)

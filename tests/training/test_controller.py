@@ -68,3 +68,40 @@ def test_step_before_initialize_is_a_clear_error(tmp_path):
 
     with pytest.raises(GradienceError, match="initialize"):
         GradienceController(tmp_path).step(1, 0.5)
+
+
+@pytest.mark.parametrize(("persistent", "expect"), [(False, "ok"), (True, "aborted")])
+def test_plain_loop_guard_rolls_back_and_locks_out(tmp_path, tiny_tokenizer, persistent, expect):
+    from gradience import GradienceController
+    from gradience.training.faults import FaultInjector
+    from gradience.training.guard import GuardConfig
+
+    model = tiny_model(tiny_tokenizer)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ctl = GradienceController(tmp_path, guard_enabled=True, telemetry_interval=1, spectral_interval=2,
+                              guard_config=GuardConfig(snapshot_interval=2, cooldown=1, max_rollbacks=2))
+    ctl.initialize(model, optimizer=opt)
+    inj = FaultInjector("nan_param", 3, persistent=persistent)
+    inj.attach(model)
+    stopped_at = None
+    for step, batch in enumerate(_batches(tiny_tokenizer, n=8), start=1):
+        inj.begin_step(step)
+        loss = model(**batch).loss
+        loss.backward()
+        if not ctl.step(step, loss, model):
+            stopped_at = step
+            break
+        opt.step()
+        opt.zero_grad()
+        assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+    summary = ctl.finalize()
+    assert summary["status"] == expect
+    codes = [e["code"] for e in read_events(tmp_path / "run.jsonl") if e["event"] == "alert"
+             and e["code"].startswith("GUARD")]
+    if persistent:
+        assert codes == ["GUARD_ROLLBACK", "GUARD_ROLLBACK", "GUARD_LOCKOUT"] and stopped_at == 5
+        assert summary["guard"]["integrity_status"] == "LOCKED_OUT"
+    else:
+        assert codes == ["GUARD_ROLLBACK"] and stopped_at is None
+        assert summary["guard"]["total_rollbacks"] == 1 and summary["guard"]["final_lr_scale"] == 0.5
+        assert summary["spectral"]["final_kappa"] is not None

@@ -63,3 +63,42 @@ def test_demo_bad_data_dir_is_one_line_error(cli, tmp_path):
     proc = cli("demo", "--steps", "1", "--out", str(tmp_path / "x"), "--data-dir", str(tmp_path))
     assert proc.returncode == 2
     assert "train.tsv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_guard_injection_via_python_module(tmp_path):
+    """`python -m gradience.demo --guard --inject-nan` recovers and says so."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    out = tmp_path / "g"
+    proc = subprocess.run([sys.executable, "-m", "gradience.demo", "--guard", "--inject-nan", "--steps", "12",
+                           "--inject-step", "6", "--out", str(out)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    for line in ("Guard:       True", "Inject NaN:  True @ step 6", "INJECTING NaN at step 6", "Corrupted:",
+                 "Success:   True", "Integrity: OK", "Rollbacks: 1", "Recoveries: 1"):
+        assert line in text, line
+    snap = TelemetryReader(out / "run.jsonl").summarize()
+    assert snap.guard["rollbacks"] == 1 and snap.status == "ok"
+
+
+def test_demo_rejects_two_faults_and_out_of_range_step(cli, tmp_path):
+    proc = cli("demo", "--inject-nan", "--inject-inf", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "choose one" in proc.stderr
+    proc = cli("demo", "--inject-nan", "--steps", "5", "--inject-step", "9", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "outside the run" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_healthy_demo_seeds_never_trigger_the_guard(tmp_path, seed):
+    """False positives: the default demo with the guard on, 10 seeds → zero triggers."""
+    from gradience.training.demo import DemoOptions, run_demo
+
+    result = run_demo(DemoOptions(out=tmp_path, seed=seed, guard=True))
+    assert result.status == "ok"
+    g = result.guard
+    assert g["detections"] == 0 and g["rollbacks"] == 0 and g["lr_backoffs"] == 0, g

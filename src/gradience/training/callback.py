@@ -71,6 +71,11 @@ class GradienceCallback(TrainerCallback):
         recommend: append a ``recommendation`` event from the run rules.
         gap_threshold: memorisation-gap threshold passed to the run rules.
         run_id: reuse a run id (a resumed run keeps its id by default).
+        guard_config: a full :class:`~gradience.training.guard.GuardConfig` (overrides the
+            ``guard_*`` arguments).
+        spectral_actions: with the guard on, act on κ̃ risk levels (WARNING: snapshot + dense
+            telemetry; DANGER: snapshot + LR backoff; INSTABILITY: rollback or halt), once a
+            full window of observations exists.
     """
 
     def __init__(
@@ -97,21 +102,23 @@ class GradienceCallback(TrainerCallback):
         recommend: bool = True,
         gap_threshold: float = 1.5,
         run_id: str | None = None,
+        guard_config: Any = None,
+        spectral_actions: bool = True,
     ) -> None:
         if telemetry_interval < 1:
             raise ValueError("telemetry_interval must be >= 1")
-        if guard_enabled:
-            raise GradienceError("guard_enabled=True is not available in this build",
-                                 hint="train without the guard for now")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.filename = filename
         self.guard_enabled = guard_enabled
-        self.guard_options = {
-            "snapshot_interval": guard_snapshot_interval,
-            "violation_threshold": guard_violation_threshold,
-            "max_rollbacks": guard_max_rollbacks,
-            "lr_backoff": guard_lr_backoff,
-        }
+        if guard_enabled:
+            from .guard import GuardConfig
+
+            self.guard_config = guard_config or GuardConfig(
+                snapshot_interval=guard_snapshot_interval, violation_threshold=guard_violation_threshold,
+                max_rollbacks=guard_max_rollbacks, lr_backoff=guard_lr_backoff)
+        else:
+            self.guard_config = None
+        self.spectral_actions = spectral_actions
         self.spectral_enabled = spectral_enabled
         self.spectral_interval = spectral_interval
         self.telemetry_interval = telemetry_interval
@@ -138,6 +145,11 @@ class GradienceCallback(TrainerCallback):
         self._causal_lm = False
         self._prev_excepthook: Any = None
         self.stop_reason: str | None = None
+        self.guard: Any = None
+        self.spectral: Any = None
+        self.guard_report: dict[str, Any] | None = None
+        self._triggers: list[str] = []
+        self._model: Any = None
 
     # -- helpers ---------------------------------------------------------------------
     @property
@@ -220,7 +232,72 @@ class GradienceCallback(TrainerCallback):
             scale_fn = scaler.get_scale if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() \
                 else None
             self._probe = BackwardNormProbe(self._params, scale_fn=scale_fn)
+        self._model = unwrap_model(model)
+        if self.guard_enabled:
+            from .guard import TrainingGuard
+
+            named = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
+            scaler = getattr(optimizer, "scaler", None)
+            self.guard = TrainingGuard(self.guard_config, named, optimizer, kwargs.get("lr_scheduler"), scaler)
+            self._guard_snapshot(resumed or 0)
+        if self.spectral_enabled:
+            from .spectral import SpectralMonitor
+
+            self.spectral = SpectralMonitor(self.spectral_interval)
         self._install_excepthook()
+
+    # -- guard plumbing -----------------------------------------------------------------
+    def _guard_event(self, step: int, action: str, metrics: dict[str, Any]) -> None:
+        assert self.recorder is not None
+        self.recorder.writer.metrics("guard", {"action": action, **metrics}, step=step, action=action)
+
+    def _guard_snapshot(self, step: int, force: bool = False) -> None:
+        snap = self.guard.snapshot(step) if force else self.guard.maybe_snapshot(step)
+        if snap is not None:
+            self._guard_event(step, "snapshot", {"snapshot_step": snap.step, "bytes": snap.nbytes,
+                                                 "held": len(self.guard.ring), "ring_bytes": self.guard.ring.nbytes})
+
+    def _guard_respond(self, step: int, triggers: list[str], control: Any) -> None:
+        rec = self.recorder
+        assert rec is not None
+        d = self.guard.respond(step, triggers)
+        if d.action == "rollback":
+            rec.writer.alert("error", "GUARD_ROLLBACK",
+                             f"{', '.join(triggers)} at step {step}: restored the step-{d.restored_step} snapshot, "
+                             f"LR scale now {d.lr_scale:g}", step=step, context=d.to_dict())
+            self._guard_event(step, "rollback", d.to_dict())
+            rec.dense_until = step + self.guard.config.cooldown
+        else:
+            rec.writer.alert("critical", "GUARD_LOCKOUT", d.reason or "guard lockout", step=step,
+                             context=d.to_dict())
+            self._guard_event(step, "lockout", d.to_dict())
+            self.stop_reason = d.reason
+            control.should_training_stop = True
+
+    def _spectral_step(self, step: int, control: Any) -> None:
+        rec = self.recorder
+        assert rec is not None and self.spectral is not None
+        previous = self.spectral.last_level
+        payload = self.spectral.observe(step, self._model)
+        if payload is None:
+            return
+        rec.writer.metrics("spectral", payload, step=step)
+        level = payload["risk_level"]
+        if level in ("DANGER", "INSTABILITY") and level != previous:
+            rec.writer.alert("warning", f"SPECTRAL_{level}", f"κ̃ risk {level} (κ̃ {payload['kappa_tilde']:.4g})",
+                             step=step, context=payload)
+        full = payload["window"] >= (self.spectral.obs.maxlen or 0)
+        if self.guard is None or not self.spectral_actions or not full or self.guard.locked_out:
+            return
+        if level == "WARNING":
+            rec.dense_until = step + self.spectral.interval
+            self._guard_snapshot(step, force=True)
+        elif level == "DANGER":
+            self._guard_snapshot(step, force=True)
+            d = self.guard.backoff(step, "spectral_danger")
+            self._guard_event(step, "backoff", d.to_dict())
+        elif level == "INSTABILITY":
+            self._guard_respond(step, ["spectral_instability"], control)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._loss_sum = None
@@ -244,20 +321,34 @@ class GradienceCallback(TrainerCallback):
         loss_v = packed[2] if loss_t is not None else None
         self._pending = {"grad_norm": pre_v, "grad_norm_clipped": post_v, "loss": loss_v,
                          "lr": _current_lr(optimizer)}
-        self.recorder.record_grad(int(state.global_step) + 1, pre_v, post_v)
+        step = int(state.global_step) + 1
+        self.recorder.record_grad(step, pre_v, post_v)
+        if self.guard is not None and not self.guard.locked_out:
+            self._triggers = self.guard.check(step, loss_v, pre_v)
+            if self._triggers:
+                # Checked before optimizer.step(): without gradients the step leaves the weights alone.
+                self.guard.drop_grads()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.recorder is None:
             return
         step = int(state.global_step)
         pending, self._pending = self._pending, {}
-        if self.recorder.wants_step(step) and pending:
+        triggers, self._triggers = self._triggers, []
+        if (self.recorder.wants_step(step) or triggers) and pending:
             self.recorder.train_step(step, loss=pending["loss"], lr=pending["lr"], epoch=state.epoch,
                                      grad_norm=pending["grad_norm"], grad_norm_clipped=pending["grad_norm_clipped"])
         else:
             self.recorder.last_step = step
             if pending.get("loss") is not None:
                 self.recorder.last_loss = pending["loss"]
+        if self.guard is not None and not self.guard.locked_out:
+            if triggers:
+                self._guard_respond(step, triggers, control)
+            else:
+                self._guard_snapshot(step)
+        if self.spectral is not None and self.spectral.due(step) and not triggers:
+            self._spectral_step(step, control)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
                     **kwargs: Any) -> None:
@@ -273,12 +364,25 @@ class GradienceCallback(TrainerCallback):
             return
         step = int(state.global_step)
         status = "aborted" if self.stop_reason else "ok"
+        if self.guard is not None:
+            self.guard_report = self.guard.summary()
         try:
             if rec.is_writer and self.run_dir is not None:
                 self._end_of_run_artifacts(args, model, step)
         finally:
-            rec.finish(status, self.stop_reason, step)
+            rec.finish(status, self.stop_reason, step, summary=self._final_summary())
             self._cleanup()
+
+    def _final_summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.guard is not None:
+            g = self.guard
+            out["guard"] = {"total_rollbacks": g.rollbacks, "integrity_status": g.integrity_status,
+                            "final_lr_scale": g.lr_scale, "lockout": g.locked_out}
+        if self.spectral is not None:
+            out["spectral"] = {"final_kappa": self.spectral.last_kappa,
+                               "final_risk_level": self.spectral.last_level}
+        return out
 
     def _end_of_run_artifacts(self, args: Any, model: Any, step: int) -> None:
         rec = self.recorder
@@ -289,6 +393,8 @@ class GradienceCallback(TrainerCallback):
             unwrap_model(model).save_pretrained(str(peft_dir))
         rec.save_training_args(self.run_dir, args.to_dict() if hasattr(args, "to_dict") else vars(args))
         rec.write_grad_summary(step)
+        if self.guard is not None:
+            self._guard_event(step, "summary", self.guard.summary())
         if self.audit and peft_dir is not None:
             try:
                 rec.append_audit(peft_dir, step)

@@ -82,10 +82,8 @@ class GradienceController:
         task_profile: str | None = None,
         grad_thresholds: GradThresholds = DEFAULT_THRESHOLDS,
         run_id: str | None = None,
+        guard_config: Any = None,
     ) -> None:
-        if guard_enabled:
-            raise GradienceError("guard_enabled=True is not available in this build",
-                                 hint="train without the guard for now")
         self.out_dir = Path(out_dir)
         self.filename = filename
         self.guard_enabled = guard_enabled
@@ -111,6 +109,14 @@ class GradienceController:
         self.reason: str | None = None
         self._params: list[torch.Tensor] = []
         self._summary: dict[str, Any] | None = None
+        self.guard: Any = None
+        self.spectral: Any = None
+        if guard_enabled:
+            from .guard import GuardConfig
+
+            self.guard_config = guard_config or GuardConfig(
+                snapshot_interval=guard_snapshot_interval, violation_threshold=guard_violation_threshold,
+                max_rollbacks=guard_max_rollbacks, lr_backoff=guard_lr_backoff)
 
     @property
     def path(self) -> Path:
@@ -148,7 +154,22 @@ class GradienceController:
         self.recorder.start(config, build_meta(framework="pytorch", world_size=world, model=model,
                                                telemetry_interval=self.telemetry_interval,
                                                guard_enabled=self.guard_enabled, **(meta or {})))
-        self._params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
+        inner = unwrap_model(model)
+        self._params = [p for p in inner.parameters() if p.requires_grad]
+        if self.guard_enabled:
+            from .guard import TrainingGuard
+
+            named = {n: p for n, p in inner.named_parameters() if p.requires_grad}
+            self.guard = TrainingGuard(self.guard_config, named, optimizer, None, None, save_fn=save_fn,
+                                       load_fn=load_fn, get_lr=get_lr, set_lr=set_lr)
+        if self.spectral_enabled:
+            from .spectral import SpectralMonitor
+
+            self.spectral = SpectralMonitor(self.spectral_interval)
+
+    def _guard_event(self, step: int, action: str, metrics: dict[str, Any]) -> None:
+        assert self.recorder is not None
+        self.recorder.writer.metrics("guard", {"action": action, **metrics}, step=step, action=action)
 
     def _lr(self) -> Any:
         if self.get_lr is not None:
@@ -186,15 +207,42 @@ class GradienceController:
         if grad_norm is None:
             pre_v = post_v
         loss_f = None if loss is None else loss_v
+        guard = self.guard
+        if guard is not None and not guard.locked_out:
+            # The state now is the result of step - 1: snapshot it while it is known good.
+            snap = guard.maybe_snapshot(step - 1)
+            if snap is not None:
+                self._guard_event(step - 1, "snapshot", {"snapshot_step": snap.step, "bytes": snap.nbytes,
+                                                         "held": len(guard.ring)})
         rec.record_grad(step, pre_v, post_v)
-        if rec.wants_step(step):
+        triggers = guard.check(step, loss_f, pre_v) if guard is not None and not guard.locked_out else []
+        if rec.wants_step(step) or triggers:
             rec.train_step(step, loss=loss_f, lr=self._lr(), grad_norm=pre_v, grad_norm_clipped=post_v)
         else:
             rec.last_step = max(rec.last_step, step)
             rec.last_loss = loss_f
         self.total_steps = max(self.total_steps, step)
-        if loss_f is not None:
+        if loss_f is not None and not triggers:
             self.final_loss = loss_f
+        if triggers:
+            assert guard is not None
+            guard.drop_grads()  # the caller's optimizer.step() now leaves the weights alone
+            d = guard.respond(step, triggers)
+            if d.action == "rollback":
+                rec.writer.alert("error", "GUARD_ROLLBACK",
+                                 f"{', '.join(triggers)} at step {step}: restored the step-{d.restored_step} "
+                                 f"snapshot, LR scale now {d.lr_scale:g}", step=step, context=d.to_dict())
+                self._guard_event(step, "rollback", d.to_dict())
+            else:
+                rec.writer.alert("critical", "GUARD_LOCKOUT", d.reason or "guard lockout", step=step,
+                                 context=d.to_dict())
+                self._guard_event(step, "lockout", d.to_dict())
+                self.status, self.reason = "aborted", d.reason
+                return False
+        elif self.spectral is not None and self.spectral.due(step - 1):
+            payload = self.spectral.observe(step - 1, unwrap_model(model if model is not None else self.model))
+            if payload is not None:
+                rec.writer.metrics("spectral", payload, step=step - 1)
         return True
 
     def log_eval(self, step: int | None, split: str, metrics: dict[str, Any]) -> None:
@@ -211,8 +259,13 @@ class GradienceController:
             "total_steps": self.total_steps,
             "final_loss": self.final_loss,
             "grad_norm": self.recorder.grad.summary() if self.recorder else None,
-            "guard": {"enabled": self.guard_enabled, "total_rollbacks": 0, "integrity_status": "OK"},
-            "spectral": {"enabled": self.spectral_enabled, "final_kappa": None, "final_risk_level": None},
+            "guard": {"enabled": self.guard_enabled,
+                      "total_rollbacks": self.guard.rollbacks if self.guard else 0,
+                      "integrity_status": self.guard.integrity_status if self.guard else "OK",
+                      "final_lr_scale": self.guard.lr_scale if self.guard else 1.0},
+            "spectral": {"enabled": self.spectral_enabled,
+                         "final_kappa": self.spectral.last_kappa if self.spectral else None,
+                         "final_risk_level": self.spectral.last_level if self.spectral else None},
         }
 
     def finalize(self, status: str | None = None, reason: str | None = None,
@@ -230,6 +283,8 @@ class GradienceController:
         if status is not None:
             self.status, self.reason = status, reason
         rec.write_grad_summary(self.total_steps)
+        if self.guard is not None:
+            self._guard_event(self.total_steps, "summary", self.guard.summary())
         if recommend:
             rec.append_recommendations(self.total_steps)
         summary = self.summary()

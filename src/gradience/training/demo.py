@@ -40,6 +40,10 @@ class DemoOptions:
     n_eval: int = 128
     eval_every: int | None = None  # default: 4 evaluations per run
     telemetry_interval: int = 10
+    guard: bool = False
+    inject: str | None = None  # a gradience.training.faults kind
+    inject_step: int = 50
+    persistent: bool = False
     callback_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,6 +58,10 @@ class DemoResult:
     duration_s: float
     status: str
     final_eval: dict[str, dict[str, Any]]
+    reason: str | None = None
+    guard: dict[str, Any] | None = None
+    injected_steps: list[int] = field(default_factory=list)
+    injected_target: str | None = None
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -87,10 +95,13 @@ def _accuracy(eval_pred: Any) -> dict[str, float]:
 
 
 def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None = None,
-             extra_callbacks: list[Any] | None = None) -> DemoResult:
-    """Train, record, save. ``progress(step, total)`` is called after each optimizer step."""
+             extra_callbacks: list[Any] | None = None, on_inject: Callable[[int, Any], None] | None = None) -> DemoResult:
+    """Train, record, save. ``progress(step, total)`` is called after each optimizer step;
+    ``on_inject(step, injector)`` when an injected fault fires."""
     if opts.steps < 1:
         raise UsageError("--steps must be >= 1")
+    if opts.inject is not None and not 1 <= opts.inject_step <= opts.steps:
+        raise UsageError(f"--inject-step {opts.inject_step} is outside the run (1..{opts.steps})")
     if opts.rank < 1:
         raise UsageError("--rank must be >= 1")
     # Bad input fails before the (slow) framework imports.
@@ -169,8 +180,18 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
     )
     cb = GradienceCallback(out, model_name=model_path if opts.model else "sentence-transformers/all-MiniLM-L6-v2",
                            dataset_name=dataset_name, task_profile="easy_classification",
-                           telemetry_interval=opts.telemetry_interval, **opts.callback_options)
+                           telemetry_interval=opts.telemetry_interval, guard_enabled=opts.guard,
+                           **opts.callback_options)
     callbacks: list[Any] = [cb, *(extra_callbacks or [])]
+    injector = None
+    if opts.inject is not None:
+        from .faults import FaultInjector
+
+        # Spike x100 and explosion x1e6 are far outside anything a healthy step produces.
+        factor = 100.0 if opts.inject == "loss_spike" else 1e6
+        injector = FaultInjector(opts.inject, opts.inject_step, factor=factor, persistent=opts.persistent,
+                                 notify=on_inject)
+        callbacks.append(injector.callback())
     if progress is not None:
         class _Progress(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -192,4 +213,7 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
     snap = TelemetryReader(cb.path).summarize(cb.recorder.run_id if cb.recorder else None)
     return DemoResult(out=out, run_jsonl=cb.path, peft_dir=out / "peft", training_dir=out / "training",
                       run_id=snap.run_id or "", steps=int(trainer.state.global_step), duration_s=duration,
-                      status=snap.status, final_eval={k: v["metrics"] for k, v in snap.evals.items()})
+                      status=snap.status, final_eval={k: v["metrics"] for k, v in snap.evals.items()},
+                      reason=snap.reason, guard=cb.guard_report,
+                      injected_steps=list(injector.injected_steps) if injector else [],
+                      injected_target=injector.target_name if injector else None)

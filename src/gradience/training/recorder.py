@@ -75,17 +75,6 @@ def split_eval_metrics(metrics: dict[str, Any], test_split: str = "test") -> tup
     return split, stripped
 
 
-def _api_landed(module: str, name: str) -> bool:
-    # TEMPORARY: the audit package is being built in parallel; this check goes away once
-    # `gradience.audit.audit_adapter` exists.
-    import importlib
-
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return False
-
-
 class RunRecorder:
     """Writes one run's telemetry. Only the process with ``is_writer`` writes anything.
 
@@ -184,7 +173,7 @@ class RunRecorder:
 
     def append_audit(self, peft_dir: Path, step: int | None) -> dict[str, Any] | None:
         """Audit the saved adapter and append ``metrics(kind="lora_audit")``."""
-        if not self.is_writer or not _api_landed("gradience.audit", "audit_adapter"):
+        if not self.is_writer:
             return None
         from ..audit import audit_adapter
 
