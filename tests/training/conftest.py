@@ -15,6 +15,9 @@ pytest.importorskip("peft")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models gain nothing from intra-op threads, and on a shared machine OpenMP spin-waits
+# across busy cores make each tiny step hundreds of times slower.
+torch.set_num_threads(1)
 
 from gradience.training import demo_data  # noqa: E402
 

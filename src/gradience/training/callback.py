@@ -335,7 +335,8 @@ class GradienceCallback(TrainerCallback):
         step = int(state.global_step)
         pending, self._pending = self._pending, {}
         triggers, self._triggers = self._triggers, []
-        if (self.recorder.wants_step(step) or triggers) and pending:
+        # The last step is always recorded so the final loss is in the file.
+        if (self.recorder.wants_step(step) or triggers or step == int(state.max_steps)) and pending:
             self.recorder.train_step(step, loss=pending["loss"], lr=pending["lr"], epoch=state.epoch,
                                      grad_norm=pending["grad_norm"], grad_norm_clipped=pending["grad_norm_clipped"])
         else:
