@@ -135,6 +135,7 @@ def test_every_variant_records_its_real_ranks(bench_run):
     assert budget["lora_params"] <= audit["budget_params"]
     trunc = json.loads((out / "seed_7" / "truncate" / "eval.json").read_text())
     assert trunc["retrained"] is False and trunc["train"]["steps"] == 0
+    assert 0 < trunc["train"]["compress"]["retained_energy_mean"] <= 1  # the SVD report is kept
     assert trunc["r_max"] <= probe["r_max"]
     # Parameter reduction: LoRA-only and with the head, both against the probe.
     row = json.loads((out / "bench.json").read_text())["variants"]["uniform_median"]["7"]

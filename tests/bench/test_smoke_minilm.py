@@ -33,4 +33,4 @@ def test_minilm_sst2_smoke_produces_every_documented_output(tmp_path, cli, sst2_
         assert (out / name).is_file()
     for v, row in bench["variants"].items():
         ev = json.loads((out / "seed_42" / v / "eval.json").read_text())
-        assert ev["ranks"] and ev["lora_params"] == row["lora_params"]
+        assert ev["ranks"] and ev["lora_params"] == row["42"]["lora_params"]

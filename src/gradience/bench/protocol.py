@@ -239,7 +239,8 @@ class _Runner:
         w.run_start(config_snapshot(self.cfg, plan, seed), meta={"framework": "gradience.bench",
                                                                  "derived_from": "probe", "training": False})
         w.close()
-        summary = info if isinstance(info, dict) else getattr(info, "to_dict", lambda: {})()
+        # compress_adapter's report: {"summary": {...scalars}, "modules": [...]}; keep the summary.
+        summary = info.get("summary", info) if isinstance(info, dict) else None
         return {"steps": 0, "compress_seconds": round(seconds, 3), "compress": _small(summary)}
 
     # -- per seed ----------------------------------------------------------------------------
