@@ -64,6 +64,12 @@ def main() -> None:
     opt.step()
     g = TrainingGuard(GuardConfig(), named, opt)
     snap_ms = time_call(lambda: g.snapshot(1), 20)
+
+    def checks() -> None:  # the guard's own per-step work, weight check every 10 steps included
+        for step in range(1, 101):
+            g.check(step, 0.5, 1.0)
+
+    check_ms = time_call(checks, 5) / 100
     kappa_ms = time_call(lambda: kappa_tilde(model), 20)
     snap_bytes = g.ring.newest().nbytes
     _, n_modules, method = kappa_tilde(model)
@@ -76,6 +82,7 @@ def main() -> None:
     per_step = 100 * (grd["median_ms"] / tel["median_ms"] - 1)
     print(f"  guard per-step overhead (median)        {per_step:+.2f} %")
     print(f"  guard per-step overhead (trimmed mean)  {100 * (grd['trimmed_mean_ms'] / tel['trimmed_mean_ms'] - 1):+.2f} %")
+    print(f"  guard.check per step (direct): {1e3 * check_ms:.1f} us = {100 * check_ms / tel['median_ms']:.3f} % of a step")
     print(f"  snapshot: {snap_ms:.2f} ms, {snap_bytes / 1e6:.2f} MB  -> amortised at interval 100: "
           f"{100 * snap_ms / 100 / tel['median_ms']:.3f} % of a step")
     print(f"  kappa-tilde ({n_modules} LoRA modules, {method}): {kappa_ms:.2f} ms -> at interval 50: "
