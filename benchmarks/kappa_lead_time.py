@@ -69,7 +69,7 @@ def run_seed(seed: int, a: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=str(Path(tmp)), max_steps=a.steps, per_device_train_batch_size=a.batch,
                                  learning_rate=5e-4, warmup_steps=5, lr_scheduler_type="constant_with_warmup",
-                                 max_grad_norm=1.0, logging_strategy="no", save_strategy="no", eval_strategy="no",
+                                 max_grad_norm=a.max_grad_norm, logging_strategy="no", save_strategy="no", eval_strategy="no",
                                  report_to=[], disable_tqdm=True, use_cpu=True, seed=seed)
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[Probe()])
         trainer.remove_callback(PrinterCallback)
@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--boost", type=float, default=100.0)
     p.add_argument("--interval", type=int, default=5)
     p.add_argument("--blowup-factor", type=float, default=3.0)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="0 disables clipping")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=48)
     p.add_argument("--rows", type=int, default=2000)
@@ -101,6 +102,7 @@ def main() -> None:
     a = p.parse_args()
     rows = [run_seed(s, a) for s in a.seeds]
     print(f"MiniLM-L6 + LoRA r=8, SST-2, batch {a.batch}, lr 5e-4 -> x{a.boost:g} at step {a.boost_step}, "
+          f"max_grad_norm {a.max_grad_norm:g}, "
           f"kappa every {a.interval} steps, blow-up = loss > {a.blowup_factor:g} x pre-boost median or non-finite")
     print(f"  {'seed':>4} {'ref loss':>9} {'blow-up':>8} {'DANGER':>7} {'lead':>5} {'max loss':>9}  false alarms")
     for r in rows:

@@ -82,12 +82,12 @@ def _lora_kappa(a: torch.Tensor, b: torch.Tensor) -> float | None:
     # a: (r, in), b: (out, r). Conv LoRA weights are flattened to 2-D.
     a2 = a.detach().reshape(a.shape[0], -1).double()
     b2 = b.detach().reshape(b.shape[0], -1).double()
+    if not (torch.isfinite(a2).all() and torch.isfinite(b2).all()):
+        return math.inf  # corrupted weights: QR/SVD would not converge
     _, rb = torch.linalg.qr(b2)
     _, ra = torch.linalg.qr(a2.T)
     s = torch.linalg.svdvals(rb @ ra.T)
     top = float(s[0]) if s.numel() else 0.0
-    if not math.isfinite(top):
-        return math.inf
     if top <= 0:
         return None
     low = max(float(s[-1]), 1e-12 * top)
