@@ -113,7 +113,8 @@ def test_watch_in_a_real_terminal(tmux: list[str], tmp_path: Path) -> None:
         while time.monotonic() < end:
             dead = subprocess.run([*tmux, "display-message", "-p", "-t", "w", "#{pane_dead} #{pane_dead_status}"],
                                   capture_output=True, text=True, timeout=10).stdout.strip()
-            if dead.startswith("1"):
+            # tmux marks the pane dead a moment before it records the exit status: wait for both.
+            if re.fullmatch(r"1 \d+", dead):
                 break
             time.sleep(0.1)
         assert dead == "1 0", f"watch did not exit cleanly on q (pane_dead, status = {dead!r}):\n{_capture(tmux)}"
