@@ -152,3 +152,13 @@ def test_core_does_not_import_torch(module):
             "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_text_tables_drop_the_shared_module_prefix_but_keep_layer_indices():
+    from gradience.cli.audit import _shared_prefix
+
+    assert _shared_prefix(["bert.encoder.layer.0.attention.self.query",
+                           "bert.encoder.layer.5.attention.self.value"]) == "bert.encoder."
+    assert _shared_prefix(["base_model.model.model.layers.0.self_attn.q_proj",
+                           "base_model.model.model.layers.1.mlp.up_proj"]) == "base_model.model.model."
+    assert _shared_prefix(["a.b", "a.c"]) == "" and _shared_prefix(["only.one.name"]) == ""

@@ -132,13 +132,20 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
                    fmt_num(row["suggested_r_median"]), _pct(row["energy_share"]))
     c.print(bt)
 
+    prefix = _shared_prefix([r["name"] for r in res.layers])
+    if prefix and (top_n > 0 or show_layers):
+        c.print(f"[dim]module names below are shown without their shared prefix [bold]{prefix}[/bold][/dim]")
+
+    def short(name: str) -> str:
+        return name[len(prefix):] if prefix else name
+
     if top_n > 0:
         wt = Table(title=f"Most wasteful modules (top {top_n}: params × (1 − utilization))", title_justify="left")
         for col in ("module", "type", "r", "params", "stable rank", "util", "k@90", "suggested r"):
             wt.add_column(col, justify="left" if col in ("module", "type") else "right",
                           overflow="fold", ratio=3 if col == "module" else None)
         for r in res.top_wasteful(top_n):
-            wt.add_row(r["name"], r["module_type"], str(r["r"]), fmt_num(r["params"]), fmt_num(r["stable_rank"], 3),
+            wt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["params"]), fmt_num(r["stable_rank"], 3),
                        fmt_num(r["utilization"], 3), str(r["energy_rank_90"]), str(r["suggested_r"]))
         c.print(wt)
 
@@ -152,10 +159,10 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
             lt.add_column(col, justify="left" if col in ("module", "type", "shape") else "right")
         for r in res.layers:
             if "stable_rank" not in r:
-                lt.add_row(r["name"], r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
+                lt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
                            "[red]non-finite[/red]", *[""] * (len(cols) - 6))
                 continue
-            cells = [r["name"], r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
+            cells = [short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
                      fmt_num(r["stable_rank"], 3), fmt_num(r["utilization"], 3), fmt_num(r["effective_rank"], 3),
                      f"{r['energy_rank_90']}/{r['energy_rank_95']}/{r['energy_rank_99']}",
                      fmt_num(r["delta_sigma_max"], 3)]
@@ -225,3 +232,23 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
         c.print("[green]No issues found.[/green]")
     if appended is not None:
         c.print(f"\nAppended metrics(kind=lora_audit) to {appended}")
+
+
+def _shared_prefix(names: list[str]) -> str:
+    """The dotted prefix every module name shares (``"bert.encoder."``), so tables fit 80 columns.
+
+    Each shortened name keeps at least two segments (``layer.0.attention.self.query`` stays readable).
+    """
+    if len(names) < 2:
+        return ""
+    split = [n.split(".") for n in names]
+    keep = min(len(p) for p in split) - 2
+    common: list[str] = []
+    for i, segs in enumerate(zip(*split, strict=False)):
+        if len(common) >= keep or any(seg != segs[0] for seg in segs):
+            break
+        # Keep "layer.5" together: never cut between a container name and its index.
+        if any(len(p) > i + 1 and p[i + 1].isdigit() for p in split):
+            break
+        common.append(segs[0])
+    return ".".join(common) + "." if common else ""
