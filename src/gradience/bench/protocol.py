@@ -24,6 +24,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigError
+from ..telemetry.encoding import write_json_atomic
 from .config import BenchConfig
 from .strategies import VariantPlan, plan_variants
 from .verdicts import Policy, Score, SeedResult, judge, load_policy
@@ -55,13 +56,8 @@ class BenchOutcome:
     verdicts: dict[str, Any] = field(default_factory=dict)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic write: a crash never leaves a half-written eval.json that resume would trust."""
-    from ..cli._output import dumps_json
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_json(obj) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+# Atomic writes: a crash never leaves a half-written eval.json that resume would trust.
+_write_json = write_json_atomic
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..telemetry.encoding import write_json_atomic as _write_json
 from .verdicts import Policy, Score, SeedResult, delta_points, judge
 
 __all__ = ["BENCH_SCHEMA", "aggregate", "build_bench", "load_bench", "render_aggregate_md", "render_md",
@@ -246,8 +247,6 @@ def render_md(bench: Mapping[str, Any]) -> str:
 
 def write_outputs(out: Path, bench: Mapping[str, Any], verdicts: Mapping[str, Any]) -> None:
     """Write bench.json, bench.md, verdicts.json and this run's bench_aggregate.json/.md."""
-    from .protocol import _write_json
-
     _write_json(out / "bench.json", bench)
     _write_json(out / "verdicts.json", verdicts)
     (out / "bench.md").write_text(render_md(bench), encoding="utf-8")

@@ -6,9 +6,7 @@ import sys
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ..telemetry.encoding import sanitize
+from ..telemetry.encoding import dumps_pretty
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,10 +26,7 @@ def err_console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-def dumps_json(obj: Any) -> str:
-    """Strict JSON (non-finite numbers as "NaN"/"Infinity" strings), sorted keys, indented."""
-    clean = sanitize(obj, max_str_len=None)
-    return orjson.dumps(clean, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+dumps_json = dumps_pretty  # strict JSON, sorted keys, indented (shared with files written by commands)
 
 
 def print_json(obj: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
@@ -121,3 +122,17 @@ def decode_line(line: bytes) -> Any:
     if _NONFINITE_MARKERS[0] in line or _NONFINITE_MARKERS[1] in line:
         obj = restore_nonfinite(obj)
     return obj
+
+
+def dumps_pretty(obj: Any) -> str:
+    """Strict JSON for files and ``--json`` output: non-finite numbers as strings, sorted keys, indented."""
+    clean = sanitize(obj, max_str_len=None)
+    return orjson.dumps(clean, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as pretty strict JSON via a temp file + rename: never a half-written file."""
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps_pretty(obj) + "\n")
+    os.replace(tmp, path)

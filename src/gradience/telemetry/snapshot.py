@@ -13,6 +13,7 @@ from math import isfinite
 from typing import Any
 
 from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, grad_level, sparkline, trend
+from .profiles import resolve_profile
 from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile
 
 GRAD_HISTORY = 10
@@ -264,8 +265,6 @@ class RunAccumulator:
     # ------------------------------------------------------------------------------
     def snapshot(self, *, gap_threshold: float | None = None) -> SignalSnapshot:
         cfg = ConfigSnapshot.from_dict(self.config) if self.config else ConfigSnapshot()
-        from ..policy.profiles import resolve_profile  # core → core; lazy to keep telemetry standalone
-
         profile, _ = resolve_profile(cfg)
         snap = SignalSnapshot(
             run_id=self.run_id,
