@@ -237,6 +237,17 @@ def _marker(shape: str, x: float, y: float, color: str, title: str) -> str:
     return f'<circle class="marker" cx="{_r(x)}" cy="{_r(y)}" r="3.5" fill="{c}">{t}</circle>'
 
 
+def _axis_labels(p: list[str], f: _Frame, x_label: str, y_label: str) -> None:
+    """Axis titles: x centred under the plot, y rotated along the left edge."""
+    if x_label:
+        p.append(f'<text x="{(f.x0 + f.x1) / 2:.0f}" y="{f.height - 6}" text-anchor="middle" fill="#374151">'
+                 f"{esc(x_label)}</text>")
+    if y_label:
+        cy = (f.y0 + f.y1) / 2
+        p.append(f'<text x="14" y="{cy:.0f}" text-anchor="middle" fill="#374151" '
+                 f'transform="rotate(-90 14 {cy:.0f})">{esc(y_label)}</text>')
+
+
 def _axes(f: _Frame, sx: _Scale, sy: _Scale, x_label: str, y_label: str, y_fmt: Callable[[float], str]) -> None:
     p = f.parts
     for t in sy.ticks():
@@ -250,13 +261,7 @@ def _axes(f: _Frame, sx: _Scale, sy: _Scale, x_label: str, y_label: str, y_fmt: 
             p.append(f'<line x1="{_r(x)}" x2="{_r(x)}" y1="{f.y0}" y2="{f.y0 + 4}" stroke="#6b7280"/>'
                      f'<text x="{_r(x)}" y="{f.y0 + 16}" text-anchor="middle" fill="#4b5563">{esc(fmt_tick(t))}</text>')
     p.append(f'<rect x="{f.x0}" y="{f.y1}" width="{f.x1 - f.x0}" height="{f.y0 - f.y1}" fill="none" stroke="#9ca3af"/>')
-    if x_label:
-        p.append(f'<text x="{(f.x0 + f.x1) / 2:.0f}" y="{f.height - 6}" text-anchor="middle" fill="#374151">'
-                 f"{esc(x_label)}</text>")
-    if y_label:
-        cy = (f.y0 + f.y1) / 2
-        p.append(f'<text x="14" y="{cy:.0f}" text-anchor="middle" fill="#374151" '
-                 f'transform="rotate(-90 14 {cy:.0f})">{esc(y_label)}</text>')
+    _axis_labels(p, f, x_label, y_label)
 
 
 def _legend_layout(x0: int, x1: int, items: Sequence[tuple[str, str, str]]) -> list[tuple[int, int]]:
@@ -502,13 +507,7 @@ def bar_chart(
             p.append(f'<text x="{_r(x + bw / 2)}" y="{f.y0 + 14}" text-anchor="middle" fill="#4b5563">'
                      f"{esc(label)}</text>")
     p.append(f'<line x1="{f.x0}" x2="{f.x1}" y1="{f.y0}" y2="{f.y0}" stroke="#9ca3af"/>')
-    if x_label:
-        p.append(f'<text x="{(f.x0 + f.x1) / 2:.0f}" y="{height - 6}" text-anchor="middle" fill="#374151">'
-                 f"{esc(x_label)}</text>")
-    if y_label:
-        cy = (f.y0 + f.y1) / 2
-        p.append(f'<text x="14" y="{cy:.0f}" text-anchor="middle" fill="#374151" '
-                 f'transform="rotate(-90 14 {cy:.0f})">{esc(y_label)}</text>')
+    _axis_labels(p, f, x_label, y_label)
     p.append("</svg>")
     return "".join(p)
 
