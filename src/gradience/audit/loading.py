@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,9 +362,20 @@ class TorchBinFile:
             raise AdapterFormatError("weights file is empty (zero-size file)", path=self.path)
         torch = require("torch", "hf", "reading .bin adapter weights")
         try:
-            sd = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for bad pickles
-            raise AdapterFormatError(f"cannot load .bin weights ({type(exc).__name__}: {str(exc)[:160]})",
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                sd = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only refused a global: the file holds objects other than tensors, and
+            # unpickling them could run code. Never retried without the safeguard.
+            raise AdapterFormatError(
+                "refused to load: the .bin file holds Python objects other than tensors "
+                "(unpickling them could run code)", path=self.path,
+                hint="re-save the adapter with safetensors (save_pretrained(..., safe_serialization=True))",
+            ) from None
+        except Exception as exc:  # torch raises many types for truncated or foreign files
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise AdapterFormatError(f"cannot load .bin weights ({type(exc).__name__}: {first})",
                                      path=self.path, hint="re-save the adapter with safetensors") from None
         if not isinstance(sd, Mapping):
             raise AdapterFormatError("the .bin file does not hold a state dict", path=self.path)
