@@ -3,10 +3,13 @@
 32 layers × {q,k,v,o,gate,up,down}, hidden 4096, MLP 11008, r=64, bf16 (~320 MB),
 generated into a temporary directory (never committed). Prints, in one run:
 
-  * the full audit (fresh subprocess): wall time and peak RSS;
+  * the full audit (fresh subprocess): wall time and peak RSS, and the same audit held
+    to one thread (how it ran before the spectrum pass was threaded);
   * baseline (a): merely loading the same tensors into float32, one at a time;
   * baseline (b): a straightforward per-module dense SVD of B·A on a few modules,
     extrapolated to all 224 modules;
+  * baseline (c): the float64 Gram products alone (the arithmetic an exact audit cannot
+    skip), on all cores, extrapolated;
   * the targets: audit ≤ 0.9 s, ≤ 2× the bare load, peak RSS ≤ 400 MB.
 
 Usage: python benchmarks/audit_bench.py [--layers 32] [--rank 64] [--repeat 3] [--keep DIR]
@@ -78,9 +81,14 @@ _CHILD = r"""
 import resource, sys, time, json
 t0 = time.perf_counter()
 from gradience.audit import audit_adapter
-res = audit_adapter(sys.argv[1], udr=False)
+if len(sys.argv) > 2:  # the same audit on N threads (1 = how it ran before the threaded pass)
+    import gradience.audit.core as core
+    core.audit_workers = lambda: int(sys.argv[2])
 t1 = time.perf_counter()
-print(json.dumps({"wall_s": t1 - t0, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+res = audit_adapter(sys.argv[1], udr=False)
+t2 = time.perf_counter()
+print(json.dumps({"wall_s": t2 - t1, "import_s": t1 - t0,
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "n": res.summary["n_layers"], "k90_p50": res.summary["energy_rank_90_p50"]}))
 """
 
@@ -98,8 +106,8 @@ print(json.dumps({"wall_s": t1 - t0, "maxrss_mb": resource.getrusage(resource.RU
 """
 
 
-def _child(code: str, path: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+def _child(code: str, path: Path, *extra: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", code, str(path), *extra], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -120,6 +128,38 @@ def dense_svd_estimate(path: Path, layers: int) -> float:
         n_like = 4 if "self_attn" in mod else (2 if mod != "mlp.down_proj" else 1)
         total += dt * n_like * layers
     f.close()
+    return total
+
+
+def gram_floor_estimate(layers: int, rank: int) -> float:
+    """Seconds for only the float64 Gram products (A·Aᵀ and BᵀB of every module) on all
+    cores, one GEMM per thread, timed on 8 modules of each shape and extrapolated: the
+    arithmetic an exact audit cannot avoid, with no reading or decoding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from gradience.audit.core import audit_workers
+
+    workers = audit_workers()
+    rng = np.random.default_rng(0)
+    per_layer: dict[tuple[int, int], int] = {}
+    for o, n in SHAPES.values():
+        per_layer[(o, n)] = per_layer.get((o, n), 0) + 1
+    total = 0.0
+    with ThreadPoolExecutor(workers) as pool, threadpool_limits(1, "blas"):
+        for (o, n), count in per_layer.items():
+            a = rng.standard_normal((8, rank, n))
+            b = rng.standard_normal((8, o, rank))
+
+            def one(i: int, a: np.ndarray = a, b: np.ndarray = b) -> None:
+                a[i] @ a[i].T
+                b[i].T @ b[i]
+
+            list(pool.map(one, range(8)))  # warm-up
+            t = time.perf_counter()
+            list(pool.map(one, range(8)))
+            total += (time.perf_counter() - t) / 8 * count * layers
     return total
 
 
@@ -148,15 +188,24 @@ def main() -> None:
 
     loads = [_child(_BASELINE_LOAD, path) for _ in range(args.repeat)]
     audits = [_child(_CHILD, path) for _ in range(args.repeat)]
+    single = [_child(_CHILD, path, "1") for _ in range(args.repeat)]
     load_s = min(x["wall_s"] for x in loads)
     audit_s = min(x["wall_s"] for x in audits)
     rss = max(x["maxrss_mb"] for x in audits)
     all_s = ", ".join(f"{x['wall_s']:.3f}" for x in audits)
     print(f"baseline (a) load tensors to float32: best {load_s:.3f}s of {args.repeat}, peak RSS "
           f"{max(x['maxrss_mb'] for x in loads):.0f} MB")
+    imp = min(x["import_s"] for x in audits)
     print(f"gradience audit (no UDR):            best {audit_s:.3f}s of {args.repeat} "
           f"(all: {all_s}), peak RSS {rss:.0f} MB, "
-          f"{int(audits[0]['n'])} modules")
+          f"{int(audits[0]['n'])} modules; importing gradience.audit adds {imp:.3f}s "
+          "(both timings start after their imports)")
+    one_s = min(x["wall_s"] for x in single)
+    print(f"the same audit on one thread:        best {one_s:.3f}s ({one_s / audit_s:.2f}× the threaded audit), "
+          f"peak RSS {max(x['maxrss_mb'] for x in single):.0f} MB")
+    floor = gram_floor_estimate(args.layers, args.rank)
+    print(f"baseline (c) float64 Gram products alone, all cores:  {floor:.3f}s "
+          f"({floor / load_s:.2f}× the bare load; the audit is {audit_s / floor:.2f}× this floor)")
     if not args.skip_dense:
         dense = dense_svd_estimate(path, args.layers)
         print(f"baseline (b) dense SVD of B·A per module, extrapolated: {dense:.1f}s "

@@ -101,3 +101,26 @@ def test_module_metrics_definitions() -> None:
     assert m["delta_fro_norm"] == pytest.approx(0.5 * np.sqrt(21))
     assert m["top_singular_values"] == [4.0, 2.0]
     assert (m["energy_rank_90"], m["energy_rank_95"], m["energy_rank_99"]) == (2, 2, 3)  # cumulative 16/21, 20/21, 21/21
+
+
+def test_fast_path_certificate_only_passes_well_conditioned_batches() -> None:
+    rng = np.random.default_rng(7)
+    def gram(kappa: float) -> np.ndarray:
+        x = _with_spectrum(rng, 300, 16, np.geomspace(1.0, 1.0 / kappa, 16))
+        return x.T @ x
+
+    assert S._certified_fast(np.stack([gram(10.0), gram(1e3)]))
+    # The certificate is conservative by at most √r in κ; a factor past the fast-path limit
+    # must never be certified, and one bad module sends the whole batch to eigvalsh.
+    assert not S._certified_fast(np.stack([gram(10.0), gram(S._KAPPA_FAST * 1.5)]))
+    assert not S._certified_fast(np.stack([gram(10.0), np.zeros((16, 16))]))
+    assert not S._certified_fast(np.stack([gram(10.0), np.full((16, 16), np.nan)]))
+    # Either way the spectrum is the same: streamed Gram + certificate vs a dense SVD.
+    a = np.stack([_with_spectrum(rng, 90, 16, np.geomspace(1, 1e-2, 16)).T for _ in range(3)])
+    b = np.stack([_with_spectrum(rng, 70, 16, np.geomspace(1, 1e-3, 16)) for _ in range(3)])
+    ga = np.stack([S.streamed_gram([x[:, :40], x[:, 40:]], 16, tall=False) for x in a])
+    gb = np.stack([S.streamed_gram([x[:25], x[25:]], 16, tall=True) for x in b])
+    assert S._certified_fast(ga.copy()) and S._certified_fast(gb.copy())
+    got = S.singular_values_from_grams(ga, gb, lambda idx: a[idx], lambda idx: b[idx])
+    for i in range(3):
+        assert_sigma_close(got[i], dense_sigma(a[i], b[i]))

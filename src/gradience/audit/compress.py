@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdapterFormatError, UsageError
-from .core import LoadedAdapter, iter_factor_batches, open_adapter
-from .loading import SafetensorsFile
+from .core import LoadedAdapter, iter_spectra, map_factor_batches, open_adapter
+from .loading import LoraModule, SafetensorsFile
 from .metrics import energy_rank, percentile
-from .spectrum import singular_values, truncated_factors
+from .spectrum import truncated_factors
 from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
 
 __all__ = ["STRATEGIES", "compress_adapter"]
@@ -57,10 +57,9 @@ def _check_paths(src_dir: Path, out: Path, force: bool, dry_run: bool) -> None:
 
 def _sigmas(ad: LoadedAdapter) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
-    for chunk, a, b in iter_factor_batches(ad):
-        s = singular_values(a, b)
+    for chunk, s in iter_spectra(ad):
         for m, row in zip(chunk, s, strict=True):
-            out[m.name] = row.copy()
+            out[m.name] = row
     return out
 
 
@@ -166,10 +165,12 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
             tmp_data.write(data)
 
     try:
-        for chunk, a, b in iter_factor_batches(ad):
+        def factors(chunk: list[LoraModule], a: np.ndarray, b: np.ndarray) -> list[Any]:
             ks = [max(1, min(int(targets[m.name]), m.r)) for m in chunk]
-            facs = truncated_factors(a, b, ks)
-            for m, k, (new_a, new_b, sig) in zip(chunk, ks, facs, strict=True):
+            return list(zip(ks, truncated_factors(a, b, ks), strict=True))
+
+        for chunk, facs in map_factor_batches(ad, factors):
+            for m, (k, (new_a, new_b, sig)) in zip(chunk, facs, strict=True):
                 if not np.all(np.isfinite(sig)):
                     raise AdapterFormatError(f"module {m.name} contains NaN/Inf", path=ad.weights_path)
                 s = ad.module_scale[m.name]

@@ -13,8 +13,9 @@ import json
 import os
 import pickle
 import re
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -208,7 +209,25 @@ class TensorSource(Protocol):
     def dtype(self, name: str) -> str: ...
     def read(self, name: str) -> np.ndarray: ...
     def read_into(self, name: str, out: np.ndarray) -> None: ...
+    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]: ...
     def close(self) -> None: ...
+
+
+# Elements per block yielded by ``iter_blocks``: 256 Ki values (2 MiB as float64) stay in
+# cache while they are decoded and multiplied (measured best of 32 Ki … 512 Ki).
+BLOCK_ELEMS = 1 << 18
+
+
+def _block_slices(shape: tuple[int, int], along_rows: bool) -> Iterator[tuple[slice, slice]]:
+    rows, cols = shape
+    if along_rows:
+        step = max(1, BLOCK_ELEMS // max(cols, 1))
+        for i in range(0, rows, step):
+            yield slice(i, i + step), slice(None)
+    else:
+        step = max(1, BLOCK_ELEMS // max(rows, 1))
+        for j in range(0, cols, step):
+            yield slice(None), slice(j, j + step)
 
 
 def _bf16_to_f32(u16: np.ndarray) -> np.ndarray:
@@ -226,8 +245,8 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._scratch: np.ndarray | None = None
-        self._wide: np.ndarray | None = None
+        # Scratch buffers are per thread: the audit reads batches on several threads at once.
+        self._local = threading.local()
         try:
             self._f = open(self.path, "rb")
         except OSError as exc:
@@ -301,9 +320,10 @@ class SafetensorsFile:
         storage = _DTYPES[dt][0]
         n = end - start
         if scratch:
-            if self._scratch is None or self._scratch.size < n:
-                self._scratch = np.empty(max(n, 1 << 20), dtype=np.uint8)
-            flat = self._scratch[:n]
+            held = getattr(self._local, "scratch", None)
+            if held is None or held.size < n:
+                held = self._local.scratch = np.empty(max(n, 1 << 20), dtype=np.uint8)
+            flat = held[:n]
             buf = flat.view(storage).reshape(shape)
         else:
             buf = np.empty(shape, dtype=storage)
@@ -329,12 +349,32 @@ class SafetensorsFile:
         arr = self._raw(name, scratch=True)
         if dt == "BF16":
             n = arr.size
-            if self._wide is None or self._wide.size < n:
-                self._wide = np.empty(max(n, 1 << 18), dtype=np.uint32)
-            wide = self._wide[:n].reshape(arr.shape)
+            held = getattr(self._local, "wide", None)
+            if held is None or held.size < n:
+                held = self._local.wide = np.empty(max(n, 1 << 18), dtype=np.uint32)
+            wide = held[:n].reshape(arr.shape)
             np.left_shift(arr, 16, out=wide, dtype=np.uint32)
             arr = wide.view(np.float32)
         out[...] = arr.reshape(out.shape)
+
+    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
+        """The tensor viewed as a 2-D ``shape``, in consecutive row blocks (``along_rows``)
+        or column blocks of about ``BLOCK_ELEMS`` values, each ready for a casting copy
+        (float16/float32/float64; bf16 widened to float32). Blocks live in per-thread
+        scratch: each is valid until the next one is requested."""
+        dt = self._entries[name][0]
+        raw = self._raw(name, scratch=True).reshape(shape)
+        for rs, cs in _block_slices(shape, along_rows):
+            blk = raw[rs, cs]
+            if dt == "BF16":
+                held = getattr(self._local, "block", None)
+                if held is None or held.size < blk.size:
+                    held = self._local.block = np.empty(max(blk.size, BLOCK_ELEMS), dtype=np.uint32)
+                wide = held[: blk.size].reshape(blk.shape)
+                np.left_shift(blk, 16, out=wide, dtype=np.uint32)
+                yield wide.view(np.float32)
+            else:
+                yield blk
 
     def read_raw(self, name: str) -> tuple[np.ndarray, str]:
         """The stored bits (bf16 as uint16) and the safetensors dtype string."""
@@ -407,6 +447,11 @@ class TorchBinFile:
 
     def read_into(self, name: str, out: np.ndarray) -> None:
         out[...] = self.read(name).reshape(out.shape)
+
+    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
+        x = self.read(name).reshape(shape)
+        for rs, cs in _block_slices(shape, along_rows):
+            yield x[rs, cs]
 
     def close(self) -> None:
         self._sd = {}
