@@ -106,6 +106,20 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_config(training_dir=tmp_path / "pickled")
     with pytest.raises(ConfigError, match="pickled"):
         load_config(training=tmp_path / "pickled" / "training_args.bin")
+    # A run.jsonl given where a config file is expected says what it is and how to check it.
+    from gradience.telemetry import TelemetryWriter
+
+    run = tmp_path / "run.jsonl"
+    with TelemetryWriter(run) as w:
+        w.run_start({"model_name": "m"})
+        w.train_step(1, loss=0.5)
+    with pytest.raises(ConfigError, match="telemetry stream") as info:
+        load_config(peft=run)
+    assert info.value.hint == f"pass it as CONFIG: gradience check {run}"
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"a": 1}\n{"b": 2}\n')
+    with pytest.raises(ConfigError, match="invalid JSON at line 2"):
+        load_config(peft=lines)
 
 
 def test_ambiguous_directory(tmp_path: Path) -> None:

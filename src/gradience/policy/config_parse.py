@@ -92,11 +92,23 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data" and _looks_like_telemetry(text):
+                raise ConfigError("this is a telemetry stream (one JSON event per line), not a config file",
+                                  path=path, hint=f"pass it as CONFIG: gradience check {path}") from None
             raise ConfigError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path=path,
                               hint="fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON/YAML object at the top level, got {type(data).__name__}", path=path)
     return data
+
+
+def _looks_like_telemetry(text: str) -> bool:
+    """The first line is a JSON object with the envelope of a Gradience event."""
+    try:
+        first = json.loads(text.split("\n", 1)[0])
+    except json.JSONDecodeError:
+        return False
+    return isinstance(first, dict) and "event" in first and ("schema" in first or "run_id" in first)
 
 
 def detect_kind(data: Mapping[str, Any]) -> str | None:
