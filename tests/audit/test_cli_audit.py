@@ -162,3 +162,17 @@ def test_text_tables_drop_the_shared_module_prefix_but_keep_layer_indices():
     assert _shared_prefix(["base_model.model.model.layers.0.self_attn.q_proj",
                            "base_model.model.model.layers.1.mlp.up_proj"]) == "base_model.model.model."
     assert _shared_prefix(["a.b", "a.c"]) == "" and _shared_prefix(["only.one.name"]) == ""
+
+
+def test_wasteful_table_fits_80_columns_without_folding_names(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    mods = {f"bert.encoder.layer.{i}.attention.self.{w}": (rng.standard_normal((8, 64)), rng.standard_normal((64, 8)))
+            for i in range(10, 12) for w in ("query", "value")}
+    make_adapter(tmp_path / "a", mods, r=8, alpha=16)
+    p = cli("audit", "--peft-dir", str(tmp_path / "a"), "--top-wasteful", "4", env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for name in mods:
+        short = name[len("bert.encoder."):]
+        assert any(line.startswith(short + " ") for line in lines), short

@@ -98,6 +98,16 @@ def _last_run(path: Path) -> str:
     return run_id
 
 
+def _table(title: str) -> Any:
+    """A compact table (no vertical rules, one space between columns) so the module tables
+    fit an 80-column terminal without folding names."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                 collapse_padding=True, show_edge=False)
+
+
 def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appended: Path | None) -> None:
     from rich.table import Table
 
@@ -123,14 +133,15 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
     c.print(t)
     c.print()
 
-    bt = Table(title="By module type", title_justify="left")
-    for col in ("type", "modules", "params", "stable rank", "utilization", "k@90 p50", "suggested r", "energy share"):
+    bt = _table("By module type")
+    for col in ("type", "modules", "params", "stable\nrank", "util", "k@90\np50", "suggested\nr", "energy\nshare"):
         bt.add_column(col, justify="left" if col == "type" else "right")
     for typ, row in s["by_type"].items():
         bt.add_row(typ, str(row["n"]), fmt_num(row["params"]), fmt_num(row["stable_rank_mean"], 3),
                    fmt_num(row["utilization_mean"], 3), fmt_num(row["energy_rank_90_p50"], 3),
                    fmt_num(row["suggested_r_median"]), _pct(row["energy_share"]))
     c.print(bt)
+    c.print()
 
     prefix = _shared_prefix([r["name"] for r in res.layers])
     if prefix and (top_n > 0 or show_layers):
@@ -140,23 +151,30 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
         return name[len(prefix):] if prefix else name
 
     if top_n > 0:
-        wt = Table(title=f"Most wasteful modules (top {top_n}: params × (1 − utilization))", title_justify="left")
-        for col in ("module", "type", "r", "params", "stable rank", "util", "k@90", "suggested r"):
-            wt.add_column(col, justify="left" if col in ("module", "type") else "right",
-                          overflow="fold", ratio=3 if col == "module" else None)
-        for r in res.top_wasteful(top_n):
+        wasteful = res.top_wasteful(top_n)
+        wt = _table(f"Most wasteful modules (top {top_n}: params × (1 − utilization))")
+        name_w = max([len(short(r["name"])) for r in wasteful] + [6])
+        for col in ("module", "type", "r", "params", "stable\nrank", "util", "k@90", "suggested\nr"):
+            # The name keeps its width (folded only past 48 characters); numbers are short.
+            wt.add_column(col, justify="left" if col in ("module", "type") else "right", overflow="fold",
+                          min_width=min(name_w, 48) if col == "module" else None)
+        for r in wasteful:
             wt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["params"]), fmt_num(r["stable_rank"], 3),
                        fmt_num(r["utilization"], 3), str(r["energy_rank_90"]), str(r["suggested_r"]))
         c.print(wt)
+        if show_layers:
+            c.print()
 
     if show_layers:
-        lt = Table(title="All modules", title_justify="left")
-        cols = ["module", "type", "r", "scale", "shape", "stable rank", "util", "eff rank", "k@90/95/99", "‖ΔW‖₂"]
+        lt = _table("All modules")
+        cols = ["module", "type", "r", "scale", "shape", "stable\nrank", "util", "eff\nrank", "k@90\n/95/99", "‖ΔW‖₂"]
         has_udr = any("udr" in r for r in res.layers)
         if has_udr:
             cols.append("UDR")
         for col in cols:
-            lt.add_column(col, justify="left" if col in ("module", "type", "shape") else "right")
+            # Numbers never wrap; on a narrow terminal the module name folds instead.
+            lt.add_column(col, justify="left" if col in ("module", "type", "shape") else "right",
+                          overflow="fold", no_wrap=col != "module")
         for r in res.layers:
             if "stable_rank" not in r:
                 lt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
@@ -172,7 +190,7 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
         c.print(lt)
 
     c.print()
-    c.print("[bold]Suggested ranks[/bold] (each keeps ≥ 90% of a module's update energy; verify with an eval)")
+    c.print("[bold]Suggested ranks[/bold] (≥ 90% of each module's update energy; verify with an eval)")
     before = s["total_lora_params"]
     for label, rk, pk in (("global median", "suggested_r_global_median", "suggested_params_global_median"),
                           ("global p90", "suggested_r_global_90", "suggested_params_global_90")):
