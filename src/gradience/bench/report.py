@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..numfmt import pct as _pct
 from ..telemetry.encoding import write_json_atomic as _write_json
 from .verdicts import Policy, Score, SeedResult, delta_points, judge
 
@@ -136,10 +137,6 @@ def build_bench(cfg: Any, records: Mapping[int, Mapping[str, Mapping[str, Any]]]
         "probe": probe, "variants": variants, "audit": audit_out, "verdicts": dict(verdicts),
         "summary": summarize(probe, variants, verdicts),
     }
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def _pts(x: float | None) -> str:

@@ -6,6 +6,7 @@ import sys
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from ..numfmt import num
 from ..telemetry.encoding import dumps_pretty
 
 if TYPE_CHECKING:
@@ -34,20 +35,5 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def fmt_num(x: Any, digits: int = 4) -> str:
-    """Human formatting for optional numbers: ``—`` for None, NaN/Inf spelled out."""
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if x != x:
-            return "NaN"
-        if x in (float("inf"), float("-inf")):
-            return "Infinity" if x > 0 else "-Infinity"
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.{max(1, digits - 1)}e}"
-        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}".rstrip("0").rstrip(".") or "0"
-    return str(x)
+# One number format for every surface (terminal, dashboard, report): see gradience.numfmt.
+fmt_num = num

@@ -9,11 +9,8 @@ from typing import Any
 import click
 
 from ..errors import GradienceError, UsageError
+from ..numfmt import pct as _pct
 from ._output import console, fmt_num, print_json
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 @click.command(name="audit")

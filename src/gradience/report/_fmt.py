@@ -5,32 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-DASH = "—"
-
-
-def num(x: Any, digits: int = 4) -> str:
-    """``None`` → —, NaN/Inf spelled out, ints with thousands separators, floats to ``digits``."""
-    if x is None:
-        return DASH
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "NaN"
-        if math.isinf(x):
-            return "Infinity" if x > 0 else "-Infinity"
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6):
-            return f"{x:.{max(1, digits - 2)}e}"
-        if abs(x) >= 1000:
-            return f"{x:,.0f}"
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return DASH if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+# The number rule is shared with the terminal commands and the dashboard.
+from ..numfmt import DASH, num, pct  # noqa: F401
 
 
 def duration(seconds: float | None) -> str:

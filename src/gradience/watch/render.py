@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
 
+from ..numfmt import num as _num
 from ..telemetry.health import downsample, sparkline
 from .tail import WatchView
 
@@ -62,20 +63,8 @@ STALE_AFTER_S = 30.0
 # formatting
 # ---------------------------------------------------------------------------------------
 def num(x: Any, digits: int = 4) -> str:
-    """Compact number: ``—`` for missing, NaN/Inf spelled out, scientific when tiny/huge."""
-    if x is None or isinstance(x, bool):
-        return "—" if x is None else str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if not isinstance(x, float):
-        return str(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "Inf" if x > 0 else "-Inf"
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-        return f"{x:.{max(1, digits - 2)}e}"
-    return f"{x:.{digits}g}"
+    """The shared number rule (:mod:`gradience.numfmt`), with ``Inf`` to save columns."""
+    return _num(x, digits, inf="Inf")
 
 
 def compact_count(x: Any) -> str:
