@@ -106,6 +106,19 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_config(training_dir=tmp_path / "pickled")
     with pytest.raises(ConfigError, match="pickled"):
         load_config(training=tmp_path / "pickled" / "training_args.bin")
+    # A file given as training arguments that is not one is an error, never silently ignored.
+    junk = tmp_path / "junk.json"
+    junk.write_text(json.dumps({"foo": 1}))
+    with pytest.raises(ConfigError, match="not HF training arguments"):
+        load_config(training=junk, overrides={"dataset_name": "sst2"})
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps({"lora": {"r": 8}}))
+    with pytest.raises(UsageError, match="Gradience config"):
+        load_config(training=snap)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "emptydir" / "training_args.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not HF training arguments"):
+        load_config(training_dir=tmp_path / "emptydir")
     # A run.jsonl given where a config file is expected says what it is and how to check it.
     from gradience.telemetry import TelemetryWriter
 

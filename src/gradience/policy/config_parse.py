@@ -414,9 +414,18 @@ def load_config(config: str | Path | None = None, peft: str | Path | None = None
     if training is not None:
         p = Path(training)
         data = _read_mapping(p)
-        if detect_kind(data) == "peft":
+        kind = detect_kind(data)
+        if kind == "peft":
             raise UsageError("this looks like a PEFT adapter config, not training arguments", path=p,
                              hint="pass it with --peft")
+        if kind in ("snapshot", "combined"):
+            raise UsageError("this is a Gradience config, not HF training arguments", path=p,
+                             hint=f"pass it as CONFIG: gradience check {p}")
+        if kind != "training":
+            # Never review silently with every field missing: say why the file was not used.
+            raise ConfigError("not HF training arguments (no learning_rate, output_dir, "
+                              "per_device_train_batch_size, ...)", path=p,
+                              hint="dump them with json.dump(trainer.args.to_dict(), open('training_args.json', 'w'))")
         parse_training(data, cfg, p)
         sources.append(f"training:{p}")
     _apply_overrides(cfg, overrides)
