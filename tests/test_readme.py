@@ -4,8 +4,8 @@ command it shows is run here, in order, in a scratch directory, offline.
 Adaptations (each keeps the command's code path and only shortens or de-TTYs it):
 - `gradience demo` gets a reduced `--steps` when none is given;
 - the live `gradience watch` (a TTY app, driven in tmux by tests/watch/test_tmux.py) runs with `--once`;
-- `gradience bench run` runs in the slow suite (minutes of MiniLM training), with `--smoke` added
-  when the config carries smoke overrides (the full 3-seed config takes ~40 minutes).
+- `gradience bench run` gets `--smoke` added when the config carries smoke overrides (the full
+  3-seed config takes ~40 minutes; its smoke variant about 50 s).
 """
 
 from __future__ import annotations
@@ -90,7 +90,6 @@ def test_every_readme_command_runs(workdir: Path) -> None:
     assert guard.guard["rollbacks"] >= 1 and guard.status == "ok"
 
 
-@pytest.mark.slow
 def test_readme_bench_commands_run(workdir: Path) -> None:
     bench = [c for c in readme_gradience_commands() if c.startswith("gradience bench")]
     assert bench
