@@ -52,7 +52,8 @@ def _run_view(title: str, argv: list[str]) -> None:
 @click.option("--guard", is_flag=True, help="Enable the training guard (snapshots, rollback, LR backoff).")
 @click.option("--inject-nan", is_flag=True, help="Inject NaN into a LoRA weight at --inject-step.")
 @click.option("--inject-inf", is_flag=True, help="Inject +Inf into a LoRA weight at --inject-step.")
-@click.option("--inject-spike", is_flag=True, help="Multiply the loss by 100 at --inject-step.")
+@click.option("--inject-spike", is_flag=True, help="Multiply the loss by 100 at --inject-step (with --guard: after its first 20 steps, "
+                   "which form the spike baseline).")
 @click.option("--inject-grad-explosion", is_flag=True, help="Multiply every gradient by 1e6 at --inject-step.")
 @click.option("--persistent", is_flag=True, help="Repeat the injected fault at every step from --inject-step on.")
 @click.option("--inject-step", type=click.IntRange(min=1), default=50, show_default=True,
@@ -67,7 +68,7 @@ def demo(out: Path, steps: int, device: str, seed: int, model: str | None, data_
     about a minute, writing OUT/run.jsonl, OUT/peft/ and OUT/training/training_args.json.
     """
     from ..errors import UsageError
-    from ..training.demo import DemoOptions, run_demo
+    from ..training.demo import DemoOptions, run_demo, validate_options
 
     chosen = [(flag, kind, label) for flag, kind, label in (
         (inject_nan, "nan_param", "NaN"), (inject_inf, "inf_param", "Inf"), (inject_spike, "loss_spike", "spike"),
@@ -79,6 +80,7 @@ def demo(out: Path, steps: int, device: str, seed: int, model: str | None, data_
     inject, label = (chosen[0][1], chosen[0][2]) if chosen else (None, None)
     opts = DemoOptions(out=out, steps=steps, device=device, seed=seed, model=model, data_dir=data_dir, rank=rank,
                        guard=guard, inject=inject, inject_step=inject_step, persistent=persistent)
+    validate_options(opts)
     c = console()
     if as_json:
         result = run_demo(opts)

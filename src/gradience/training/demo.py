@@ -94,16 +94,30 @@ def _accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((preds == np.asarray(labels)).mean())}
 
 
-def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None = None,
-             extra_callbacks: list[Any] | None = None, on_inject: Callable[[int, Any], None] | None = None) -> DemoResult:
-    """Train, record, save. ``progress(step, total)`` is called after each optimizer step;
-    ``on_inject(step, injector)`` when an injected fault fires."""
+def validate_options(opts: DemoOptions) -> None:
+    """The checks that need no model: run them before printing anything."""
     if opts.steps < 1:
         raise UsageError("--steps must be >= 1")
     if opts.inject is not None and not 1 <= opts.inject_step <= opts.steps:
         raise UsageError(f"--inject-step {opts.inject_step} is outside the run (1..{opts.steps})")
+    if opts.inject == "loss_spike" and opts.guard:
+        from .guard import GuardConfig
+
+        warmup = GuardConfig().spike_warmup
+        if opts.inject_step <= warmup:
+            # A spike is judged against a running baseline of healthy losses; injected earlier
+            # it would pass unnoticed and the demo would show nothing.
+            raise UsageError(f"--inject-step {opts.inject_step}: the guard judges a loss spike against a baseline "
+                             f"of {warmup} healthy steps", hint=f"use --inject-step {warmup + 1} or later")
     if opts.rank < 1:
         raise UsageError("--rank must be >= 1")
+
+
+def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None = None,
+             extra_callbacks: list[Any] | None = None, on_inject: Callable[[int, Any], None] | None = None) -> DemoResult:
+    """Train, record, save. ``progress(step, total)`` is called after each optimizer step;
+    ``on_inject(step, injector)`` when an injected fault fires."""
+    validate_options(opts)
     # Bad input fails before the (slow) framework imports.
     if opts.data_dir is not None:
         train_ex, test_ex = load_tsv_dir(opts.data_dir, n_train=opts.n_train, n_test=opts.n_eval, seed=opts.seed)
