@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,78 @@ def audit_dict(n_layers: int = 4, with_udr: bool = True) -> dict[str, Any]:
         "suggested_r_global_median": 8, "suggested_r_global_90": 16, "r": 16, "issues": [],
         "layers": layers,
     }
+
+
+def lora_audit_summary() -> dict[str, Any]:
+    """What `gradience audit --append` logs as ``metrics(kind="lora_audit")``: the audit's summary
+    block only (no per-module rows, no rank_pattern). Shape and values of a real 12-module audit."""
+    return {
+        "n_layers": 12, "total_lora_params": 73728, "stable_rank_mean": 1.3197, "stable_rank_median": 1.1578,
+        "effective_rank_mean": 3.701, "utilization_mean": 0.16496, "energy_rank_90_p50": 2.0,
+        "energy_rank_90_p90": 2.9, "n_modules_measured": 12, "r": 8, "lora_alpha": 16.0, "use_rslora": False,
+        "use_dora": False, "suggested_r_global_median": 2, "suggested_r_global_90": 4,
+        "suggested_params_global_median": 18432, "suggested_params_global_90": 36864,
+        "by_type": {
+            "attn": {"n": 8, "params": 49152, "stable_rank_mean": 1.41, "utilization_mean": 0.176,
+                     "effective_rank_mean": 3.9, "energy_rank_90_p50": 2.0, "energy_rank_90_p90": 3.3,
+                     "suggested_r_median": 2, "energy_share": 0.81, "delta_sigma_max_mean": 1.52},
+            "mlp": {"n": 4, "params": 24576, "stable_rank_mean": 1.14, "utilization_mean": 0.1425,
+                    "effective_rank_mean": 3.3, "energy_rank_90_p50": 1.0, "energy_rank_90_p90": 1.7,
+                    "suggested_r_median": 1, "energy_share": 0.19, "delta_sigma_max_mean": 1.22},
+        },
+        "top10pct_energy_share": 0.5007,
+        "suggested_r_per_layer_default": 1, "per_layer_params_after": 17664,
+        "per_layer_params_saved_fraction": 0.7604166666666666,
+        "n_layers_with_udr": 12, "udr_base_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "udr_skipped_reason": None, "udr_mean": 0.36952, "udr_median": 0.35352, "udr_p90": 0.55758,
+        "udr_max": 1.0208, "sdi_mean": -0.5261, "sdi_median": -0.4542, "sdi_p90": -0.2538,
+        "fraction_udr_gt_0_1": 0.9166666666666666, "fraction_udr_gt_0_3": 0.5833333333333334,
+        "issues": [{"code": "NON_LORA_TENSORS", "severity": "info", "count": 2,
+                    "message": "2 non-LoRA tensor(s) not audited (heads, modules_to_save): classifier.bias"}],
+    }
+
+
+def write_audited_run(path: Path, summary: dict[str, Any] | None = None) -> Path:
+    """A short run whose file carries the ``lora_audit`` block, as `gradience audit --append` writes it."""
+    with TelemetryWriter(path, run_id="audited-run") as w:
+        w.run_start(CONFIG, {"framework": "huggingface"})
+        for s in range(1, 21):
+            w.train_step(s, loss=1.0 / s, lr=2e-4, grad_norm=0.8)
+        w.run_end("ok")
+        w.metrics("lora_audit", summary if summary is not None else lora_audit_summary())
+    return path
+
+
+def write_peft_adapter(d: Path, *, use_rslora: bool = False, r: int = 8, alpha: float = 16.0) -> Path:
+    """A small PEFT LoRA directory (float32 safetensors) whose modules use 1, 2, 4 or all 8 of their
+    rank, so the audit's per-module suggestion has a rank_pattern and an alpha_pattern."""
+    rng = random.Random(3)
+    dim = 32
+    tensors: dict[str, tuple[list[int], list[float]]] = {}
+    for layer, keep in enumerate((1, 2, 4, 8)):
+        for j, mod in enumerate(("query", "value")):
+            k = max(1, keep // (1 + j))  # value uses half the rank of query in the same layer
+            a = [rng.gauss(0, 1) for _ in range(r * dim)]  # A: r × dim
+            b = [rng.gauss(0, 1) * (1.0 if i % r < k else 1e-3) for i in range(dim * r)]  # B: dim × r
+            name = f"base_model.model.encoder.layer.{layer}.attention.self.{mod}"
+            tensors[f"{name}.lora_A.weight"] = ([r, dim], a)
+            tensors[f"{name}.lora_B.weight"] = ([dim, r], b)
+    header: dict[str, Any] = {}
+    off = 0
+    for key, (shape, vals) in tensors.items():
+        header[key] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + 4 * len(vals)]}
+        off += 4 * len(vals)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "adapter_model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for _, vals in tensors.values():
+            f.write(struct.pack(f"<{len(vals)}f", *vals))
+    (d / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["query", "value"],
+        "use_rslora": use_rslora}))
+    return d
 
 
 @pytest.fixture

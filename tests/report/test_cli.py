@@ -66,3 +66,12 @@ def test_report_does_not_import_torch(healthy_run: Path, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False False"
     assert (tmp_path / "r.html").exists()
+
+
+def test_audit_option_help_names_the_command_that_gives_spectra() -> None:
+    """The --audit help gives the audit command whose JSON has per-module rows and singular values."""
+    from gradience.cli.report import report
+
+    opt = next(p for p in report.params if p.name == "audit_path")
+    assert "`gradience audit --json --layers --top-singular-values 16`" in (opt.help or "")
+    assert "--top-singular-values 16" in (report.help or "")

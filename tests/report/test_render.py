@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html as _html
 import json
+import math
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -15,7 +17,7 @@ from gradience.report import build_report, render_html, render_markdown
 from gradience.report.html import SECTIONS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import audit_dict
+from conftest import audit_dict, write_audited_run, write_peft_adapter
 
 
 def _section(html: str, sid: str) -> str:
@@ -109,6 +111,111 @@ def test_run_lora_audit_used_when_no_audit_given(tmp_path: Path) -> None:
     assert rep.audit is not None and rep.audit.source == "telemetry"
     audit = _section(render_html(rep), "audit")
     assert "the run&#x27;s lora_audit event" in audit and "73,728" in audit
+
+
+def test_run_lora_audit_block_shows_what_it_has(tmp_path: Path) -> None:
+    """The golden path (no --peft-dir): the run's lora_audit block has no per-module rows, but its
+    by-type table, UDR figures and suggested ranks with savings are all on the page."""
+    rep = build_report(write_audited_run(tmp_path / "run.jsonl"))
+    view = rep.audit
+    assert view is not None and view.source == "telemetry" and not view.has_layers
+    audit = _section(render_html(rep), "audit")
+    # Suggested ranks: the audit's own parameter counts, and the per-module suggestion's savings.
+    assert re.search(r"uniform r=2 \(median of k@90%\)</td><td class=\"n\">18,432</td><td class=\"n\">75.0%", audit)
+    assert re.search(r"uniform r=4 \(p90 of k@90%\)</td><td class=\"n\">36,864</td><td class=\"n\">50.0%", audit)
+    assert re.search(r"per-module ranks[^<]*</td><td class=\"n\">17,664</td><td class=\"n\">76.0%", audit)
+    assert "default r = 1" in audit
+    # By module type.
+    by_type = re.search(r"<h3>By module type</h3>(.*?)</table>", audit, re.S)
+    assert by_type, audit
+    rows = re.findall(r"<tr>(.*?)</tr>", by_type.group(1))
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in rows[1:]]
+    assert cells[0][:4] == ["attn", "8", "49,152", "0.176"] and "81.0%" in cells[0]
+    assert cells[1][:4] == ["mlp", "4", "24,576", "0.142"] and "19.0%" in cells[1]
+    # UDR summary figures (no histogram without per-module values).
+    udr = re.search(r"<h3>Update dominance \(UDR\)</h3>(.*?)</table>", audit, re.S)
+    assert udr, audit
+    for text in ("0.3695", "0.3535", "0.5576", "1.021", "91.7%", "58.3%", "12"):
+        assert text in udr.group(1), text
+    assert 'data-chart="udr"' not in audit and 'data-chart="heat_utilization"' not in audit
+    # One line saying where the per-module views come from.
+    note = re.search(r'<p class="note">Per-module heatmaps.*?</p>', audit, re.S)
+    assert note, audit
+    assert "--peft-dir DIR" in note.group(0)
+    assert "gradience audit --json --layers --top-singular-values 16" in note.group(0)
+    md = render_markdown(rep)
+    assert "| per-module ranks | 17,664 | 76.0% |" in md
+    assert "| attn | 8 | 49,152 | 0.176 |" in md
+    assert "UDR mean 0.3695, median 0.3535, p90 0.5576, max 1.021; 91.7% > 0.1, 58.3% > 0.3" in md
+    assert "--peft-dir" in md
+
+
+def test_audit_without_singular_values_says_how_to_get_spectra(healthy_run: Path, tmp_path: Path) -> None:
+    data = audit_dict()
+    for row in data["layers"]:
+        del row["top_singular_values"]
+    p = tmp_path / "audit.json"
+    p.write_text(json.dumps(data))
+    audit = _section(render_html(build_report(healthy_run, audit_path=p)), "audit")
+    assert 'data-chart="heat_utilization"' in audit and 'data-chart="spectra"' not in audit
+    m = re.search(r"<h3>Spectra</h3><p class=\"note\">(.*?)</p>", audit, re.S)
+    assert m, "the Spectra section vanished without a word"
+    assert "gradience audit --json --layers --top-singular-values 16" in m.group(1) and "--peft-dir" in m.group(1)
+    # With singular values the chart is there and the note is not.
+    full = _section(render_html(build_report(healthy_run, audit_path=_write(tmp_path / "full.json", audit_dict()))),
+                    "audit")
+    assert 'data-chart="spectra"' in full and "--top-singular-values 16" not in full
+
+
+def _write(p: Path, obj: object) -> Path:
+    p.write_text(json.dumps(obj))
+    return p
+
+
+def _peft_fragment(audit_html: str) -> dict:
+    m = re.search(r"<h3>PEFT config for the per-module ranks</h3>.*?<pre>(.*?)</pre>", audit_html, re.S)
+    assert m, "no PEFT-ready fragment on the page"
+    return json.loads(_html.unescape(m.group(1)))
+
+
+def _check_scales_kept(frag: dict, rows: list[dict], ranks: dict[str, int], rslora: bool = False) -> None:
+    """Applying the fragment (global r/lora_alpha + patterns) keeps every module's scale α/r (α/√r)."""
+    assert set(frag) == {"r", "lora_alpha", "rank_pattern", "alpha_pattern"}
+    for row in rows:
+        name = row["name"]
+        r = frag["rank_pattern"].get(name, frag["r"])
+        alpha = frag["alpha_pattern"].get(name, frag["lora_alpha"])
+        assert r == ranks[name], name
+        assert alpha / (math.sqrt(r) if rslora else r) == pytest.approx(row["scale"]), name
+
+
+def test_per_module_suggestion_carries_alpha_pattern(healthy_run: Path, audit_file: Path) -> None:
+    """rank_pattern alone with one lora_alpha changes each module's scale; the page gives both."""
+    rows = audit_dict()["layers"]
+    frag = _peft_fragment(_section(render_html(build_report(healthy_run, audit_path=audit_file)), "audit"))
+    # k@90% per layer 2,3,5,9 + module offset -> ranks 2,4,4 / 4,4,8 / 8,8,8 / 16,16,16; mode 4 (ties: smaller).
+    ranks = {row["name"]: r for row, r in zip(rows, [2, 4, 4, 4, 4, 8, 8, 8, 8, 16, 16, 16], strict=True)}
+    assert frag["r"] == 4 and frag["lora_alpha"] == 8.0
+    assert len(frag["rank_pattern"]) == 8 and len(frag["alpha_pattern"]) == 8
+    _check_scales_kept(frag, rows, ranks)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_per_module_suggestion_from_the_audit_is_shown_whole(healthy_run: Path, tmp_path: Path, rslora: bool) -> None:
+    """The audit's own per_layer_suggestion (r, lora_alpha, rank_pattern, alpha_pattern) is shown as
+    written; the report's fallback rule gives the same fragment for the same rows."""
+    from gradience.audit import audit_adapter
+
+    adapter = write_peft_adapter(tmp_path / "peft", use_rslora=rslora)
+    expected = audit_adapter(adapter, top_singular_values=16).to_dict(layers=True)
+    want = {k: expected["per_layer_suggestion"][k] for k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern")}
+    assert want["rank_pattern"] and want["alpha_pattern"]  # the adapter does exercise both patterns
+    got = _peft_fragment(_section(render_html(build_report(healthy_run, peft_dir=adapter)), "audit"))
+    assert got == want
+    _check_scales_kept(got, expected["layers"], expected["per_layer_suggestion"]["ranks"], rslora)
+    without = {k: v for k, v in expected.items() if k != "per_layer_suggestion"}
+    again = _peft_fragment(_section(render_html(build_report(healthy_run, audit=without)), "audit"))
+    assert again == want
 
 
 def test_policy_recommendations_used_and_recorded_fallback(guarded_run: Path, monkeypatch) -> None:

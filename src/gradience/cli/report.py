@@ -13,7 +13,8 @@ from ..errors import UsageError
 @click.command(name="report")
 @click.argument("run_file", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--audit", "audit_path", type=click.Path(path_type=Path), default=None,
-              help="Audit JSON from `gradience audit --json --layers` (per-module heatmaps, spectra, ranks).")
+              help="Audit JSON from `gradience audit --json --layers --top-singular-values 16` (per-module "
+                   "heatmaps, spectra and rank/alpha patterns).")
 @click.option("--peft-dir", type=click.Path(path_type=Path), default=None,
               help="Audit this PEFT adapter directory now instead of reading --audit.")
 @click.option("-o", "--output", type=str, default=None,
@@ -32,6 +33,7 @@ def report(run_file: Path, audit_path: Path | None, peft_dir: Path | None, outpu
     Examples:
       gradience report runs/demo/run.jsonl -o runs/demo/report.html
       gradience report runs/demo/run.jsonl --peft-dir runs/demo/peft
+      gradience audit --peft-dir runs/demo/peft --json --layers --top-singular-values 16 > audit.json
       gradience report run.jsonl --audit audit.json --format md -o -
     """
     from ..report import build_report, render_html, render_markdown, resolve_output, write_report

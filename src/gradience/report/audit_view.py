@@ -2,9 +2,11 @@
 
 Input shapes (SPEC §3): the output of ``gradience audit --json --layers`` — the summary keys
 at the top level plus ``layers`` (one row per module) — or the run's own
-``metrics(kind="lora_audit")`` block (summary only). Nothing here recomputes a spectrum:
+``metrics(kind="lora_audit")`` block (summary only: by-type table, UDR figures and suggested
+ranks with their savings, but no per-module rows). Nothing here recomputes a spectrum:
 suggested per-module ranks follow the audit's own rule (smallest allowed rank ≥ k@90%,
-capped at the module's r) applied to the rows the audit wrote.
+capped at the module's r) applied to the rows the audit wrote, and the PEFT-ready fragment
+(``r``, ``lora_alpha``, ``rank_pattern``, ``alpha_pattern``) keeps every module's scale.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import GradienceError
 
-__all__ = ["ALLOWED_RANKS", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
+__all__ = ["ALLOWED_RANKS", "AUDIT_COMMAND", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
+
+# The audit command whose JSON has everything the report draws (per-module rows and spectra).
+AUDIT_COMMAND = "gradience audit --json --layers --top-singular-values 16"
 
 ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TYPE_ORDER = {"attn": 0, "mlp": 1, "other": 2}
@@ -39,8 +44,8 @@ def load_audit_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read an audit JSON file (``gradience audit --json --layers``); one-line errors on bad input."""
     p = Path(path)
     if not p.exists():
-        raise GradienceError("audit file not found", path=p, hint="write one with: gradience audit --peft-dir DIR "
-                             "--json --layers > audit.json")
+        raise GradienceError("audit file not found", path=p,
+                             hint=f"write one with: {AUDIT_COMMAND} --peft-dir DIR > audit.json")
     if p.is_dir():
         raise GradienceError("expected an audit JSON file, got a directory", path=p,
                              hint="for an adapter directory use --peft-dir")
@@ -52,7 +57,7 @@ def load_audit_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GradienceError(f"audit file is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                             path=p, hint="regenerate it with: gradience audit --json --layers") from None
+                             path=p, hint=f"regenerate it with: {AUDIT_COMMAND}") from None
     return validate_audit(obj, path=p)
 
 
@@ -60,7 +65,7 @@ def validate_audit(obj: Any, *, path: object = None) -> dict[str, Any]:
     """Accept an audit dict (top-level summary, or ``{"summary": {...}, "layers": [...]}``)."""
     if not isinstance(obj, dict):
         raise GradienceError(f"audit JSON must be an object, got {type(obj).__name__}", path=path,
-                             hint="pass the output of: gradience audit --json --layers")
+                             hint=f"pass the output of: {AUDIT_COMMAND}")
     out = dict(obj)
     if isinstance(obj.get("summary"), dict):  # tolerate a nested summary
         out = {**obj["summary"], **{k: v for k, v in obj.items() if k != "summary"}}
@@ -70,7 +75,7 @@ def validate_audit(obj: Any, *, path: object = None) -> dict[str, Any]:
     if not layers and not any(k in out for k in _SUMMARY_HINTS):
         raise GradienceError("not a Gradience audit: no 'layers' and none of the summary keys "
                              f"({', '.join(_SUMMARY_HINTS[:3])}, ...)", path=path,
-                             hint="pass the output of: gradience audit --json --layers")
+                             hint=f"pass the output of: {AUDIT_COMMAND}")
     return out
 
 
@@ -143,6 +148,22 @@ class ModuleRow:
     udr: float | None
     sdi: float | None
     delta_fro: float | None
+    scale: float | None = None  # α/r (α/√r with rsLoRA), as the adapter applies it
+
+
+@dataclass
+class TypeRow:
+    """One line of the audit's ``by_type`` block (attention / MLP / other)."""
+
+    name: str
+    n: int | None
+    params: int | None
+    utilization: float | None
+    stable_rank: float | None
+    k90_p50: float | None
+    k90_p90: float | None
+    suggested_r: int | None
+    energy_share: float | None
 
 
 @dataclass
@@ -167,13 +188,30 @@ class AuditView:
     total_params: int | None = None
     per_module_params_after: int | None = None
     uniform: list[UniformOption] = field(default_factory=list)
-    rank_pattern: dict[str, int] = field(default_factory=dict)
+    # PEFT-ready per-module suggestion: {"r", "lora_alpha", "rank_pattern", "alpha_pattern"};
+    # None when neither the audit wrote one nor the rows allow deriving it (summary-only audits).
+    peft_fragment: dict[str, Any] | None = None
+    per_module_default_r: int | None = None
+    by_type: list[TypeRow] = field(default_factory=list)
     most_used: list[ModuleRow] = field(default_factory=list)
     least_used: list[ModuleRow] = field(default_factory=list)
 
     @property
     def has_layers(self) -> bool:
         return bool(self.modules)
+
+    @property
+    def has_spectra(self) -> bool:
+        return any(m.top_sv for m in self.modules)
+
+    @property
+    def udr_summary(self) -> dict[str, Any]:
+        """The audit's UDR figures (count, mean, median, p90, max, fractions above 0.1 / 0.3)."""
+        s = self.summary
+        out: dict[str, Any] = {k: _num(s.get(k)) for k in ("udr_mean", "udr_median", "udr_p90", "udr_max",
+                                                            "fraction_udr_gt_0_1", "fraction_udr_gt_0_3")}
+        out["n"] = s.get("n_layers_with_udr") if _is_int(s.get("n_layers_with_udr")) else None
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def udr_values(self) -> list[float]:
@@ -186,14 +224,18 @@ class AuditView:
         return 1 - self.per_module_params_after / self.total_params
 
 
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _row(raw: dict[str, Any]) -> ModuleRow:
+def _row(raw: dict[str, Any], use_rslora: bool = False) -> ModuleRow:
     name = str(raw.get("name", "?"))
     r = raw.get("r")
     r = int(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
+    scale = _num(raw.get("scale"))
+    alpha = _num(raw.get("alpha"))
+    if scale is None and alpha is not None and r:
+        scale = alpha / (math.sqrt(r) if use_rslora else r)
     k90 = _num(raw.get("energy_rank_90"))
     params = raw.get("params")
     svs = raw.get("top_singular_values") or []
@@ -215,26 +257,109 @@ def _row(raw: dict[str, Any]) -> ModuleRow:
         udr=_num(raw.get("udr")),
         sdi=_num(raw.get("sdi")),
         delta_fro=_num(raw.get("delta_fro_norm")),
+        scale=scale,
     )
+
+
+def _alpha_for(scale: float, k: int, use_rslora: bool) -> float:
+    """α that gives ``scale`` at rank k (α = s·k, or s·√k with rsLoRA): the audit's rule."""
+    return float(round(scale * (math.sqrt(k) if use_rslora else k), 10))
+
+
+def peft_fragment(rows: list[ModuleRow], use_rslora: bool) -> dict[str, Any] | None:
+    """``{r, lora_alpha, rank_pattern, alpha_pattern}`` for the suggested per-module ranks.
+
+    The same rule as the audit's own suggestion: the most common suggested rank is the global
+    ``r`` (ties: the smaller), the α most modules need at it is ``lora_alpha``, and every module
+    that differs gets a pattern entry, so each keeps its current scale. Rows with no suggested
+    rank, no known scale or an exactly zero update are left out (the audit leaves them out too).
+    """
+    use = [(m.name, m.suggested_r, m.scale) for m in rows
+           if m.suggested_r is not None and m.scale is not None and m.delta_fro != 0.0]
+    if not use:
+        return None
+    counts: dict[int, int] = {}
+    for _, k, _ in use:
+        counts[k] = counts.get(k, 0) + 1
+    mode_r = max(counts, key=lambda k: (counts[k], -k))
+    alphas: dict[float, int] = {}
+    for _, _, scale in use:
+        a = _alpha_for(scale, mode_r, use_rslora)
+        alphas[a] = alphas.get(a, 0) + 1
+    mode_alpha = max(alphas, key=lambda a: (alphas[a], -a))
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    for name, k, scale in use:
+        if k != mode_r:
+            rank_pattern[name] = k
+        a = _alpha_for(scale, k, use_rslora)
+        if a != mode_alpha:
+            alpha_pattern[name] = a
+    return {"r": int(mode_r), "lora_alpha": mode_alpha, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+
+
+def _by_type(block: Any) -> list[TypeRow]:
+    if not isinstance(block, dict):
+        return []
+    out = []
+    for name, st in block.items():
+        if not isinstance(st, dict):
+            continue
+        n = st.get("n", st.get("n_modules", st.get("n_layers")))
+        params = st.get("params")
+        out.append(TypeRow(
+            name=str(name),
+            n=n if _is_int(n) else None,
+            params=params if _is_int(params) else None,
+            utilization=_num(st.get("utilization_mean")),
+            stable_rank=_num(st.get("stable_rank_mean")),
+            k90_p50=_num(st.get("energy_rank_90_p50")),
+            k90_p90=_num(st.get("energy_rank_90_p90")),
+            suggested_r=st["suggested_r_median"] if _is_int(st.get("suggested_r_median")) else None,
+            energy_share=_num(st.get("energy_share")),
+        ))
+    out.sort(key=lambda t: (TYPE_ORDER.get(t.name, len(TYPE_ORDER)), t.name))
+    return out
 
 
 def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) -> AuditView:
     """Heatmap grids (layer × module), suggested ranks with parameter savings, spectra picks."""
     summary = {k: v for k, v in audit.items() if k != "layers"}
     view = AuditView(source=source, summary=summary)
-    rows = [_row(r) for r in audit.get("layers") or [] if isinstance(r, dict)]
+    use_rslora = summary.get("use_rslora") is True
+    rows = [_row(r, use_rslora) for r in audit.get("layers") or [] if isinstance(r, dict)]
     view.modules = rows
+    view.by_type = _by_type(summary.get("by_type"))
     total = summary.get("total_lora_params")
     view.total_params = int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
+    suggestion = summary.get("per_layer_suggestion")
+    if isinstance(suggestion, dict) and isinstance(suggestion.get("rank_pattern"), dict):
+        view.peft_fragment = {k: suggestion.get(k) for k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern")}
+        if not isinstance(view.peft_fragment["alpha_pattern"], dict):
+            view.peft_fragment["alpha_pattern"] = {}
+    elif rows:
+        view.peft_fragment = peft_fragment(rows, use_rslora)
+    default_r = summary.get("suggested_r_per_layer_default")
+    if _is_int(default_r):
+        view.per_module_default_r = default_r
+    elif view.peft_fragment is not None and _is_int(view.peft_fragment.get("r")):
+        view.per_module_default_r = view.peft_fragment["r"]
+    if _is_int(summary.get("per_layer_params_after")):
+        view.per_module_params_after = summary["per_layer_params_after"]
     if not rows:
+        r_cur = summary.get("r")
         for key, label in (("suggested_r_global_median", "median"), ("suggested_r_global_90", "p90")):
             r_new = summary.get(key)
-            r_cur = summary.get("r")
-            if isinstance(r_new, int) and view.total_params and isinstance(r_cur, int) and r_cur > 0:
+            if not _is_int(r_new):
+                continue
+            given = summary.get(key.replace("suggested_r_", "suggested_params_"))
+            kept: int | None = None
+            if _is_int(given):
+                kept = given
+            elif view.total_params and _is_int(r_cur) and r_cur > 0:
                 kept = round(view.total_params * min(r_new, r_cur) / r_cur)
-                view.uniform.append(UniformOption(label, r_new, kept, 1 - kept / view.total_params))
-            elif isinstance(r_new, int):
-                view.uniform.append(UniformOption(label, r_new, None, None))
+            frac = 1 - kept / view.total_params if kept is not None and view.total_params else None
+            view.uniform.append(UniformOption(label, r_new, kept, frac))
         return view
 
     # Columns: one per module short name, ordered attention → MLP → other, then by name.
@@ -267,15 +392,8 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
     # LoRA parameters are linear in r (A: r×in, B: out×r), so a module at r' keeps params·r'/r.
     sized = [(m.params, m.r, m.suggested_r or m.r) for m in rows if m.params is not None and m.r]
     all_sized = bool(sized) and len(sized) == len(rows)
-    if _is_int(summary.get("per_layer_params_after")):
-        view.per_module_params_after = summary["per_layer_params_after"]
-    elif all_sized:
+    if view.per_module_params_after is None and all_sized:
         view.per_module_params_after = sum(round(p * r_s / r) for p, r, r_s in sized)
-    suggestion = summary.get("per_layer_suggestion")
-    if isinstance(suggestion, dict) and isinstance(suggestion.get("rank_pattern"), dict):
-        view.rank_pattern = {str(k): v for k, v in suggestion["rank_pattern"].items()}
-    else:
-        view.rank_pattern = {m.name: m.suggested_r for m in rows if m.suggested_r is not None and m.suggested_r != m.r}
     k90s = [m.k90 for m in rows if m.k90 is not None]
     r_max = max((m.r for m in rows if m.r), default=None)
     for key, label, q in (("suggested_r_global_median", "median", 50), ("suggested_r_global_90", "p90", 90)):

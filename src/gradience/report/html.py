@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 from .._version import __version__
 from . import _fmt as F
 from . import charts
-from .audit_view import percentile
+from .audit_view import AUDIT_COMMAND, AuditView, percentile
 from .build import Report
 from .svg import esc
 
@@ -272,10 +273,78 @@ def _spectral(rep: Report) -> str:
     return kp + _fig(charts.kappa_chart(curves)) + note
 
 
+PER_MODULE_HINT = (f"pass <code>--peft-dir DIR</code> (or <code>--audit AUDIT.json</code> from "
+                   f"<code>{esc(AUDIT_COMMAND)}</code>)")
+FRAGMENT_OPEN_ENTRIES = 40  # longer PEFT fragments are folded into a <details> (still complete)
+
+
+def _by_type_table(view: AuditView) -> str:
+    if not view.by_type:
+        return ""
+    rows = [(t.name, F.num(t.n), F.num(t.params), F.num(t.utilization, 3), F.num(t.stable_rank, 3),
+             f"{F.num(t.k90_p50)} / {F.num(t.k90_p90)}", F.num(t.suggested_r), F.pct(t.energy_share))
+            for t in view.by_type]
+    return "<h3>By module type</h3>" + _table(
+        ("type", "modules", "LoRA params", "utilization mean", "stable rank mean", "k@90% p50 / p90",
+         "suggested r (median)", "share of update energy"), rows, numeric=range(1, 8))
+
+
+def _peft_fragment(view: AuditView) -> str:
+    frag = view.peft_fragment
+    if frag is None:
+        return ""
+    text = json.dumps(frag, indent=2)
+    n = len(frag.get("rank_pattern") or {}) + len(frag.get("alpha_pattern") or {})
+    pre = f"<pre>{esc(text)}</pre>"
+    if n > FRAGMENT_OPEN_ENTRIES:
+        pre = f"<details><summary>show all {n} pattern entries</summary>{pre}</details>"
+    return ("<h3>PEFT config for the per-module ranks</h3>"
+            '<p class="note">Use all four keys together: <code>alpha_pattern</code> keeps each module\'s scale '
+            "(α/r) at its new rank; <code>rank_pattern</code> with a single <code>lora_alpha</code> would change "
+            "it.</p>" + pre)
+
+
+def _udr(view: AuditView) -> str:
+    s = view.summary
+    udr = charts.udr_histogram(view)
+    guide = ("Reading guide: UDR < 0.1 small perturbation; ~1 comparable to the base weight; > 3 the "
+             "adapter dominates. UDR is informational, never a pass/fail gate.")
+    if udr:
+        vals = view.udr_values
+        return "<h3>Update dominance (UDR)</h3>" + _fig(udr, guide) + _kv([
+            ("modules with UDR", F.num(len(vals))),
+            ("median / p90 / max", f"{F.num(s.get('udr_median', percentile(vals, 50)))} / "
+                                   f"{F.num(s.get('udr_p90', percentile(vals, 90)))} / "
+                                   f"{F.num(s.get('udr_max', max(vals)))}"),
+            ("fraction UDR > 0.1", F.pct(sum(v > 0.1 for v in vals) / len(vals))),
+            ("fraction UDR > 0.3", F.pct(sum(v > 0.3 for v in vals) / len(vals)))])
+    u = view.udr_summary
+    if any(k != "n" for k in u):  # the audit's summary figures (a summary-only audit has no per-module UDR)
+        return "<h3>Update dominance (UDR)</h3>" + _kv([
+            ("modules with UDR", F.num(u.get("n"))),
+            ("mean / median / p90 / max", " / ".join(F.num(u.get(k)) for k in ("udr_mean", "udr_median", "udr_p90",
+                                                                               "udr_max"))),
+            ("fraction UDR > 0.1", F.pct(u.get("fraction_udr_gt_0_1"))),
+            ("fraction UDR > 0.3", F.pct(u.get("fraction_udr_gt_0_3"))),
+        ]) + f'<p class="note">{esc(guide)}</p>'
+    reason = s.get("udr_skipped_reason")
+    if isinstance(reason, str) and reason:
+        return f'<h3>Update dominance (UDR)</h3><p class="note">Not computed: {esc(reason)}.</p>'
+    return ""
+
+
+def _audit_issue(issue: Any) -> str:
+    """``{code, severity, message}`` → ``info NON_LORA_TENSORS: message``; anything else as text."""
+    if isinstance(issue, dict) and issue.get("message"):
+        head = " ".join(str(issue[k]) for k in ("severity", "code") if issue.get(k))
+        return f"<b>{esc(head)}</b>: {esc(issue['message'])}" if head else esc(issue["message"])
+    return esc(F.value(issue))
+
+
 def _audit(rep: Report) -> str:
     view = rep.audit
     if view is None:
-        return _empty("no adapter audit: pass --audit AUDIT.json (from `gradience audit --json --layers`) or "
+        return _empty(f"no adapter audit: pass --audit AUDIT.json (from `{AUDIT_COMMAND}`) or "
                       "--peft-dir DIR, or append one to the run with `gradience audit --append`")
     s = view.summary
     src = {"file": "audit file", "peft-dir": "adapter directory (audited now)", "telemetry": "the run's lora_audit event",
@@ -289,13 +358,17 @@ def _audit(rep: Report) -> str:
         ("k@90% p50 / p90", f"{F.num(s.get('energy_rank_90_p50'))} / {F.num(s.get('energy_rank_90_p90'))}"),
     ])
     out = [f'<p class="note">Source: {esc(src)}.</p>', kp]
+    if not view.has_layers:
+        out.append(f'<p class="note">Per-module heatmaps, spectra and the PEFT rank/alpha patterns need the '
+                   f"per-module rows, which this audit does not have: {PER_MODULE_HINT}.</p>")
     # Suggested ranks with savings.
     rows = []
     cur_r = s.get("r") or max((m.r for m in view.modules if m.r), default=None)
     for opt in view.uniform:
         rows.append((f"uniform r={opt.r} ({opt.label} of k@90%)", F.num(opt.params_after), F.pct(opt.saving_fraction)))
     if view.per_module_params_after is not None:
-        rows.append(("per-module ranks (smallest allowed ≥ k@90%)", F.num(view.per_module_params_after),
+        default = f"; default r = {view.per_module_default_r}" if view.per_module_default_r is not None else ""
+        rows.append((f"per-module ranks (smallest allowed ≥ k@90%{default})", F.num(view.per_module_params_after),
                      F.pct(view.per_module_saving)))
     if rows:
         out.append("<h3>Suggested ranks</h3>")
@@ -303,11 +376,8 @@ def _audit(rep: Report) -> str:
                    "parameters. Savings count LoRA parameters only (A and B scale linearly with r). Verify any "
                    "smaller rank with an eval (e.g. <code>gradience bench</code>) before adopting it.</p>")
         out.append(_table(("option", "LoRA params after", "saving"), rows, numeric=(1, 2)))
-    if view.rank_pattern:
-        items = sorted(view.rank_pattern.items())
-        shown = "\n".join(f'  "{k}": {v},' for k, v in items[:40])
-        more = f"\n  … {len(items) - 40} more" if len(items) > 40 else ""
-        out.append(f"<h3>Per-module rank_pattern</h3><pre>{{\n{esc(shown)}{esc(more)}\n}}</pre>")
+    out.append(_peft_fragment(view))
+    out.append(_by_type_table(view))
     heat_titles = {"utilization": ("Utilization by layer × module", "utilization = stable rank / r; light = "
                                    "little of the rank is used."),
                    "k90": ("k@90% by layer × module", "the rank that keeps 90% of the update energy.")}
@@ -318,18 +388,11 @@ def _audit(rep: Report) -> str:
     if spectra:
         out.append("<h3>Spectra</h3>" + _fig(spectra, "A fast-decaying spectrum means the update lives in few "
                                              "directions, i.e. rank to spare."))
-    udr = charts.udr_histogram(view)
-    if udr:
-        vals = view.udr_values
-        out.append("<h3>Update dominance (UDR)</h3>" + _fig(
-            udr, "Reading guide: UDR < 0.1 small perturbation; ~1 comparable to the base weight; > 3 the "
-                 "adapter dominates. UDR is informational, never a pass/fail gate.")
-            + _kv([("modules with UDR", F.num(len(vals))),
-                   ("median / p90 / max", f"{F.num(s.get('udr_median', percentile(vals, 50)))} / "
-                                          f"{F.num(s.get('udr_p90', percentile(vals, 90)))} / "
-                                          f"{F.num(s.get('udr_max', max(vals)))}"),
-                   ("fraction UDR > 0.1", F.pct(sum(v > 0.1 for v in vals) / len(vals))),
-                   ("fraction UDR > 0.3", F.pct(sum(v > 0.3 for v in vals) / len(vals)))]))
+    elif view.has_layers:
+        out.append('<h3>Spectra</h3><p class="note">This audit has no singular values per module: rerun '
+                   f"<code>{esc(AUDIT_COMMAND)}</code> and pass it with <code>--audit</code>, or use "
+                   "<code>--peft-dir DIR</code>.</p>")
+    out.append(_udr(view))
     if view.modules:
         mods = sorted(view.modules, key=lambda m: (m.layer if m.layer is not None else 10**9, m.module_type, m.short))
         mrows = [(F.num(m.layer), m.short, m.module_type, F.num(m.r), F.num(m.utilization, 3), F.num(m.k90),
@@ -340,7 +403,7 @@ def _audit(rep: Report) -> str:
             out.append(f'<p class="note">First {MAX_MODULE_ROWS} of {len(mods)} modules.</p>')
     issues = s.get("issues")
     if isinstance(issues, list) and issues:
-        out.append("<h3>Audit issues</h3><ul>" + "".join(f"<li>{esc(F.value(i))}</li>" for i in issues[:20]) + "</ul>")
+        out.append("<h3>Audit issues</h3><ul>" + "".join(f"<li>{_audit_issue(i)}</li>" for i in issues[:20]) + "</ul>")
     return "".join(out)
 
 

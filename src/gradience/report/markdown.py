@@ -8,6 +8,7 @@ from typing import Any
 
 from ..telemetry.health import sparkline
 from . import _fmt as F
+from .audit_view import AUDIT_COMMAND
 from .build import Report
 from .charts import udr_bin_counts
 
@@ -116,8 +117,20 @@ def render_markdown(rep: Report) -> str:
             srows.append(("per-module ranks", F.num(view.per_module_params_after), F.pct(view.per_module_saving)))
         if srows:
             L += _table(("suggested", "LoRA params after", "saving"), srows)
+        if view.by_type:
+            L += _table(("type", "modules", "LoRA params", "utilization mean", "k@90% p50 / p90", "energy share"),
+                        [(t.name, F.num(t.n), F.num(t.params), F.num(t.utilization, 3),
+                          f"{F.num(t.k90_p50)} / {F.num(t.k90_p90)}", F.pct(t.energy_share)) for t in view.by_type])
         if view.udr_values:
             L += ["UDR per module: " + ", ".join(f"{label}: {n}" for label, n in udr_bin_counts(view.udr_values)), ""]
+        elif any(k != "n" for k in view.udr_summary):
+            u = view.udr_summary
+            L += [f"UDR mean {F.num(u.get('udr_mean'))}, median {F.num(u.get('udr_median'))}, p90 "
+                  f"{F.num(u.get('udr_p90'))}, max {F.num(u.get('udr_max'))}; {F.pct(u.get('fraction_udr_gt_0_1'))} "
+                  f"> 0.1, {F.pct(u.get('fraction_udr_gt_0_3'))} > 0.3 (of {F.num(u.get('n'))} modules).", ""]
+        if not view.has_layers:
+            L += [f"Summary only: per-module heatmaps, spectra and rank/alpha patterns need `--peft-dir DIR` "
+                  f"(or `--audit` from `{AUDIT_COMMAND}`).", ""]
 
     L += ["### Recommendations", ""]
     if rep.recommendations:
