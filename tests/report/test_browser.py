@@ -118,3 +118,49 @@ def test_report_renders_in_headless_chromium(guarded_run: Path, tmp_path: Path) 
     assert _count_color(rows, ch, (0x25, 0x63, 0xEB)) > 800
     # The guard's red rollback lines and the × marker are painted too.
     assert _count_color(rows, ch, (0xDC, 0x26, 0x26)) > 40
+
+
+def _svg(dom: str, name: str) -> str:
+    m = re.search(rf'<svg [^>]*data-chart="{name}"[^>]*>.*?</svg>', dom, re.S)
+    assert m, f"chart {name} missing from the browser's DOM"
+    return m.group(0)
+
+
+def test_audited_report_draws_heatmaps_spectra_and_udr(healthy_run: Path, audit_file: Path, tmp_path: Path) -> None:
+    """The audit section's charts (heatmaps, spectra, UDR histogram) parse and paint in Chromium."""
+    html = render_html(build_report(healthy_run, audit_path=audit_file))
+    page = tmp_path / "audited.html"
+    page.write_text(html)
+    r = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _console_lines(r.stderr) == [], _console_lines(r.stderr)
+    dom = r.stdout
+    charts = dict(re.findall(r'data-chart="([^"]+)" data-points="(\d+)"', dom))
+    # 4 layers × 3 modules; 6 spectra of 16 values; 7 UDR bins.
+    assert {k: charts.get(k) for k in ("heat_utilization", "heat_k90", "spectra", "udr")} == {
+        "heat_utilization": "12", "heat_k90": "12", "spectra": "96", "udr": "7"}, charts
+    assert _svg(dom, "heat_utilization").count('class="cell"') == 12
+    assert _svg(dom, "heat_k90").count('class="cell"') == 12
+    spectra = _svg(dom, "spectra")
+    assert spectra.count('class="series"') == 6 and spectra.count("<circle") >= 96
+    assert _svg(dom, "udr").count('class="bar"') == 7
+
+    # Paint check on the same page with everything but the audit charts hidden, so they fit one screen.
+    only = tmp_path / "audit-charts.html"
+    only.write_text(html.replace("</head>", "<style>nav,h1,.sub,footer,section:not(#audit),"
+                                            "#audit>:not(figure):not(h3){display:none}</style></head>", 1))
+    shot = tmp_path / "audit.png"
+    r = _chromium(tmp_path, "--window-size=1000,1100", f"--screenshot={shot}", only.as_uri())
+    assert shot.exists(), r.stderr[-2000:]
+    keep = os.environ.get("GRADIENCE_REPORT_AUDIT_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)
+    _, _, ch, rows = _decode_png(shot.read_bytes())
+    # Heatmaps: the darkest ramp colour fills the k@90% cell of layer 3 / dense (and the legend's top).
+    assert _count_color(rows, ch, (8, 48, 107), tol=30) > 800
+    # Spectra: the most used (solid, #1d4ed8) and least used (dashed, #c2410c) lines.
+    assert _count_color(rows, ch, (0x1D, 0x4E, 0xD8), tol=30) > 300
+    assert _count_color(rows, ch, (0xC2, 0x41, 0x0C), tol=30) > 200
+    # UDR histogram: green (< 0.1), cyan (0.1–1), amber (1–3) and red (> 3) bars.
+    for rgb in ((0x16, 0xA3, 0x4A), (0x08, 0x91, 0xB2), (0xD9, 0x77, 0x06), (0xDC, 0x26, 0x26)):
+        assert _count_color(rows, ch, rgb, tol=30) > 1000, rgb
