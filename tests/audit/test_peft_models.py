@@ -13,6 +13,7 @@ peft = pytest.importorskip("peft")
 
 from gradience.audit import audit_adapter  # noqa: E402
 from gradience.audit.naming import module_type, pattern_key  # noqa: E402
+from gradience.audit.udr import SIGMA1_TOL  # noqa: E402
 
 
 def _tiny(kind: str):
@@ -43,6 +44,7 @@ def peft_pair(request, tmp_path_factory):
     model, lora_kw = _tiny(request.param)
     root = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(root / "base")
+    model.save_pretrained(root / "base_sharded", max_shard_size="20KB")  # several shards + index
     pm = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, **lora_kw))
     with torch.no_grad():
         for name, p in pm.named_parameters():
@@ -81,11 +83,16 @@ def test_audit_matches_peft_and_dense(peft_pair, tmp_path):
         ref = np.linalg.svd(dw, compute_uv=False)[: row["r"]]
         got = abs(row["scale"]) * np.array(row["top_singular_values"])
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * ref[0])
-        # UDR against a dense spectral norm of the base tensor (tied/renamed keys included)
+        # UDR against a dense spectral norm of the base tensor (tied/renamed keys included):
+        # σ₁(W) within SIGMA1_TOL, ‖W‖_F to float64 rounding; UDR is a ratio of two values
+        # each within 1e-6, hence 2e-6.
         w = base_sd[row["base_tensor"]].astype(np.float64)
         w = w.reshape(w.shape[0], -1)
-        assert row["udr"] == pytest.approx(ref[0] / np.linalg.norm(w, 2), rel=1e-5)
-        assert row["udr_f"] == pytest.approx(np.linalg.norm(dw) / np.linalg.norm(w), rel=1e-5)
+        s1 = np.linalg.norm(w, 2)
+        assert abs(row["base_sigma_max"] - s1) <= SIGMA1_TOL * s1
+        assert row["base_fro_norm"] == pytest.approx(np.linalg.norm(w), rel=1e-12)
+        assert row["udr"] == pytest.approx(ref[0] / s1, rel=2e-6)
+        assert row["udr_f"] == pytest.approx(np.linalg.norm(dw) / np.linalg.norm(w), rel=2e-6)
     assert res.summary["n_layers_with_udr"] == len(layers)
     if kind == "bert":
         assert any("classifier" in s for s in res.skipped_tensors)
@@ -95,6 +102,56 @@ def test_audit_matches_peft_and_dense(peft_pair, tmp_path):
     # second run is served from the norms cache and gives identical UDRs
     again = audit_adapter(root / "adapter", base_model=root / "base", base_norms_cache=tmp_path / "cache")
     assert [r["udr"] for r in again.layers] == [r["udr"] for r in res.layers]
+
+
+def test_sharded_base_gives_the_same_udrs(peft_pair):
+    root = peft_pair[2]
+    shards = sorted(p.name for p in (root / "base_sharded").glob("*.safetensors"))
+    assert len(shards) >= 2 and (root / "base_sharded" / "model.safetensors.index.json").exists(), shards
+    one = audit_adapter(root / "adapter", base_model=root / "base")
+    sharded = audit_adapter(root / "adapter", base_model=root / "base_sharded")
+    assert sharded.summary["n_layers_with_udr"] == len(sharded.layers) == one.summary["n_layers_with_udr"]
+    for a, b in zip(one.layers, sharded.layers, strict=True):
+        assert (b["name"], b["base_tensor"]) == (a["name"], a["base_tensor"])
+        assert b["udr"] == a["udr"] and b["udr_f"] == a["udr_f"]
+
+
+@pytest.mark.parametrize("kind,tied", [("llama", False), ("llama", True), ("gpt2", True)])
+def test_lm_head_gets_a_udr_tied_or_not(tmp_path, kind, tied):
+    """A real adapter on ``lm_head``: mapped to ``lm_head.weight``, or to the input embedding
+    when the base ties them (then the checkpoint holds no ``lm_head.weight``)."""
+    t = transformers
+    torch.manual_seed(1)
+    if kind == "llama":
+        model = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                                 tie_word_embeddings=tied))
+        targets, emb = ["q_proj", "lm_head"], "model.embed_tokens.weight"
+    else:
+        model = t.GPT2LMHeadModel(t.GPT2Config(vocab_size=96, n_embd=32, n_layer=1, n_head=2, n_positions=32))
+        targets, emb = ["c_attn", "lm_head"], "transformer.wte.weight"
+    model.save_pretrained(tmp_path / "base")
+    from safetensors.numpy import load_file
+
+    base_sd = load_file(tmp_path / "base" / "model.safetensors")
+    assert ("lm_head.weight" in base_sd) == (not tied)
+    pm = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, fan_in_fan_out=kind == "gpt2"))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    pm.save_pretrained(tmp_path / "adapter")
+    res = audit_adapter(tmp_path / "adapter", base_model=tmp_path / "base")
+    rows = {r["name"]: r for r in res.layers}
+    assert "lm_head" in rows and res.summary["n_layers_with_udr"] == len(rows)
+    assert not [i for i in res.summary["issues"] if i["code"].startswith("UDR")], res.summary["issues"]
+    head = rows["lm_head"]
+    assert head["base_tensor"] == (emb if tied else "lm_head.weight")
+    w = base_sd[head["base_tensor"]].astype(np.float64)
+    dw = _lora_layers(pm)["lm_head"].get_delta_weight("default").detach().double().numpy()
+    s1 = np.linalg.norm(w, 2)
+    assert abs(head["base_sigma_max"] - s1) <= SIGMA1_TOL * s1
+    assert head["udr"] == pytest.approx(np.linalg.norm(dw, 2) / s1, rel=2e-6)
 
 
 KEYS = ["model.layers.0.self_attn.q_proj", "model.layers.10.self_attn.q_proj", "model.layers.1.mlp.down_proj",
