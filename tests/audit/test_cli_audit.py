@@ -176,3 +176,54 @@ def test_wasteful_table_fits_80_columns_without_folding_names(cli, tmp_path):
     for name in mods:
         short = name[len("bert.encoder."):]
         assert any(line.startswith(short + " ") for line in lines), short
+
+
+def test_layer_rows_carry_their_share_of_update_energy(cli, tmp_path):
+    rng = np.random.default_rng(1)
+    mods = {f"model.layers.{i}.self_attn.{w}": (rng.standard_normal((4, 16)) * (i + 1), rng.standard_normal((16, 4)))
+            for i in range(3) for w in ("q_proj", "v_proj")}
+    mods["model.layers.3.self_attn.q_proj"] = (rng.standard_normal((4, 16)), np.zeros((16, 4)))  # zero update
+    make_adapter(tmp_path / "a", mods, r=4, alpha=8)
+    p = cli("audit", "--peft-dir", str(tmp_path / "a"), "--json", "--layers", "--no-udr")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    rows = {r["name"]: r for r in out["layers"]}
+    energy = {n: r["delta_fro_norm"] ** 2 for n, r in rows.items()}
+    total = sum(energy.values())
+    for n, r in rows.items():
+        assert r["energy_share"] == pytest.approx(energy[n] / total, rel=1e-12)
+    assert sum(r["energy_share"] for r in rows.values()) == pytest.approx(1.0, abs=1e-12)
+    assert rows["model.layers.3.self_attn.q_proj"]["energy_share"] == 0.0
+    # the per-layer shares are the sums of the per-module ones
+    for layer, share in out["energy_by_layer"].items():
+        assert share == pytest.approx(sum(r["energy_share"] for r in rows.values() if r["layer_key"] == layer))
+
+
+def test_all_modules_nonfinite_is_an_error_not_an_empty_audit(cli, tmp_path):
+    rng = np.random.default_rng(2)
+    inf_b = rng.standard_normal((8, 4))
+    inf_b[3, 1] = np.inf
+    make_adapter(tmp_path / "a", {"m.layers.0.q_proj": (np.full((4, 8), np.nan), np.ones((8, 4))),
+                                  "m.layers.1.q_proj": (rng.standard_normal((4, 8)), inf_b)}, r=4, alpha=4)
+    err = _err(cli, "--peft-dir", str(tmp_path / "a"), "--no-udr")
+    assert "adapter_model.safetensors" in err and "NaN/Inf" in err and "every LoRA module" in err
+    from gradience.audit import audit_adapter
+    from gradience.errors import AdapterFormatError
+
+    with pytest.raises(AdapterFormatError, match="every LoRA module"):
+        audit_adapter(tmp_path / "a", udr=False)
+
+
+def test_some_modules_nonfinite_still_audits_the_rest(cli, tmp_path):
+    rng = np.random.default_rng(3)
+    make_adapter(tmp_path / "a", {"m.layers.0.q_proj": (np.full((4, 8), np.nan), np.ones((8, 4))),
+                                  "m.layers.1.q_proj": (rng.standard_normal((4, 8)), rng.standard_normal((8, 4)))},
+                 r=4, alpha=4)
+    p = cli("audit", "--peft-dir", str(tmp_path / "a"), "--json", "--layers", "--no-udr")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [i["code"] for i in out["issues"]] == ["NONFINITE_WEIGHTS"]
+    assert out["n_modules_measured"] == 1
+    rows = {r["name"]: r for r in out["layers"]}
+    assert "error" in rows["m.layers.0.q_proj"] and "energy_share" not in rows["m.layers.0.q_proj"]
+    assert rows["m.layers.1.q_proj"]["energy_share"] == 1.0

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import AdapterFormatError, UsageError
 from . import metrics as M
 from .loading import (
     AdapterConfig,
@@ -339,6 +339,11 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
         if progress is not None:
             progress(done, len(ad.modules))
     t_spec = time.perf_counter()
+    if ad.modules and len(nonfinite) == len(ad.modules):
+        # Never an empty audit: nothing could be measured, so there is nothing to report.
+        raise AdapterFormatError(
+            f"every LoRA module ({len(nonfinite)}) holds NaN/Inf values in lora_A/lora_B; nothing can be audited",
+            path=ad.weights_path, hint="the adapter was saved from a diverged run; re-save it from a healthy checkpoint")
 
     rows: list[dict[str, Any]] = []
     for m in ad.modules:
@@ -396,6 +401,9 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
     summary["energy_rank_99_p50"] = M.percentile([r["energy_rank_99"] for r in measured], 50)
     summary["by_type"] = _by_type(measured, rows)
     comp = M.composition(measured)
+    shares = M.energy_shares(good)
+    for i, r in enumerate(good):
+        r["energy_share"] = float(shares[i]) if shares is not None else None
     summary.update({k: v for k, v in comp.items() if k != "energy_by_layer"})
     summary["energy_by_layer"] = comp["energy_by_layer"]
 

@@ -12,6 +12,7 @@ __all__ = [
     "ENERGY_LEVELS",
     "composition",
     "energy_rank",
+    "energy_shares",
     "module_metrics",
     "percentile",
     "summarize_modules",
@@ -80,16 +81,26 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
-def composition(rows: Sequence[dict[str, Any]], top_layers: int = 5) -> dict[str, Any]:
-    """Where the update energy (delta_fro_norm²) sits: per module and per layer shares,
-    the top layers, the share of the top 10% of modules, and the concentration index
-    HHI = Σ share² (1/n for a perfectly even spread, 1 when one module holds everything)."""
+def energy_shares(rows: Sequence[dict[str, Any]]) -> np.ndarray | None:
+    """Each module's share of the update energy: delta_fro_norm² / Σ delta_fro_norm²
+    (sums to 1); ``None`` when the total is zero (no rows, or every update is zero)."""
     energy = np.array([float(r["delta_fro_norm"]) ** 2 for r in rows], dtype=np.float64)
     total = float(energy.sum())
     if total <= 0.0 or not rows:
+        return None
+    return energy / total
+
+
+def composition(rows: Sequence[dict[str, Any]], top_layers: int = 5) -> dict[str, Any]:
+    """Where the update energy (delta_fro_norm²) sits: per layer shares, the top layers,
+    the share of the top 10% of modules, and the concentration index HHI = Σ share²
+    (1/n for a perfectly even spread, 1 when one module holds everything). The per-module
+    shares are :func:`energy_shares`."""
+    total = float(np.array([float(r["delta_fro_norm"]) ** 2 for r in rows], dtype=np.float64).sum())
+    share = energy_shares(rows)
+    if share is None:
         return {"energy_total": total, "energy_hhi": None, "energy_hhi_layers": None,
                 "top10pct_energy_share": None, "top_layers": [], "energy_by_layer": {}}
-    share = energy / total
     by_layer: dict[str, float] = {}
     for row, sh in zip(rows, share, strict=True):
         by_layer[row["layer_key"]] = by_layer.get(row["layer_key"], 0.0) + float(sh)
