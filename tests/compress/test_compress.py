@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from gradience.audit.compress import compress_adapter
+from gradience.audit.compress import compress_adapter, exact_patterns
 from gradience.audit.loading import SafetensorsFile
 from gradience.audit.naming import resolve_rank_alpha
+from gradience.errors import AdapterFormatError
 
 from ..audit._helpers import make_adapter, stored
 from ..conftest import shared_path
@@ -87,6 +89,74 @@ def test_output_keeps_dtype_and_conv1d_layout(tmp_path, dtype):
         assert np.linalg.norm(after - s * _truncated(before, k)) <= tol * np.linalg.norm(s * before)
 
 
+@pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16"])
+def test_untouched_modules_are_copied_bit_for_bit(tmp_path, dtype):
+    """A module kept at its own rank is not re-factored: its A and B are the input bytes, so
+    `--rank r` is an exact no-op in every dtype (re-encoding fp16/bf16 factors would move ΔW)."""
+    src, mods = _adapter(tmp_path, dtype=dtype)
+    f0 = SafetensorsFile(src / "adapter_model.safetensors")
+    for k, out in ((8, "noop"), (4, "mixed")):  # rank 4: the r=4 module is untouched, the r=8 ones truncated
+        rep = compress_adapter(src, tmp_path / out, rank=k)
+        f1 = SafetensorsFile(tmp_path / out / "adapter_model.safetensors")
+        for row in rep["modules"]:
+            keys = [f"base_model.model.{row['name']}.lora_{w}.weight" for w in "AB"]
+            same = all(f0.read_raw(n)[1] == f1.read_raw(n)[1] and f0.read_raw(n)[0].tobytes() == f1.read_raw(n)[0].tobytes()
+                       for n in keys)
+            assert row["untouched"] == (row["old_r"] == row["new_r"]) == same, (out, row["name"])
+            if row["untouched"]:
+                assert row["spectral_error"] == 0.0 and row["frob_error"] == 0.0 and row["retained_energy"] == 1.0
+        f1.close()
+        assert rep["summary"]["n_untouched"] == sum(m["untouched"] for m in rep["modules"])
+        if k == 8:
+            assert rep["summary"]["n_untouched"] == len(mods)
+            cfg_in = json.loads((src / "adapter_config.json").read_text())
+            cfg_out = json.loads((tmp_path / out / "adapter_config.json").read_text())
+            for name in mods:  # and PEFT gives every module the input r and α back
+                assert (resolve_rank_alpha(name, cfg_out["r"], cfg_out["lora_alpha"], cfg_out["rank_pattern"],
+                                           cfg_out["alpha_pattern"])
+                        == resolve_rank_alpha(name, cfg_in["r"], cfg_in["lora_alpha"], cfg_in["rank_pattern"], {}))
+    f0.close()
+
+
+def _peft_resolve(pattern, name, default):
+    """PEFT's lookup (peft.utils.other.get_pattern_key): the first key, in dict order, whose regex
+    ``(.*\\.)?(key)$`` matches the module path; the global value when none does."""
+    for key in pattern:
+        if re.match(rf"(.*\.)?({key})$", name):
+            return pattern[key]
+    return default
+
+
+def test_exact_patterns_give_every_module_its_own_value_under_peft_matching():
+    names = ["a.lin", "b.a.lin", "d.b.a.lin", "c.lin", "lin", "aXlin", "h.1.q", "h.11q", "x.h.1.q"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = [int(v) for v in rng.choice([1, 2, 4, 8], size=len(names))]
+        default = int(rng.choice(values))
+        pat = exact_patterns(names, values, default)
+        for n, v in zip(names, values, strict=True):
+            assert _peft_resolve(pat, n, default) == v, (n, pat)
+    # the reviewer's case: b.a.lin at the global rank, a.lin overridden
+    pat = exact_patterns(["a.lin", "b.a.lin", "c.lin"], [8, 1, 2], 1)
+    assert list(pat) == ["b.a.lin", "a.lin", "c.lin"] and pat["b.a.lin"] == 1
+    with pytest.raises(AdapterFormatError, match="cannot be given its own"):
+        exact_patterns(["a+b", "q"], [2, 1], 1)
+
+
+def test_fast_pattern_lookup_agrees_with_peft_matching():
+    from gradience.audit.compress import _first_match
+    from gradience.audit.naming import pattern_key
+
+    rng = np.random.default_rng(1)
+    parts = ["a", "b", "lin", "h", "1", "11", "q", "aXlin", "x", "1.q", "b.a"]
+    names = sorted({".".join(rng.choice(parts, size=rng.integers(1, 5))) for _ in range(300)})
+    for _ in range(30):
+        keys = list(rng.choice(names, size=min(40, len(names)), replace=False))
+        first = _first_match(keys)
+        for n in names:
+            assert first(n) == pattern_key(keys, n), (n, keys)
+
+
 def test_strategies_budget_and_patterns(tmp_path):
     src, _ = _adapter(tmp_path)
     rep = compress_adapter(src, tmp_path / "pl", strategy="per_layer")
@@ -106,7 +176,7 @@ def test_strategies_budget_and_patterns(tmp_path):
 
 def test_safety_rails(tmp_path):
     src, _ = _adapter(tmp_path)
-    from gradience.errors import AdapterFormatError, UsageError
+    from gradience.errors import UsageError
 
     with pytest.raises(UsageError, match="inside"):
         compress_adapter(src, src / "sub", rank=2)
@@ -124,6 +194,12 @@ def test_safety_rails(tmp_path):
                         r=2, alpha=2, use_dora=True)
     with pytest.raises(AdapterFormatError, match="DoRA"):
         compress_adapter(dora, tmp_path / "dora_out", rank=1)
+    a = rng.standard_normal((2, 4))
+    a[0, 1] = np.nan
+    bad = make_adapter(tmp_path / "nan", {"m.layers.0.q_proj": (a, rng.standard_normal((4, 2)))}, r=2, alpha=2)
+    for k in (1, 2):  # truncated or copied, a non-finite module is refused
+        with pytest.raises(AdapterFormatError, match="NaN"):
+            compress_adapter(bad, tmp_path / f"nan_out{k}", rank=k)
 
 
 def test_cli_json_and_errors(cli, tmp_path):
@@ -139,3 +215,19 @@ def test_cli_json_and_errors(cli, tmp_path):
     assert q.returncode == 2 and "--force" in q.stderr and q.stderr.count("\n") == 1
     t = cli("compress", "--peft-dir", str(d), "--out", str(tmp_path / "t"), "--strategy", "per_layer")
     assert t.returncode == 0 and "retained energy" in t.stdout
+
+
+def test_text_table_drops_the_shared_prefix_and_fits_80_columns(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    mods = {f"bert.encoder.layer.{i}.attention.self.{w}": (rng.standard_normal((8, 64)), rng.standard_normal((64, 8)))
+            for i in range(10, 12) for w in ("query", "value")}
+    make_adapter(tmp_path / "a", mods, r=8, alpha=16)
+    p = cli("compress", "--peft-dir", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--rank", "4",
+            env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any("bert.encoder." in line for line in lines)  # the prefix is named once
+    for name in mods:
+        short = name[len("bert.encoder."):]
+        assert any(line.startswith(short + " ") for line in lines), (short, p.stdout)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,13 +25,18 @@ from ..errors import AdapterFormatError, UsageError
 from .core import LoadedAdapter, iter_spectra, map_factor_batches, open_adapter
 from .loading import LoraModule, SafetensorsFile
 from .metrics import energy_rank, percentile
+from .naming import pattern_key, resolve_rank_alpha
 from .spectrum import truncated_factors
 from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
 
-__all__ = ["STRATEGIES", "compress_adapter"]
+__all__ = ["STRATEGIES", "compress_adapter", "exact_patterns"]
+
+V = TypeVar("V", int, float)
 
 STRATEGIES = ("uniform_median", "uniform_p90", "per_layer")
 _ST_DTYPE = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+_TORCH_ST_DTYPE = {"torch.int64": "I64", "torch.int32": "I32", "torch.int16": "I16", "torch.int8": "I8",
+                   "torch.uint8": "U8", "torch.bool": "BOOL"}
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
@@ -164,26 +171,71 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
         if tmp_data is not None:
             tmp_data.write(data)
 
+    def copy(name: str) -> None:
+        """Emit tensor ``name`` with its stored bits and dtype."""
+        if isinstance(src, SafetensorsFile):
+            if dry_run:
+                emit(name, src.dtype(name), list(src.shape(name)), b"")
+                return
+            raw, dt = src.read_raw(name)
+            emit(name, dt, list(raw.shape), raw.tobytes())
+            return
+        dt = _TORCH_ST_DTYPE.get(src.dtype(name), src.dtype(name))
+        if dt not in _ITEMSIZE:
+            raise AdapterFormatError(f"tensor {name!r} has dtype {dt}, which cannot be written to safetensors here",
+                                     path=ad.weights_path, hint="re-save the adapter with safetensors")
+        if dry_run:
+            emit(name, dt, list(src.shape(name)), b"")
+            return
+        # .bin: a float read as float32/float64 holds the stored value exactly, so re-encoding is exact
+        x = src.read(name)
+        emit(name, dt, list(x.shape), _encode(x, dt) if dt in _ST_DTYPE or dt == "BF16"
+             else np.ascontiguousarray(x).tobytes())
+
     try:
         def factors(chunk: list[LoraModule], a: np.ndarray, b: np.ndarray) -> list[Any]:
+            """Per module (k, (A', B', σ) or None, finite): None when k == r (the factors are
+            copied bit for bit, not re-factored)."""
             ks = [max(1, min(int(targets[m.name]), m.r)) for m in chunk]
-            return list(zip(ks, truncated_factors(a, b, ks), strict=True))
+            cut = [j for j, (m, k) in enumerate(zip(chunk, ks, strict=True)) if k < m.r]
+            out: list[Any] = [None] * len(chunk)
+            if cut:
+                whole = len(cut) == len(chunk)  # no copy of the stacks in the common case
+                facs = truncated_factors(a if whole else a[cut], b if whole else b[cut], [ks[j] for j in cut])
+                for j, fac in zip(cut, facs, strict=True):
+                    out[j] = (ks[j], fac, bool(np.all(np.isfinite(fac[2]))))
+            for j, k in enumerate(ks):
+                if out[j] is None:
+                    out[j] = (k, None, bool(np.isfinite(a[j]).all() and np.isfinite(b[j]).all()))
+            return out
 
+        cfg_in = ad.config
         for chunk, facs in map_factor_batches(ad, factors):
-            for m, (k, (new_a, new_b, sig)) in zip(chunk, facs, strict=True):
-                if not np.all(np.isfinite(sig)):
+            for m, (k, fac, finite) in zip(chunk, facs, strict=True):
+                if not finite:
                     raise AdapterFormatError(f"module {m.name} contains NaN/Inf", path=ad.weights_path)
                 s = ad.module_scale[m.name]
+                row = {"name": m.name, "old_r": m.r, "new_r": k, "untouched": fac is None, "scale": s,
+                       "alpha": alpha_for(s, k, rs), "retained_energy": 1.0, "spectral_error": 0.0,
+                       "frob_error": 0.0, "params_before": m.params,
+                       "params_after": k * (m.in_features + m.out_features)}
+                reports[m.name] = row
+                if fac is None:
+                    r_cfg, alpha_cfg = resolve_rank_alpha(m.name.split("[")[0], cfg_in.r, cfg_in.lora_alpha,
+                                                          cfg_in.rank_pattern, cfg_in.alpha_pattern)
+                    if r_cfg == k:
+                        row["alpha"] = alpha_cfg  # the input α itself, so PEFT's scale is unchanged to the bit
+                    copy(m.a_key)
+                    copy(m.b_key)
+                    continue
+                new_a, new_b, sig = fac
                 total = float(np.dot(sig, sig))
                 kept = float(np.dot(sig[:k], sig[:k]))
-                reports[m.name] = {
-                    "name": m.name, "old_r": m.r, "new_r": k, "scale": s,
-                    "alpha": alpha_for(s, k, rs),
+                row.update({
                     "retained_energy": kept / total if total > 0 else 1.0,
                     "spectral_error": abs(s) * float(sig[k]) if k < sig.size else 0.0,
                     "frob_error": abs(s) * math.sqrt(max(total - kept, 0.0)),
-                    "params_before": m.params, "params_after": k * (m.in_features + m.out_features),
-                }
+                })
                 dt_a, dt_b = src.dtype(m.a_key), src.dtype(m.b_key)
                 a_shape = [k, *m.a_shape[1:]]
                 b_shape = [m.b_shape[0], k, *m.b_shape[2:]]
@@ -191,14 +243,7 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
                 emit(m.b_key, dt_b, b_shape, b"" if dry_run else _encode(new_b.reshape(b_shape), dt_b))
         # everything that is not a LoRA factor is copied bit for bit
         for name in ad.skipped + [m.magnitude_key for m in ad.modules if m.magnitude_key]:
-            if isinstance(src, SafetensorsFile):
-                raw, dt = src.read_raw(name)
-                emit(name, dt, list(raw.shape), b"" if dry_run else raw.tobytes())
-            else:
-                x = src.read(name)
-                dt = src.dtype(name)
-                emit(name, dt if dt in _ST_DTYPE or dt == "BF16" else "F32", list(x.shape),
-                     b"" if dry_run else _encode(x, dt if dt in _ST_DTYPE or dt == "BF16" else "F32"))
+            copy(name)
         rows = [reports[m.name] for m in ad.modules]
         cfg = _new_config(ad, rows)
         weights_out = out_dir / "adapter_model.safetensors"
@@ -215,7 +260,8 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
                 fo.write(raw_h)
                 shutil.copyfileobj(fi, fo, 16 << 20)
             os.replace(part, weights_out)
-            (out_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+            # top-level keys sorted; the patterns keep their order (PEFT takes the first matching key)
+            (out_dir / "adapter_config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=2))
             stale = out_dir / "adapter_model.bin"
             if stale.exists():
                 stale.unlink()  # PEFT must not pick up an old .bin beside the new file
@@ -235,6 +281,7 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
         "rank": rank, "energy": energy, "strategy": strategy, "budget_params": budget_params,
         "n_modules": len(rows),
         "n_truncated": sum(r["new_r"] < r["old_r"] for r in rows),
+        "n_untouched": sum(r["untouched"] for r in rows),
         "params_before": before, "params_after": after,
         "params_saved_fraction": (1 - after / before) if before else 0.0,
         "bytes_before": ad.weights_path.stat().st_size, "bytes_after": int(bytes_after),
@@ -249,15 +296,84 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
 
 
 def _new_config(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The input config with r/alpha set to the most common new rank and explicit full-name
-    rank_pattern/alpha_pattern entries for every module that differs (PEFT matches a
-    pattern key against the end of the module path)."""
-    frag = _pattern([{"name": r["name"].split("[")[0], "scale": r["scale"]} for r in rows],
+    """The input config with r/alpha set to the most common new values and full-module-name
+    rank_pattern/alpha_pattern entries that PEFT resolves to exactly each module's new r and α."""
+    names = [r["name"].split("[")[0] for r in rows]
+    frag = _pattern([{"name": n, "scale": r["scale"]} for n, r in zip(names, rows, strict=True)],
                     [r["new_r"] for r in rows], ad.config.use_rslora)
     cfg = dict(ad.config.raw)
     cfg["r"] = frag["r"]
     cfg["lora_alpha"] = frag["lora_alpha"]
-    cfg["rank_pattern"] = frag["rank_pattern"]
-    cfg["alpha_pattern"] = frag["alpha_pattern"]
+    cfg["rank_pattern"] = exact_patterns(names, [int(r["new_r"]) for r in rows], frag["r"], ad.config_path)
+    cfg["alpha_pattern"] = exact_patterns(names, [r["alpha"] for r in rows], frag["lora_alpha"], ad.config_path)
     cfg.pop("alpha", None)  # very old key; lora_alpha is authoritative now
     return cfg
+
+
+def exact_patterns(names: list[str], values: list[V], default: V, path: Path | None = None) -> dict[str, V]:
+    """Pattern entries (``rank_pattern`` or ``alpha_pattern``) under which PEFT gives module
+    ``names[i]`` exactly ``values[i]`` and every other module ``default``.
+
+    PEFT matches each key as the regular expression ``(.*\\.)?(key)$`` against the module path and
+    takes the first key that matches, in dict order; so the key ``a.lin`` also catches ``b.a.lin``.
+    Every module that differs from ``default``, or that another key would catch, gets its own
+    full-name key, and keys are ordered longest first (fewer dots first at equal length): a module
+    then meets its own key before any shorter key that ends its name, and before an equal-length key
+    whose ``.`` wildcards happen to match it. Raises :class:`AdapterFormatError` for names that no
+    ordering separates (regex characters in module names).
+    """
+    want = dict(zip(names, values, strict=True))
+    keys = {n for n, v in want.items() if v != default}
+
+    def order(k: str) -> tuple[int, int, str]:
+        return (-len(k), k.count("."), k)
+
+    while True:
+        ordered = sorted(keys, key=order)
+        first = _first_match(ordered)
+        wrong = []
+        for n, v in want.items():
+            hit = first(n)
+            if (want[hit] if hit is not None else default) != v:
+                wrong.append(n)
+        if not wrong:
+            return {k: want[k] for k in ordered}
+        if set(wrong) <= keys:
+            raise AdapterFormatError(f"module name {wrong[0]!r} cannot be given its own rank/alpha by a PEFT "
+                                     "rank_pattern/alpha_pattern key", path=path,
+                                     hint="compress to one rank for every module (--rank N)")
+        keys.update(wrong)
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]*")
+
+
+def _first_match(keys: list[str]) -> Callable[[str], str | None]:
+    """``name -> naming.pattern_key(keys, name)`` (PEFT's first matching key), fast for thousands of
+    keys: a key made of letters, digits, ``_``, ``-`` and ``.`` (the only regex character, one
+    wildcard) matches a name iff some suffix of it starting at a component boundary has the key's
+    length, and equals the key off the key's dots. Keys are indexed by (length, dot positions)."""
+    if not all(_PLAIN_KEY.fullmatch(k) for k in keys):
+        return lambda name: pattern_key(keys, name)
+    rank = {k: i for i, k in enumerate(keys)}
+    index: dict[int, dict[tuple[int, ...], dict[str, str]]] = {}
+    for k in keys:
+        dots = tuple(i for i, c in enumerate(k) if c == ".")
+        index.setdefault(len(k), {}).setdefault(dots, {}).setdefault(k.replace(".", ""), k)
+
+    def first(name: str) -> str | None:
+        best: str | None = None
+        starts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
+        for i in starts:
+            tail = name[i:]
+            own = {j for j, c in enumerate(tail) if c == "."}
+            for dots, table in index.get(len(tail), {}).items():
+                if not own.issubset(dots):
+                    continue  # a dot in the name only matches a dot of the key
+                skip = set(dots)
+                k = table.get("".join(c for j, c in enumerate(tail) if j not in skip))
+                if k is not None and (best is None or rank[k] < rank[best]):
+                    best = k
+        return best
+
+    return first

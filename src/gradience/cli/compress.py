@@ -41,25 +41,33 @@ def compress(peft_dir: Path, out: Path, rank: int | None, energy: float | None, 
 
 
 def _print(rep: dict[str, Any]) -> None:
-    from rich.table import Table
+    from .audit import _shared_prefix, _table
 
     c = console()
     s = rep["summary"]
     how = {"rank": f"rank {s['rank']}", "energy": f"energy {s['energy']}",
            "budget_params": f"budget {fmt_num(s['budget_params'])} params"}.get(s["method"], f"strategy {s['method']}")
     c.print(f"[bold]Compress[/bold] {s['input']} → {s['output']} ({how}){' [dry run: nothing written]' if s['dry_run'] else ''}")
-    t = Table(title="Modules", title_justify="left")
-    for col in ("module", "r", "new r", "retained energy", "spectral error s·σₖ₊₁"):
-        t.add_column(col, justify="left" if col == "module" else "right", overflow="fold")
-    for m in rep["modules"]:
-        t.add_row(m["name"], str(m["old_r"]), str(m["new_r"]), f"{100 * m['retained_energy']:.2f}%",
+    prefix = _shared_prefix([m["name"] for m in rep["modules"]])
+    if prefix:
+        c.print(f"[dim]module names below are shown without their shared prefix [bold]{prefix}[/bold][/dim]")
+    names = [m["name"][len(prefix):] for m in rep["modules"]]
+    t = _table("Modules")
+    for col in ("module", "r", "new\nr", "retained\nenergy", "spectral error\ns·σₖ₊₁"):
+        # Numbers never wrap; on a narrow terminal only a name past 48 characters folds.
+        t.add_column(col, justify="left" if col == "module" else "right", overflow="fold",
+                     no_wrap=col != "module", min_width=min(max(map(len, names), default=6), 48) if col == "module" else None)
+    for name, m in zip(names, rep["modules"], strict=True):
+        t.add_row(name, str(m["old_r"]), str(m["new_r"]), f"{100 * m['retained_energy']:.2f}%",
                   fmt_num(m["spectral_error"], 3))
     c.print(t)
     saved = 100 * s["params_saved_fraction"]
     c.print(f"parameters {fmt_num(s['params_before'])} → {fmt_num(s['params_after'])} ({saved:.1f}% fewer); "
             f"file {fmt_num(s['bytes_before'])} → {'~' if s['bytes_after_estimated'] else ''}{fmt_num(s['bytes_after'])} bytes")
     c.print(f"retained energy: min {100 * s['retained_energy_min']:.2f}%, mean {100 * s['retained_energy_mean']:.2f}%; "
-            f"{s['n_truncated']}/{s['n_modules']} modules truncated; new r={s['r']} α={fmt_num(s['lora_alpha'])}"
+            f"{s['n_truncated']}/{s['n_modules']} modules truncated"
+            + (f", {s['n_untouched']} untouched (factors copied bit for bit)" if s["n_untouched"] else "")
+            + f"; new r={s['r']} α={fmt_num(s['lora_alpha'])}"
             + (f", {len(rep['config']['rank_pattern'])} rank_pattern override(s)" if rep["config"]["rank_pattern"] else ""))
     if not s["dry_run"]:
         c.print("Next: evaluate the compressed adapter against the original before using it.")
