@@ -132,6 +132,23 @@ def test_suggestions_are_exact(tmp_path):
         assert pl["rank_pattern"].get(name, pl["r"]) == k
 
 
+def test_suggested_patterns_resolve_exactly_under_peft_matching(tmp_path):
+    """A pattern key also matches every module whose name ends with it (PEFT's rule), so a
+    suggestion for `a.lin` must not leak into `b.a.lin`: every module resolves to its own rank
+    and keeps its scale when the fragment is read the way PEFT reads it."""
+    from gradience.audit.naming import resolve_rank_alpha
+
+    rng = np.random.default_rng(5)
+    mods = {name: (rng.standard_normal((16, 24)), _lowrank_b(rng, 24, 16, tr))
+            for name, tr in [("a.lin", 10), ("b.a.lin", 1), ("c.b.a.lin", 3), ("c.lin", 1), ("d.lin", 1)]}
+    make_adapter(tmp_path, mods, r=16, alpha=32, prefix="")
+    pl = audit_adapter(tmp_path).per_layer
+    assert len(set(pl["ranks"].values())) > 1
+    for name, k in pl["ranks"].items():
+        r, alpha = resolve_rank_alpha(name, pl["r"], pl["lora_alpha"], pl["rank_pattern"], pl["alpha_pattern"])
+        assert (r, alpha / r) == (k, pytest.approx(2.0)), name
+
+
 def test_budget_allocation_is_greedy_optimal_on_a_small_case():
     rows = [{"name": "a", "scale": 1.0, "in_features": 10, "out_features": 10, "params": 40, "r": 2},
             {"name": "b", "scale": 1.0, "in_features": 5, "out_features": 5, "params": 20, "r": 2}]

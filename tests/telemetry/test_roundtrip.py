@@ -146,3 +146,30 @@ def test_nonfinite_written_as_strings(tmp_path: Path) -> None:
     assert '"loss":"NaN"' in raw and '"lr":"Infinity"' in raw and '"grad_norm":"-Infinity"' in raw
     ev = next(TelemetryReader(path).iter_events("train_step"))
     assert math.isnan(ev["loss"]) and ev["lr"] == math.inf and ev["grad_norm"] == -math.inf
+
+
+def test_reader_reads_integers_like_orjson(tmp_path: Path) -> None:
+    # Another writer's stdlib json may write any integer; none may reach a float() that raises.
+    path = tmp_path / "ints.jsonl"
+    big, bigger = "1" + "0" * 400, "1" + "0" * 5000
+    path.write_text(f'{{"schema": "{SCHEMA_ID}", "ts": 1.0, "run_id": "r", "event": "train_step", "step": 3, '
+                    f'"loss": {big}, "lr": -{bigger}, "grad_norm": 18446744073709551616, "n": 7}}\n')
+    ev = next(TelemetryReader(path).iter_events())
+    assert ev["loss"] == math.inf and ev["lr"] == -math.inf and ev["grad_norm"] == float(2**64)
+    assert ev["step"] == 3 and type(ev["n"]) is int
+
+
+def test_invalid_run_id_is_an_issue_numbers_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "ids.jsonl"
+    base = {"schema": SCHEMA_ID, "ts": 1.0, "event": "train_step", "step": 1, "loss": 1.0}
+    ids: list[object] = ["a", [1], {"x": 1}, None, True, 7, 2.5]
+    path.write_bytes(b"".join(orjson.dumps({**base, "run_id": rid}) + b"\n" for rid in ids))
+    r = TelemetryReader(path)
+    assert r.runs() == ["a", "7", "2.5"]
+    assert [(i.line, i.kind) for i in r.issues] == [(n, "invalid_envelope") for n in (2, 3, 4, 5)]
+    assert "run_id must be a string, got list" in r.issues[0].message
+    assert r.summarize("7").loss["last"] == 1.0 and r.summarize().run_id == "2.5"
+    from gradience.errors import TelemetryFormatError
+
+    with pytest.raises(TelemetryFormatError, match="line 2: invalid_envelope"):
+        list(TelemetryReader(path, strict_schema=True).iter_events())

@@ -170,3 +170,71 @@ def test_profile_inferred_from_dataset_when_unknown(tmp_path: Path) -> None:
     snap = TelemetryReader(path).summarize()
     assert snap.task_profile == "hard_reasoning"
     assert snap.gaps["ppl_gap"] == pytest.approx(math.e)
+
+
+def _lines(path: Path, *events: dict) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"schema": "gradience.vnext.telemetry/v1", "ts": 1.0, "run_id": "r",
+                                        "step": 1, **e}) + "\n" for e in events))
+    return path
+
+
+def test_ill_typed_guard_and_spectral_metrics_read_as_missing(tmp_path: Path) -> None:
+    path = _lines(tmp_path / "g.jsonl",
+                  {"event": "alert", "code": "GUARD_ROLLBACK", "severity": ["x"], "message": 5, "context": [1]},
+                  {"event": "metrics", "kind": "guard", "action": "snapshot", "metrics": {}},
+                  {"event": "metrics", "kind": "guard",
+                   "metrics": {"action": "summary", "snapshots": "many", "rollbacks": [1], "lr_backoffs": 3.0,
+                               "final_lr_scale": "half", "integrity_status": {"ok": 1}}},
+                  {"event": "metrics", "kind": "spectral", "metrics": {"kappa_tilde": "x", "kappa": 4,
+                                                                       "risk_level": [1]}})
+    snap = TelemetryReader(path).summarize()
+    g = snap.guard
+    # An ill-typed count falls back to what the events show; a valid one is used.
+    assert (g["snapshots"], g["rollbacks"], g["lr_backoffs"]) == (1, 1, 3)
+    assert g["final_lr_scale"] is None and g["integrity_status"] is None
+    assert snap.spectral["kappa"] == 4.0 and snap.spectral["risk_level"] is None
+    assert snap.alerts[0]["severity"] == "info" and snap.alerts[0]["message"] == "" and snap.alerts[0]["context"] == {}
+
+
+def test_ill_typed_config_fields_read_as_missing_and_are_kept(tmp_path: Path) -> None:
+    cfg = {"model_name": 5, "lora": {"r": "abc", "alpha": "x", "use_dora": "yes", "target_modules": "all-linear",
+                                     "rank_pattern": {"q": "8"}},
+           "optimizer": {"lr": "hi", "betas": [0.9, "x"], "weight_decay": 0.01},
+           "training": {"max_steps": 10**30, "seed": 3.0, "epochs": 10**400}}
+    path = _lines(tmp_path / "c.jsonl", {"event": "run_start", "config": cfg})
+    snap = TelemetryReader(path).summarize()
+    assert snap.r is None and snap.max_steps is None and snap.model_name is None
+    lora, opt, tr = snap.config["lora"], snap.config["optimizer"], snap.config["training"]
+    assert lora["r"] is None and lora["alpha"] is None and lora["alpha_over_r"] is None
+    assert lora["target_modules"] == "all-linear"  # PEFT accepts one string
+    assert lora["extras"]["_invalid"] == {"r": "abc", "alpha": "x", "use_dora": "yes", "rank_pattern": {"q": "8"}}
+    assert opt["lr"] is None and opt["weight_decay"] == 0.01 and opt["extras"]["_invalid"]["betas"] == [0.9, "x"]
+    assert tr["seed"] == 3 and tr["max_steps"] is None and tr["epochs"] == math.inf  # read as orjson does
+    assert snap.config["extras"]["_invalid"] == {"model_name": 5}
+    latest = TelemetryReader(path).latest_config()
+    assert latest is not None and latest.lora.r is None and latest.optimizer.lr is None
+    # from_dict keeps recorded values as they are (check names a bad one), and never raises.
+    raw = ConfigSnapshot.from_dict({"lora": {"r": "abc", "alpha": "x"}})
+    assert raw.lora.r == "abc" and raw.lora.alpha_over_r is None
+    huge = ConfigSnapshot.from_dict({"lora": {"r": 10**400, "alpha": 1}, "training": {"epochs": -(10**400)}})
+    assert huge.lora.alpha_over_r is None
+    typed = huge.typed()
+    assert typed.lora.r is None and typed.training.epochs is None
+    assert typed.lora.extras["_invalid"] == {"r": 10**400} and typed.training.extras["_invalid"] == {"epochs": -(10**400)}
+
+
+def test_writer_accepts_any_config_values(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    with TelemetryWriter(path, run_id="w") as w:
+        w.run_start({"lora": {"r": "abc", "alpha": "x"}, "training": {"max_steps": "x"}})
+    assert TelemetryReader(path).summarize().r is None
+
+
+def test_recorded_recommendation_with_odd_values_reads_with_defaults() -> None:
+    rec = Recommendation.from_dict({"severity": ["x"], "action": 5, "message": None, "confidence": "high",
+                                    "evidence": [1, 2], "scope": ""})
+    assert (rec.severity, rec.action, rec.message, rec.confidence, rec.scope, rec.evidence) == (
+        "info", "unknown", "", 0.5, "config", {})
+    assert Recommendation.from_dict({"severity": "warn", "confidence": 7}).confidence == 0.5

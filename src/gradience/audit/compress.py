@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +23,12 @@ from ..errors import AdapterFormatError, UsageError
 from .core import LoadedAdapter, iter_spectra, map_factor_batches, open_adapter
 from .loading import LoraModule, SafetensorsFile
 from .metrics import energy_rank, percentile
-from .naming import pattern_key, resolve_rank_alpha
+from .naming import exact_patterns, resolve_rank_alpha
 from .spectrum import truncated_factors
 from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
 
-__all__ = ["STRATEGIES", "compress_adapter", "exact_patterns"]
+__all__ = ["STRATEGIES", "compress_adapter", "exact_patterns"]  # exact_patterns re-exported
 
-V = TypeVar("V", int, float)
 
 STRATEGIES = ("uniform_median", "uniform_p90", "per_layer")
 _ST_DTYPE = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
@@ -308,72 +305,3 @@ def _new_config(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> dict[str, Any]
     cfg["alpha_pattern"] = exact_patterns(names, [r["alpha"] for r in rows], frag["lora_alpha"], ad.config_path)
     cfg.pop("alpha", None)  # very old key; lora_alpha is authoritative now
     return cfg
-
-
-def exact_patterns(names: list[str], values: list[V], default: V, path: Path | None = None) -> dict[str, V]:
-    """Pattern entries (``rank_pattern`` or ``alpha_pattern``) under which PEFT gives module
-    ``names[i]`` exactly ``values[i]`` and every other module ``default``.
-
-    PEFT matches each key as the regular expression ``(.*\\.)?(key)$`` against the module path and
-    takes the first key that matches, in dict order; so the key ``a.lin`` also catches ``b.a.lin``.
-    Every module that differs from ``default``, or that another key would catch, gets its own
-    full-name key, and keys are ordered longest first (fewer dots first at equal length): a module
-    then meets its own key before any shorter key that ends its name, and before an equal-length key
-    whose ``.`` wildcards happen to match it. Raises :class:`AdapterFormatError` for names that no
-    ordering separates (regex characters in module names).
-    """
-    want = dict(zip(names, values, strict=True))
-    keys = {n for n, v in want.items() if v != default}
-
-    def order(k: str) -> tuple[int, int, str]:
-        return (-len(k), k.count("."), k)
-
-    while True:
-        ordered = sorted(keys, key=order)
-        first = _first_match(ordered)
-        wrong = []
-        for n, v in want.items():
-            hit = first(n)
-            if (want[hit] if hit is not None else default) != v:
-                wrong.append(n)
-        if not wrong:
-            return {k: want[k] for k in ordered}
-        if set(wrong) <= keys:
-            raise AdapterFormatError(f"module name {wrong[0]!r} cannot be given its own rank/alpha by a PEFT "
-                                     "rank_pattern/alpha_pattern key", path=path,
-                                     hint="compress to one rank for every module (--rank N)")
-        keys.update(wrong)
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\-]*")
-
-
-def _first_match(keys: list[str]) -> Callable[[str], str | None]:
-    """``name -> naming.pattern_key(keys, name)`` (PEFT's first matching key), fast for thousands of
-    keys: a key made of letters, digits, ``_``, ``-`` and ``.`` (the only regex character, one
-    wildcard) matches a name iff some suffix of it starting at a component boundary has the key's
-    length, and equals the key off the key's dots. Keys are indexed by (length, dot positions)."""
-    if not all(_PLAIN_KEY.fullmatch(k) for k in keys):
-        return lambda name: pattern_key(keys, name)
-    rank = {k: i for i, k in enumerate(keys)}
-    index: dict[int, dict[tuple[int, ...], dict[str, str]]] = {}
-    for k in keys:
-        dots = tuple(i for i, c in enumerate(k) if c == ".")
-        index.setdefault(len(k), {}).setdefault(dots, {}).setdefault(k.replace(".", ""), k)
-
-    def first(name: str) -> str | None:
-        best: str | None = None
-        starts = [0] + [i + 1 for i, c in enumerate(name) if c == "."]
-        for i in starts:
-            tail = name[i:]
-            own = {j for j, c in enumerate(tail) if c == "."}
-            for dots, table in index.get(len(tail), {}).items():
-                if not own.issubset(dots):
-                    continue  # a dot in the name only matches a dot of the key
-                skip = set(dots)
-                k = table.get("".join(c for j, c in enumerate(tail) if j not in skip))
-                if k is not None and (best is None or rank[k] < rank[best]):
-                    best = k
-        return best
-
-    return first

@@ -14,6 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AdapterFormatError
+from .naming import exact_patterns
+
 __all__ = [
     "ALLOWED_RANKS",
     "allocate",
@@ -52,14 +55,16 @@ def _pattern(rows: Sequence[dict[str, Any]], ranks: Sequence[int], use_rslora: b
     # The global alpha is the one most modules at the mode rank need.
     alphas_at_mode = Counter(alpha_for(r["scale"], mode_r, use_rslora) for r in rows)
     mode_alpha = max(alphas_at_mode, key=lambda a: (alphas_at_mode[a], -a))
-    rank_pattern: dict[str, int] = {}
-    alpha_pattern: dict[str, float] = {}
-    for row, k in zip(rows, ranks, strict=True):
-        if k != mode_r:
-            rank_pattern[row["name"]] = int(k)
-        a = alpha_for(row["scale"], k, use_rslora)
-        if a != mode_alpha:
-            alpha_pattern[row["name"]] = a
+    names = [row["name"] for row in rows]
+    alphas = [alpha_for(row["scale"], k, use_rslora) for row, k in zip(rows, ranks, strict=True)]
+    try:
+        # Keys PEFT resolves to exactly these values (a key also matches every module whose
+        # name ends with it, so shadowed modules get their own entries, longest first).
+        rank_pattern = exact_patterns(names, [int(k) for k in ranks], int(mode_r))
+        alpha_pattern = exact_patterns(names, alphas, mode_alpha)
+    except AdapterFormatError:  # regex characters in module names: list the differing ones
+        rank_pattern = {n: int(k) for n, k in zip(names, ranks, strict=True) if k != mode_r}
+        alpha_pattern = {n: a for n, a in zip(names, alphas, strict=True) if a != mode_alpha}
     return {"r": int(mode_r), "lora_alpha": mode_alpha, "rank_pattern": rank_pattern,
             "alpha_pattern": alpha_pattern}
 

@@ -106,17 +106,28 @@ def restore_nonfinite(obj: Any) -> Any:
 _BARE_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
+def _parse_int(text: str) -> int | float:
+    """Integers as orjson reads them: exact within 64 bits, a float beyond (±inf past the float
+    range), so no reader path ever hands out an integer that ``float()`` cannot take."""
+    if len(text) <= 20:
+        value = int(text)
+        if -(2**63) <= value < 2**64:
+            return value
+    return float(text)
+
+
 def decode_line(line: bytes) -> Any:
     """Decode one line. Raises ``ValueError`` when it is not JSON.
 
     Fast path: orjson. Fallback: the stdlib parser, which accepts the bare ``NaN`` /
-    ``Infinity`` tokens written by earlier releases.
+    ``Infinity`` tokens written by earlier releases; it reads integers the way orjson does
+    (a float outside 64 bits, ±inf past the float range, where orjson gives up).
     """
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         try:
-            obj = json.loads(line, parse_constant=_BARE_CONSTANTS.__getitem__)
+            obj = json.loads(line, parse_constant=_BARE_CONSTANTS.__getitem__, parse_int=_parse_int)
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, RecursionError) as exc:
             raise ValueError(str(exc)) from None
     if _NONFINITE_MARKERS[0] in line or _NONFINITE_MARKERS[1] in line:

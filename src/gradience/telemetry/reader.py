@@ -28,6 +28,7 @@ ISSUE_KINDS = (
     "not_object",
     "wrong_schema",
     "missing_envelope_key",
+    "invalid_envelope",
     "truncated_last_line",
 )
 
@@ -77,6 +78,14 @@ class LineDecoder:
                 return self._issue(lineno, "missing_envelope_key", f"missing envelope key {key!r}")
         if obj["schema"] != SCHEMA_ID:
             return self._issue(lineno, "wrong_schema", f"schema {str(obj['schema'])[:60]!r} is not {SCHEMA_ID!r}")
+        rid = obj["run_id"]
+        if type(rid) is not str:
+            # run_id keys the runs: a number reads as its text (the same run as "7"); anything else
+            # (null, a boolean, a list, an object) cannot name a run.
+            if isinstance(rid, bool) or not isinstance(rid, (int, float)):
+                return self._issue(lineno, "invalid_envelope",
+                                   f"run_id must be a string, got {'null' if rid is None else type(rid).__name__}")
+            obj["run_id"] = str(rid)
         return obj
 
 
@@ -122,8 +131,8 @@ class TelemetryReader:
                     obj = loads(raw)
                 except JSONDecodeError:
                     obj = None
-                if (type(obj) is dict and obj.get("schema") == SCHEMA_ID and "ts" in obj and "run_id" in obj
-                        and "event" in obj and "step" in obj):
+                if (type(obj) is dict and obj.get("schema") == SCHEMA_ID and type(obj.get("run_id")) is str
+                        and "ts" in obj and "event" in obj and "step" in obj):
                     if b'NaN"' in raw or b'Infinity"' in raw:
                         obj = restore_nonfinite(obj)
                     yield obj
@@ -160,21 +169,22 @@ class TelemetryReader:
         """Run ids in order of first appearance."""
         seen: dict[str, None] = {}
         for ev in self._iter_raw():
-            seen.setdefault(str(ev["run_id"]), None)
+            seen.setdefault(ev["run_id"], None)
         return list(seen)
 
     def last_run_id(self) -> str | None:
         last = None
         for ev in self._iter_raw():
             last = ev["run_id"]
-        return None if last is None else str(last)
+        return last
 
     def latest_config(self, run_id: str | None = None) -> ConfigSnapshot | None:
+        """The newest ``run_start`` config, typed (see :meth:`ConfigSnapshot.typed`)."""
         cfg = None
         for ev in self.iter_events("run_start", run_id=run_id):
             if isinstance(ev.get("config"), dict):
                 cfg = ev["config"]
-        return ConfigSnapshot.from_dict(cfg) if cfg is not None else None
+        return ConfigSnapshot.from_dict(cfg).typed() if cfg is not None else None
 
     def latest_eval(self, split: str = "test", run_id: str | None = None) -> dict[str, Any] | None:
         """The newest eval event for ``split`` (``eval``/``validation`` count as ``test``)."""
@@ -192,7 +202,7 @@ class TelemetryReader:
             rid = ev["run_id"]
             acc = accs.get(rid)
             if acc is None:
-                acc = accs[rid] = RunAccumulator(str(rid), self.thresholds)
+                acc = accs[rid] = RunAccumulator(rid, self.thresholds)
             elif ev["event"] == "run_start":
                 accs[rid] = accs.pop(rid)  # a resumed run becomes the latest again
             acc.add(ev)

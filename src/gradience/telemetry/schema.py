@@ -82,6 +82,72 @@ class TaskProfile(str, Enum):
         return self in (TaskProfile.HARD_REASONING, TaskProfile.GENERATION)
 
 
+def real_number(x: Any) -> float | None:
+    """``x`` as a float when it is a JSON number (bools are not) within the float range, else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:  # an integer beyond ~1.8e308
+        return None
+
+
+def whole_number(x: Any) -> int | None:
+    """``x`` as an int when it is an integral JSON number within the 64-bit range, else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    if isinstance(x, float):
+        if not (math.isfinite(x) and x.is_integer()):
+            return None
+        x = int(x)
+    return x if -(2**63) <= x < 2**64 else None
+
+
+def _typed_value(annotation: str, value: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether ``value`` fits a field declared ``annotation`` (``None`` always fits)."""
+    if value is None:
+        return True, None
+    kind = annotation.replace(" | None", "")
+    if kind == "str":
+        return isinstance(value, str), value
+    if kind == "bool":
+        return isinstance(value, bool), value
+    if kind == "int":
+        n = whole_number(value)
+        return n is not None, n
+    if kind == "float":
+        return real_number(value) is not None, value
+    if kind == "list[str]":  # target_modules: PEFT also accepts one string (a regex or "all-linear")
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)), value
+    if kind == "list[float]":
+        return isinstance(value, list) and all(real_number(v) is not None for v in value), value
+    if kind in ("dict[str, int]", "dict[str, float]"):
+        return isinstance(value, dict) and all(real_number(v) is not None for v in value.values()), value
+    return True, value
+
+
+def _typed_section(obj: Any) -> Any:
+    """A copy of a config section whose known fields have their declared types; every ill-typed
+    value moves to ``extras["_invalid"]`` (kept, never interpreted)."""
+    values: dict[str, Any] = {}
+    invalid: dict[str, Any] = {}
+    for f in fields(obj):
+        if f.name == "extras":
+            continue
+        raw = getattr(obj, f.name)
+        ok, value = _typed_value(str(f.type), raw)
+        if ok:
+            values[f.name] = value
+        else:
+            values[f.name] = None
+            invalid[f.name] = raw
+    out = type(obj)(**values)
+    out.extras = dict(obj.extras) if isinstance(obj.extras, dict) else {"_unparsed": obj.extras}
+    if invalid:
+        out.extras["_invalid"] = invalid
+    return out
+
+
 def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     names = {f.name for f in fields(cls)}
     known = {k: v for k, v in data.items() if k in names}
@@ -137,8 +203,11 @@ class LoRAConfig:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.alpha_over_r is None and self.r and self.alpha is not None:
-            self.alpha_over_r = float(self.alpha) / float(self.r)
+        # Recorded configs are not type-checked on read: derive α/r only from real numbers.
+        if self.alpha_over_r is None:
+            r, alpha = real_number(self.r), real_number(self.alpha)
+            if r and alpha is not None:
+                self.alpha_over_r = alpha / r
 
     @classmethod
     def from_dict(cls, data: Any) -> LoRAConfig:
@@ -201,6 +270,31 @@ class ConfigSnapshot:
             extras=extras,
         )
 
+    def typed(self) -> ConfigSnapshot:
+        """A copy where every known field has its declared type or is None.
+
+        ``from_dict`` keeps recorded values as they are (so ``check`` can name a bad one);
+        views and rules that summarise a recorded run use this copy instead, where a value of the
+        wrong type (``r="abc"``, an integer past 64 bits, ``use_dora="yes"``) reads as missing and
+        is kept under that section's ``extras["_invalid"]``.
+        """
+        top_ok = {name: isinstance(getattr(self, name), (str, type(None)))
+                  for name in ("model_name", "dataset_name", "notes")}
+        out = ConfigSnapshot(
+            model_name=self.model_name if top_ok["model_name"] else None,
+            dataset_name=self.dataset_name if top_ok["dataset_name"] else None,
+            task_profile=TaskProfile.parse(self.task_profile).value,
+            optimizer=_typed_section(OptimizerConfig.from_dict(self.optimizer)),
+            lora=_typed_section(LoRAConfig.from_dict(self.lora)),
+            training=_typed_section(TrainingConfig.from_dict(self.training)),
+            notes=self.notes if top_ok["notes"] else None,
+            extras=dict(self.extras) if isinstance(self.extras, dict) else {"_unparsed": self.extras},
+        )
+        invalid = {name: getattr(self, name) for name, ok in top_ok.items() if not ok}
+        if invalid:
+            out.extras["_invalid"] = invalid
+        return out
+
 
 @dataclass
 class Recommendation:
@@ -228,15 +322,29 @@ class Recommendation:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recommendation:
+        """Lenient: a recorded recommendation with odd values reads with defaults, never raises."""
         known, unknown = _split_known(cls, data)
+        try:
+            severity = Severity.parse(known.get("severity", "info")).value
+        except ValueError:
+            severity = Severity.INFO.value
+        confidence = real_number(known.get("confidence"))
+        if confidence is None or not 0.0 <= confidence <= 1.0:
+            confidence = 0.5
+        evidence = known.get("evidence")
+
+        def text(key: str, default: str) -> str:
+            v = known.get(key)
+            return v if isinstance(v, str) and v else default
+
         rec = cls(
-            severity=known.get("severity", "info"),
-            action=known.get("action", "unknown"),
-            message=known.get("message", ""),
-            rationale=known.get("rationale", "") or "",
-            confidence=float(known.get("confidence", 0.5) if known.get("confidence") is not None else 0.5),
-            scope=known.get("scope", "config") or "config",
-            evidence=dict(known.get("evidence") or {}),
+            severity=severity,
+            action=text("action", "unknown"),
+            message=text("message", ""),
+            rationale=text("rationale", ""),
+            confidence=confidence,
+            scope=text("scope", "config"),
+            evidence=dict(evidence) if isinstance(evidence, dict) else {},
         )
         if unknown:
             rec.evidence.setdefault("_extra", unknown)

@@ -14,7 +14,7 @@ from typing import Any
 
 from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, grad_level, sparkline, trend
 from .profiles import resolve_profile
-from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile
+from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile, real_number, whole_number
 
 GRAD_HISTORY = 10
 MAX_KEPT_ALERTS = 200
@@ -29,12 +29,19 @@ def normalize_split(split: Any) -> str:
     return s
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    if isinstance(x, (int, float)):
-        return float(x)
-    return None
+# Payload values come from any writer: a number read where a number is expected may be of any
+# type (a string, a list, an integer past the float range). Such a value reads as missing.
+_num = real_number
+
+
+def _count(x: Any) -> int | None:
+    """A recorded counter: a non-negative whole number, else None (missing)."""
+    n = whole_number(x)
+    return n if n is not None and n >= 0 else None
+
+
+def _text(x: Any) -> str | None:
+    return x if isinstance(x, str) else None
 
 
 def _first_lr(lr: Any) -> float | None:
@@ -78,7 +85,8 @@ class SignalSnapshot:
     def duration_s(self) -> float | None:
         if self.first_ts is None or self.last_ts is None:
             return None
-        return self.last_ts - self.first_ts
+        d = self.last_ts - self.first_ts
+        return d if isfinite(d) else None
 
     def eval_metric(self, split: str, key: str) -> float | None:
         entry = self.evals.get(split)
@@ -139,10 +147,12 @@ class RunAccumulator:
     def add(self, ev: dict[str, Any]) -> None:
         self.n_events += 1
         ts = ev.get("ts")
-        if type(ts) is float or (type(ts) is int):
+        if type(ts) is not float:
+            ts = _num(ts)
+        if ts is not None and isfinite(ts):
             if self.first_ts is None:
-                self.first_ts = float(ts)
-            self.last_ts = float(ts)
+                self.first_ts = ts
+            self.last_ts = ts
         step = ev.get("step")
         if type(step) is int:
             if self.last_step is None or step > self.last_step:
@@ -160,15 +170,16 @@ class RunAccumulator:
         elif name == "metrics":
             self._metrics(ev, step)
         elif name == "alert":
-            code = str(ev.get("code", "ALERT"))
+            code = _text(ev.get("code")) or "ALERT"
+            context = ev.get("context")
             self.alert_counts[code] += 1
             self.alerts.append(
                 {
                     "step": step,
-                    "severity": ev.get("severity", "info"),
+                    "severity": _text(ev.get("severity")) or "info",
                     "code": code,
-                    "message": ev.get("message", ""),
-                    "context": ev.get("context") or {},
+                    "message": _text(ev.get("message")) or "",
+                    "context": context if isinstance(context, dict) else {},
                 }
             )
             if code.startswith("GUARD_"):
@@ -190,14 +201,14 @@ class RunAccumulator:
         elif name == "run_end":
             status = ev.get("status")
             self.status = status if status in ("ok", "aborted", "error") else "error"
-            self.reason = ev.get("reason")
+            self.reason = _text(ev.get("reason"))
 
     def _train_step(self, ev: dict[str, Any], step: int | None) -> None:
         # Hot path (one call per logged step): exact type checks instead of isinstance.
         loss = ev.get("loss")
-        tl = type(loss)
-        if tl is float or tl is int:
-            loss = float(loss)  # type: ignore[arg-type]
+        if type(loss) is not float:
+            loss = _num(loss)
+        if loss is not None:
             if isfinite(loss):
                 self.loss_n += 1
                 if self.loss_first is None:
@@ -214,21 +225,16 @@ class RunAccumulator:
                 self.loss_nonfinite_steps.append(step)
                 self.loss_last = loss
         lr = ev.get("lr")
-        tl = type(lr)
-        if tl is float or tl is int:
+        if type(lr) is not float:
+            lr = _first_lr(lr)
+        if lr is not None:
             if self.lr_first is None:
-                self.lr_first = float(lr)  # type: ignore[arg-type]
-            self.lr_last = float(lr)  # type: ignore[arg-type]
-        elif tl is list:
-            first = _first_lr(lr)
-            if first is not None:
-                if self.lr_first is None:
-                    self.lr_first = first
-                self.lr_last = first
+                self.lr_first = lr
+            self.lr_last = lr
         g = ev.get("grad_norm")
-        tg = type(g)
-        if tg is float or tg is int:
-            g = float(g)  # type: ignore[arg-type]
+        if type(g) is not float:
+            g = _num(g)
+        if g is not None:
             self.grad_last = g
             self.grad_hist.append(g)
             if isfinite(g):
@@ -250,21 +256,23 @@ class RunAccumulator:
         if kind == "lora_audit":
             self.lora_audit = m
         elif kind == "spectral":
-            self.spectral_last = {"step": step, **m}
+            self.spectral_last = {**m, "step": step}
             self.spectral_n += 1
         elif kind == "guard":
-            action = ev.get("action") or m.get("action")
+            action = _text(ev.get("action")) or _text(m.get("action"))
             if action == "summary":
                 self.guard_summary = m
             elif action:
                 self.guard_counts[f"action:{action}"] += 1
-            self.guard_last = {"step": step, "action": action, **m}
+            self.guard_last = {**m, "step": step, "action": action}
         elif kind == "grad_norm":
             self.grad_summary = m
 
     # ------------------------------------------------------------------------------
     def snapshot(self, *, gap_threshold: float | None = None) -> SignalSnapshot:
-        cfg = ConfigSnapshot.from_dict(self.config) if self.config else ConfigSnapshot()
+        # Typed (ill-typed values read as missing, kept under extras["_invalid"]) so views and
+        # rules never meet odd types.
+        cfg = ConfigSnapshot.from_dict(self.config).typed() if self.config else ConfigSnapshot()
         profile, _ = resolve_profile(cfg)
         snap = SignalSnapshot(
             run_id=self.run_id,
@@ -272,7 +280,6 @@ class RunAccumulator:
             dataset_name=cfg.dataset_name,
             task_profile=profile.value,
             r=cfg.lora.r,
-            # Normalised (known fields typed, anything else under extras) so views never meet odd types.
             config=cfg.to_dict() if self.config else {},
             meta=self.meta,
             status=self.status,
@@ -320,21 +327,31 @@ class RunAccumulator:
         }
         g = self.guard_counts
         summary = self.guard_summary or {}
+
+        def counted(*keys: str, fallback: int) -> int:
+            # The guard's own summary wins; a missing or ill-typed count falls back to what the events show.
+            for key in keys:
+                n = _count(summary.get(key))
+                if n is not None:
+                    return n
+            return fallback
+
         snap.guard = {
             "enabled": bool(g or self.guard_summary or self.guard_last),
-            "snapshots": int(summary.get("snapshots", g.get("action:snapshot", 0))),
-            "rollbacks": int(summary.get("rollbacks", g.get("GUARD_ROLLBACK", 0))),
-            "lr_backoffs": int(summary.get("lr_backoffs", summary.get("backoffs", g.get("action:backoff", 0)))),
-            "aborts": int(g.get("GUARD_LOCKOUT", 0) + g.get("GUARD_ABORT", 0)),
-            "lockout": bool(g.get("GUARD_LOCKOUT", 0)),
-            "final_lr_scale": summary.get("final_lr_scale"),
-            "integrity_status": summary.get("integrity_status"),
+            "snapshots": counted("snapshots", fallback=g["action:snapshot"]),
+            "rollbacks": counted("rollbacks", fallback=g["GUARD_ROLLBACK"]),
+            "lr_backoffs": counted("lr_backoffs", "backoffs", fallback=g["action:backoff"]),
+            "aborts": g["GUARD_LOCKOUT"] + g["GUARD_ABORT"],
+            "lockout": bool(g["GUARD_LOCKOUT"]),
+            "final_lr_scale": _num(summary.get("final_lr_scale")),
+            "integrity_status": _text(summary.get("integrity_status")),
             "last": self.guard_last,
         }
         last_sp = self.spectral_last or {}
+        kappa = _num(last_sp.get("kappa_tilde"))
         snap.spectral = {
-            "kappa": _num(last_sp.get("kappa_tilde", last_sp.get("kappa"))),
-            "risk_level": last_sp.get("risk_level"),
+            "kappa": kappa if kappa is not None else _num(last_sp.get("kappa")),
+            "risk_level": _text(last_sp.get("risk_level")),
             "step": last_sp.get("step"),
             "n": self.spectral_n,
         }
