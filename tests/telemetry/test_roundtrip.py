@@ -148,6 +148,23 @@ def test_nonfinite_written_as_strings(tmp_path: Path) -> None:
     assert math.isnan(ev["loss"]) and ev["lr"] == math.inf and ev["grad_norm"] == -math.inf
 
 
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30, 10**400, -(10**400), 10**5000],
+                         ids=["2^64", "-2^63-1", "1e30", "1e400", "-1e400", "1e5000"])
+def test_integers_past_64_bits_are_written_not_raised(tmp_path: Path, big: int) -> None:
+    path = tmp_path / "big.jsonl"
+    with TelemetryWriter(path, run_id="r") as w:
+        w.emit("metrics", step=10**30, kind="x", metrics={"v": big, "nested": [{"n": big}], "ok": 2**63 - 1})
+    line = path.read_bytes().splitlines()[0]
+    orjson.loads(line)  # strict JSON
+    ev = next(TelemetryReader(path).iter_events())
+    assert ev["step"] == float(10**30) and ev["metrics"]["ok"] == 2**63 - 1
+    try:
+        expected: object = float(big)
+    except OverflowError:  # past the float range: the exact digits, as text
+        expected = str(big) if abs(big) < 10**4000 else hex(big)
+    assert ev["metrics"]["v"] == expected and ev["metrics"]["nested"][0]["n"] == expected
+
+
 def test_reader_reads_integers_like_orjson(tmp_path: Path) -> None:
     # Another writer's stdlib json may write any integer; none may reach a float() that raises.
     path = tmp_path / "ints.jsonl"
@@ -157,6 +174,27 @@ def test_reader_reads_integers_like_orjson(tmp_path: Path) -> None:
     ev = next(TelemetryReader(path).iter_events())
     assert ev["loss"] == math.inf and ev["lr"] == -math.inf and ev["grad_norm"] == float(2**64)
     assert ev["step"] == 3 and type(ev["n"]) is int
+
+
+def test_long_keys_redacted_like_values(tmp_path: Path) -> None:
+    path = tmp_path / "keys.jsonl"
+    k256, k300a, k300b = "k" * 256, "a" * 300, "b" * 300
+    with TelemetryWriter(path, run_id="r") as w:
+        w.emit("metrics", kind="x", metrics={k256: 1, "deep": [{k300a: "x", k300b: "y"}], k300a: {"v": 2}})
+    raw = path.read_text(encoding="utf-8")
+    assert k300a not in raw and k300b not in raw
+    m = next(TelemetryReader(path).iter_events())["metrics"]
+    assert m[k256] == 1  # exactly the limit passes
+    assert m["[REDACTED len=300]"] == {"v": 2}
+    # Two long keys of one length are both kept.
+    assert m["deep"] == [{"[REDACTED len=300]": "x", "[REDACTED len=300] #2": "y"}]
+    w2 = TelemetryWriter(path, run_id="r", on_text_violation="raise")
+    with pytest.raises(TextPolicyViolation, match="a key"):
+        w2.emit("metrics", kind="x", metrics={"ok": {k300a: 1}})
+    w2.close()
+    with TelemetryWriter(path, run_id="r", allow_text=True) as w3:
+        w3.emit("metrics", kind="x", metrics={k300a: 1})
+    assert k300a in path.read_text(encoding="utf-8")
 
 
 def test_invalid_run_id_is_an_issue_numbers_read_as_text(tmp_path: Path) -> None:

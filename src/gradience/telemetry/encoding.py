@@ -2,8 +2,9 @@
 
 Non-finite floats become the strings "NaN", "Infinity", "-Infinity" so every line is
 strict JSON; :func:`decode_line` turns them back and also accepts the bare tokens that
-older files contain. Strings longer than ``max_str_len`` anywhere in an event are
-replaced by ``"[REDACTED len=N]"`` unless text is allowed.
+older files contain. Integers outside 64 bits become floats (their digits as a string when
+a float overflows). Strings longer than ``max_str_len`` anywhere in an event, object keys
+included, are replaced by ``"[REDACTED len=N]"`` unless text is allowed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,30 @@ def _float_token(x: float) -> Any:
     return "Infinity" if x > 0 else "-Infinity"
 
 
+def _int_token(x: int) -> Any:
+    """orjson writes integers in [-2**63, 2**64) only; a larger one becomes a float, or its exact
+    text when even a float overflows (hex past the interpreter's 4300-digit decimal limit)."""
+    if -(2**63) <= x < 2**64:
+        return x
+    try:
+        return float(x)
+    except OverflowError:
+        pass
+    try:
+        return str(x)
+    except ValueError:
+        return hex(x)
+
+
+def _redact(text: str, max_str_len: int, on_violation: str, where: str) -> str:
+    if on_violation == "raise":
+        raise TextPolicyViolation(
+            f"string of length {len(text)} at {where} exceeds max_str_len={max_str_len}",
+            hint="pass allow_text=True to log text deliberately",
+        )
+    return f"[REDACTED len={len(text)}]"
+
+
 def sanitize(obj: Any, *, max_str_len: int | None = 256, on_violation: str = "redact", _path: str = "") -> Any:
     """Return a JSON-ready copy of ``obj``: non-finite floats encoded, long strings redacted.
 
@@ -47,22 +72,24 @@ def sanitize(obj: Any, *, max_str_len: int | None = 256, on_violation: str = "re
     if t is float:
         return _float_token(obj)
     if t is int:
-        return obj
+        return _int_token(obj)
     if t is str:
         if max_str_len is not None and len(obj) > max_str_len:
-            if on_violation == "raise":
-                where = _path or "<value>"
-                raise TextPolicyViolation(
-                    f"string of length {len(obj)} at {where} exceeds max_str_len={max_str_len}",
-                    hint="pass allow_text=True to log text deliberately",
-                )
-            return f"[REDACTED len={len(obj)}]"
+            return _redact(obj, max_str_len, on_violation, _path or "<value>")
         return obj
     if isinstance(obj, Mapping):
-        return {
-            str(k): sanitize(v, max_str_len=max_str_len, on_violation=on_violation, _path=f"{_path}.{k}")
-            for k, v in obj.items()
-        }
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            key = k if type(k) is str else str(k)
+            if max_str_len is not None and len(key) > max_str_len:
+                # Keys are text too. Two long keys of one length must not overwrite each other.
+                key = base = _redact(key, max_str_len, on_violation, f"{_path or '<value>'} (a key)")
+                n = 1
+                while key in out:
+                    n += 1
+                    key = f"{base} #{n}"
+            out[key] = sanitize(v, max_str_len=max_str_len, on_violation=on_violation, _path=f"{_path}.{key}")
+        return out
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [
             sanitize(v, max_str_len=max_str_len, on_violation=on_violation, _path=f"{_path}[{i}]")
@@ -75,7 +102,7 @@ def sanitize(obj: Any, *, max_str_len: int | None = 256, on_violation: str = "re
     if isinstance(obj, float):
         return _float_token(float(obj))
     if isinstance(obj, int):
-        return int(obj)
+        return _int_token(int(obj))
     if isinstance(obj, str):
         return sanitize(str(obj), max_str_len=max_str_len, on_violation=on_violation, _path=_path)
     to_dict = getattr(obj, "to_dict", None)
