@@ -82,3 +82,37 @@ def test_unknown_command_is_usage_error() -> None:
 def test_python_dash_m_entry_point() -> None:
     res = subprocess.run([sys.executable, "-m", "gradience", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and __version__ in res.stdout
+
+
+@pytest.mark.parametrize(("argv", "reason"), [
+    (["check", "--lr", "abc"], "Invalid value for '--lr': 'abc' is not a valid float"),
+    (["monitor"], "Missing argument 'RUN.jsonl'"),
+    (["monitor", "run.jsonl", "--bogus"], "No such option '--bogus'"),
+    (["monitor", "run.jsonl", "--fail-on", "zzz"], "Invalid value for '--fail-on'"),
+    (["audit", "--no-such-flag"], "No such option '--no-such-flag'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_click_usage_errors_are_one_line_exit_2(argv: list[str], reason: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from gradience.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and out == "", err
+    assert lines[0].startswith("gradience: error: ") and reason in lines[0]
+    cmd = "gradience" if argv[0] == "frobnicate" else f"gradience {argv[0]}"
+    assert lines[0].endswith(f"see '{cmd} --help'")
+
+
+def test_usage_error_from_the_console_script_is_one_line() -> None:
+    res = run_cli("monitor")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.splitlines() == ["gradience: error: Missing argument 'RUN.jsonl' — see 'gradience monitor --help'"]
+
+
+def test_bare_gradience_still_shows_help() -> None:
+    res = run_cli()
+    assert res.returncode == 2 and "Usage: gradience" in res.stderr and "Commands" in res.stderr

@@ -61,6 +61,16 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _click_line(exc: click.ClickException) -> str:
+    """Click's own error as one line; a usage error names the command's --help."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError):
+        where = ctx.command_path if ctx is not None else "gradience"
+        message += f" — see '{where} --help'"
+    return message
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point: expected errors become one line on stderr and exit 2."""
     try:
@@ -69,9 +79,12 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(exc.one_line(), exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # bare `gradience`: the help text is the answer
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        # SPEC: usage errors are one line on stderr and exit 2 (click's own would print four).
+        _fail(_click_line(exc), exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted", 130)
     except KeyboardInterrupt:
