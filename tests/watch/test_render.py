@@ -71,6 +71,30 @@ def test_grad_panel_level_word_colour_and_three_decimals(tmp_path: Path, g: floa
     assert ("↑" if g > 1 else "↓") in text.splitlines()[1]
 
 
+def test_grad_sparkline_label_gives_the_step_span(tmp_path: Path) -> None:
+    """The sparkline holds the last 10 logged grad norms: logged every 10 steps, that is steps 30–120."""
+    v = view_of(tmp_path, [run_start(), *(train_step(s, T0 + s) for s in range(10, 121, 10))])
+    second = plain(grad_panel(v, 40)).splitlines()[1]
+    assert "steps 30–120" in second and "last 10 steps" not in second
+    # Fewer values than the window: the span of what there is.
+    v = view_of(tmp_path, [run_start(), *(train_step(s, T0 + s) for s in (5, 10, 15))])
+    assert "steps 5–15" in plain(grad_panel(v, 40)).splitlines()[1]
+    v = view_of(tmp_path, [run_start(), train_step(7, T0 + 7)])
+    assert "step 7" in plain(grad_panel(v, 40)).splitlines()[1]
+    # A train_step without grad_norm is not part of the window.
+    lines = [run_start(), *(train_step(s, T0 + s) for s in range(1, 11)),
+             line("train_step", 11, T0 + 11, loss=0.5, lr=1e-4)]
+    assert "steps 1–10" in plain(grad_panel(view_of(tmp_path, lines), 40)).splitlines()[1]
+
+
+def test_grad_sparkline_label_after_a_rollback_counts_values(tmp_path: Path) -> None:
+    """Steps that go back (a guard rollback re-logs them) have no single span: say how many values."""
+    lines = [run_start(), *(train_step(s, T0 + s) for s in range(1, 9)),
+             *(train_step(s, T0 + 10 + s) for s in (5, 6))]
+    second = plain(grad_panel(view_of(tmp_path, lines), 40)).splitlines()[1]
+    assert "last 10 values" in second and "steps" not in second
+
+
 def test_nonfinite_grad_norm_is_called_out(tmp_path: Path) -> None:
     v = view_of(tmp_path, [run_start(), train_step(1, T0 + 1, grad_norm=float("nan"))])
     text = plain(grad_panel(v, 36))

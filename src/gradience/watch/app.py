@@ -37,7 +37,7 @@ HELP_TEXT = """\
   banner      state, step / max steps, elapsed, rate, ETA; health =
               worst of the grad-norm level and the spectral κ̃ risk
   grad norm   last value, level (<0.1 vanishing, ≤5 healthy, ≤10
-              warning, >10 critical), last-10 sparkline + trend
+              warning, >10 critical), last 10 logged values + trend
   loss · lr   sparklines over the whole run
   eval        latest metrics per split; gaps test/train
   guard       snapshots, rollbacks, LR backoffs, lockout; κ̃ risk

@@ -8,6 +8,7 @@ word beside it (level names, state names), so nothing is lost without colour
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -189,6 +190,16 @@ def banner(v: WatchView, width: int) -> RenderableType:
     return Group(first, _line(*second_parts))
 
 
+def _grad_window(n: int, steps: list[int | None]) -> str:
+    """What the grad-norm sparkline covers: ``steps 30–120`` (the logged values need not be every
+    step), ``step 7``, or ``last 10 values`` when the steps are unknown or go back (a rollback)."""
+    span = steps[-n:] if n else []
+    known = [s for s in span if s is not None]
+    if n and len(known) == n and all(a <= b for a, b in itertools.pairwise(known)):
+        return f"step {known[0]:,}" if known[0] == known[-1] else f"steps {known[0]:,}–{known[-1]:,}"
+    return f"last {n} value{'s' if n != 1 else ''}"
+
+
 def grad_panel(v: WatchView, width: int) -> RenderableType:
     """Gradient-norm health (TELE-311): last value (3 decimals), level, 10-value sparkline + trend."""
     s = v.snapshot
@@ -202,7 +213,7 @@ def grad_panel(v: WatchView, width: int) -> RenderableType:
                   _dim(f"  max {num(g.get('max'))}"))
     hist = g.get("history") or []
     second = _line((g.get("sparkline") or "", GRAD_STYLES.get(level, "")), f" {g.get('trend') or ''}",
-                   _dim(f"  last {len(hist)} steps"))
+                   _dim(f"  {_grad_window(len(hist), v.grad_steps)}"))
     extras = []
     if g.get("last_clipped") is not None:
         extras.append(f"clipped {num(g.get('last_clipped'), 3)}")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.reader import LineDecoder, TelemetryIssue
-from ..telemetry.snapshot import RunAccumulator, SignalSnapshot
+from ..telemetry.snapshot import GRAD_HISTORY, RunAccumulator, SignalSnapshot
 
 __all__ = ["FileFollower", "FollowResult", "RunHistory", "SeriesBuffer", "WatchState", "WatchView"]
 
@@ -225,11 +225,14 @@ def _num(x: Any) -> float | None:
 
 class RunHistory:
     """What the snapshot does not keep but a dashboard draws: whole-run loss and LR
-    series, a chronological alert + recommendation log, and the step rate."""
+    series, the steps of the snapshot's last grad-norm values, a chronological alert +
+    recommendation log, and the step rate."""
 
     def __init__(self, capacity: int = 1024, log_size: int = MAX_KEPT_LOG) -> None:
         self.loss = SeriesBuffer(capacity)
         self.lr = SeriesBuffer(capacity)
+        # The step of each value in the snapshot's grad-norm history (same rule, same window).
+        self.grad_steps: deque[int | None] = deque(maxlen=GRAD_HISTORY)
         # (event index, entry): entries of one recommendation event share an index, so
         # "newest first" can keep their own order (most severe first) inside the event.
         self.log: deque[tuple[int, dict[str, Any]]] = deque(maxlen=log_size)
@@ -255,6 +258,9 @@ class RunHistory:
                 lr = lr[0] if lr else None
             if type(lr) is float or type(lr) is int:
                 self.lr.append(float(lr))
+            g = ev.get("grad_norm")
+            if type(g) is float or type(g) is int:
+                self.grad_steps.append(step)
             if step is not None and (type(ts) is float or type(ts) is int):
                 if self._rate_first is None:
                     self._rate_first = (float(ts), step)
@@ -313,6 +319,7 @@ class WatchView:
     requested_run_id: str | None = None
     loss_series: list[float] = field(default_factory=list)
     lr_series: list[float] = field(default_factory=list)
+    grad_steps: list[int | None] = field(default_factory=list)  # steps of snapshot.grad_norm["history"]
     n_train_steps: int = 0
     steps_per_s: float | None = None
     log: list[dict[str, Any]] = field(default_factory=list)  # newest first
@@ -488,6 +495,7 @@ class WatchState:
         if hist is not None:
             v.loss_series = hist.loss.values()
             v.lr_series = hist.lr.values()
+            v.grad_steps = list(hist.grad_steps)
             v.n_train_steps = max(len(hist.loss), len(hist.lr))
             v.steps_per_s = hist.steps_per_s
             v.log = hist.newest_first()
