@@ -173,3 +173,54 @@ def test_waits_for_a_missing_file(tmp_path: Path) -> None:
     waiting, done = asyncio.run(go())
     assert "for the file to appear" in waiting
     assert "FINISHED OK  step 120/200" in done
+
+
+def _screen_colours(app: WatchApp) -> set[tuple[int, int, int]]:
+    """Every foreground/background colour on the composed screen (after textual's line filters)."""
+    out = set()
+    for strip in app.screen._compositor.render_strips():
+        for seg in strip:
+            if seg.style is None:
+                continue
+            for c in (seg.style.color, seg.style.bgcolor):
+                if c is not None:
+                    t = c.get_truecolor()
+                    out.add((t.red, t.green, t.blue))
+    return out
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_live_app_without_colour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_color: bool) -> None:
+    """NO_COLOR (textual's monochrome mode) draws the live dashboard in greys only, with every word that
+    carries the meaning of a colour still there; the run without NO_COLOR is the control."""
+    if no_color:
+        monkeypatch.setenv("NO_COLOR", "1")
+    else:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    p = full_run(tmp_path / "run.jsonl")
+
+    async def go() -> tuple[bool, str, set[tuple[int, int, int]], str]:
+        app = WatchApp(WatchState(p), refresh=REFRESH)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            text, colours = screen_text(app), _screen_colours(app)
+            await pilot.press("question_mark")
+            await settle(pilot)
+            shown = screen_text(app)
+            colours |= _screen_colours(app)
+            await pilot.press("escape")
+            await pilot.press("q")
+            await settle(pilot)
+            return app.no_color, text, colours, shown
+
+    mono, text, colours, help_text = asyncio.run(go())
+    assert mono is no_color
+    hues = {c for c in colours if len(set(c)) > 1}
+    if no_color:
+        assert hues == set(), sorted(hues)
+    else:
+        assert hues, "control: the coloured dashboard should have coloured cells"
+    for word in ("FINISHED OK", "health WATCH", "grad healthy", "κ̃ WARNING", "last 0.500  healthy",
+                 "rollbacks 1", "lockout no", "WARN GRAD_NORM_WARNING", "ERR  GUARD_ROLLBACK", "q quit"):
+        assert word in text, word
+    assert "pause / resume following the file" in help_text
