@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -144,9 +145,16 @@ def test_suggested_patterns_resolve_exactly_under_peft_matching(tmp_path):
     make_adapter(tmp_path, mods, r=16, alpha=32, prefix="")
     pl = audit_adapter(tmp_path).per_layer
     assert len(set(pl["ranks"].values())) > 1
-    for name, k in pl["ranks"].items():
-        r, alpha = resolve_rank_alpha(name, pl["r"], pl["lora_alpha"], pl["rank_pattern"], pl["alpha_pattern"])
-        assert (r, alpha / r) == (k, pytest.approx(2.0)), name
+    # The --json output keeps the patterns' order (PEFT takes the first matching key).
+    from gradience.telemetry.encoding import dumps_pretty
+
+    printed = json.loads(dumps_pretty({"per_layer_suggestion": pl}))["per_layer_suggestion"]
+    assert list(printed["rank_pattern"]) == list(pl["rank_pattern"]) != sorted(pl["rank_pattern"])
+    for frag in (pl, printed):
+        for name, k in pl["ranks"].items():
+            r, alpha = resolve_rank_alpha(name, frag["r"], frag["lora_alpha"], frag["rank_pattern"],
+                                          frag["alpha_pattern"])
+            assert (r, alpha / r) == (k, pytest.approx(2.0)), name
 
 
 def test_budget_allocation_is_greedy_optimal_on_a_small_case():

@@ -162,10 +162,26 @@ def decode_line(line: bytes) -> Any:
     return obj
 
 
+# Mappings whose key order carries meaning: PEFT takes the *first* rank_pattern/alpha_pattern
+# key that matches a module, so these are written in the order they were built.
+ORDERED_KEYS = frozenset({"rank_pattern", "alpha_pattern"})
+
+
+def _sorted(obj: Any, keep_order: bool = False) -> Any:
+    if isinstance(obj, dict):
+        items = obj.items() if keep_order else sorted(obj.items(), key=lambda kv: kv[0])
+        return {k: _sorted(v, k in ORDERED_KEYS) for k, v in items}
+    if isinstance(obj, list):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
 def dumps_pretty(obj: Any) -> str:
-    """Strict JSON for files and ``--json`` output: non-finite numbers as strings, sorted keys, indented."""
-    clean = sanitize(obj, max_str_len=None)
-    return orjson.dumps(clean, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    """Strict JSON for files and ``--json`` output: non-finite numbers as strings, indented,
+    keys sorted, except inside ``rank_pattern``/``alpha_pattern`` (their order is PEFT's
+    matching order and is kept)."""
+    clean = _sorted(sanitize(obj, max_str_len=None))
+    return orjson.dumps(clean, option=orjson.OPT_INDENT_2).decode()
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
