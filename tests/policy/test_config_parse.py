@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_config(training_dir=tmp_path / "pickled")
     with pytest.raises(ConfigError, match="pickled"):
         load_config(training=tmp_path / "pickled" / "training_args.bin")
+    # Integers past the float range are named as too large, never an internal error.
+    huge = 10**400
+    for kwargs, data, field in (("peft", {"peft_type": "LORA", "r": huge, "lora_alpha": 16}, "r"),
+                                ("config", {"lora": {"r": huge, "alpha": 16}}, "lora.r"),
+                                ("config", {"optimizer": {"lr": huge}}, "optimizer.lr"),
+                                ("training", {"learning_rate": huge, "output_dir": "x"}, "learning_rate")):
+        f = tmp_path / f"huge_{kwargs}_{field}.json"
+        f.write_text(json.dumps(data))
+        with pytest.raises(ConfigError, match=rf"^{re.escape(field)} is too large \(401 digits\)"):
+            load_config(**{kwargs: f})
     # A file given as training arguments that is not one is an error, never silently ignored.
     junk = tmp_path / "junk.json"
     junk.write_text(json.dumps({"foo": 1}))
@@ -140,3 +151,11 @@ def test_ambiguous_directory(tmp_path: Path) -> None:
     (tmp_path / "adapter_config.yaml").write_text("r: 4\n")
     with pytest.raises(UsageError, match="ambiguous adapter config"):
         load_config(peft_dir=tmp_path)
+
+
+def test_rule_helpers_treat_out_of_range_integers_as_missing() -> None:
+    from gradience.policy.config_parse import _as_num
+    from gradience.policy.rules_run import _num
+
+    assert _num(10**400) is None and _as_num(10**400) is None and _as_num(10**400, integer=True) is None
+    assert _num(3) == 3.0 and _as_num(8, integer=True) == 8

@@ -36,9 +36,13 @@ _SNAPSHOT_KEYS = {"lora", "optimizer", "training", "task_profile"}
 def _as_num(v: Any, integer: bool = False) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond the float range: not a usable setting
+        return None
     if integer:
-        return int(v) if math.isfinite(v) and float(v).is_integer() else None
-    return float(v)
+        return int(v) if math.isfinite(f) and f.is_integer() else None
+    return f
 
 
 def coerce_numbers(cfg: ConfigSnapshot) -> ConfigSnapshot:
@@ -137,11 +141,15 @@ def _number(data: Mapping[str, Any], key: str, path: Path | None, *, integer: bo
             raise ConfigError(f"{key} must be a number, got {v!r}", path=path) from None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{key} must be a number, got {type(v).__name__}", path=path)
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ConfigError(f"{key} is too large ({len(str(abs(int(v))))} digits)", path=path) from None
     if integer:
-        if isinstance(v, float) and not v.is_integer():
+        if not math.isfinite(f) or not f.is_integer():
             raise ConfigError(f"{key} must be an integer, got {v!r}", path=path)
         return int(v)
-    return float(v)
+    return f
 
 
 def _targets(v: Any, path: Path | None) -> list[str] | None:
@@ -234,14 +242,14 @@ def _merge_snapshot(base: ConfigSnapshot, data: Mapping[str, Any], path: Path) -
         snap = ConfigSnapshot.from_dict(dict(data))
     except TypeError as exc:
         raise ConfigError(f"not a valid Gradience config: {exc}", path=path) from None
-    for name, want in (("r", int), ("alpha", (int, float)), ("alpha_over_r", (int, float))):
-        v = getattr(snap.lora, name)
+    for section, name, want in (("lora", "r", int), ("lora", "alpha", (int, float)),
+                                ("lora", "alpha_over_r", (int, float)), ("optimizer", "lr", (int, float)),
+                                ("optimizer", "weight_decay", (int, float))):
+        v = getattr(getattr(snap, section), name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, want)):
-            raise ConfigError(f"lora.{name} must be a number, got {v!r}", path=path)
-    for name in ("lr", "weight_decay"):
-        v = getattr(snap.optimizer, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise ConfigError(f"optimizer.{name} must be a number, got {v!r}", path=path)
+            raise ConfigError(f"{section}.{name} must be a number, got {v!r}", path=path)
+        if v is not None and _as_num(v) is None:  # an integer past the float range
+            raise ConfigError(f"{section}.{name} is too large ({len(str(abs(int(v))))} digits)", path=path)
     return snap if base == ConfigSnapshot() else _overlay(base, snap)
 
 

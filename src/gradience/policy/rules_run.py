@@ -37,7 +37,10 @@ ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x)
+    try:
+        return float(x)
+    except OverflowError:  # an integer beyond the float range
+        return None
 
 
 def _dict(x: Any) -> dict[str, Any]:
