@@ -144,8 +144,7 @@ def test_exact_patterns_give_every_module_its_own_value_under_peft_matching():
 
 
 def test_fast_pattern_lookup_agrees_with_peft_matching():
-    from gradience.audit.naming import _first_match
-    from gradience.audit.naming import pattern_key
+    from gradience.audit.naming import _first_match, pattern_key
 
     rng = np.random.default_rng(1)
     parts = ["a", "b", "lin", "h", "1", "11", "q", "aXlin", "x", "1.q", "b.a"]

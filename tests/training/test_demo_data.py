@@ -30,5 +30,5 @@ def test_tsv_directory_subsets_and_errors(tmp_path):
     with pytest.raises(UsageError, match="line 2: label 'positive' is not an integer"):
         load_tsv_dir(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="expected train.tsv and dev.tsv"):
+    with pytest.raises(UsageError, match=r"expected train\.tsv and dev\.tsv"):
         load_tsv_dir(tmp_path / "empty")
