@@ -190,3 +190,15 @@ def test_help_and_real_runs_do_not_import_torch() -> None:
                  ["check", "--peft-dir", adapter, "--task", "gsm8k", "--json"]):
         mods = _modules_after(argv)
         assert not [m for m in HEAVY if m in mods], f"{argv} imported {[m for m in HEAVY if m in mods]}"
+
+
+def test_monitor_prints_non_finite_recorded_audit_values_as_missing(tmp_path: Path) -> None:
+    run = tmp_path / "run.jsonl"
+    with TelemetryWriter(run) as w:
+        w.run_start({"model_name": "m"})
+        w.emit("metrics", step=1, kind="lora_audit",
+               metrics={"utilization_mean": float("inf"), "by_type": {"attn": {"utilization_mean": 0.25}}})
+    p = run_cli("monitor", str(run))
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if "utilization mean" in ln)
+    assert "utilization mean — (attn 25%)" in line and "inf" not in line.lower()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..numfmt import pct as _pct
 from ._output import console, err_console, fmt_num, print_json
 from .check import FAIL_ON, _wrapped, fails, render_recommendations
 
@@ -208,8 +209,8 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
     con.print()
     section("LoRA audit")
     if audit:
-        def pct(x: Any) -> str:
-            return f"{x * 100:.0f}%" if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
+        def pct(x: Any) -> str:  # recorded values are untyped: only finite numbers print
+            return _pct(float(x), 0) if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
 
         say(f"suggested r: median {fmt_num(audit.get('suggested_r_global_median'))} · p90 "
             f"{fmt_num(audit.get('suggested_r_global_90'))} (audited r={fmt_num(audit.get('r', sig.get('r')))}) · energy rank@90% p50 "
