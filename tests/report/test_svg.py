@@ -56,3 +56,12 @@ def test_constant_series_is_drawn_flat() -> None:
     d = ET.fromstring(line_chart("t", [Series("lr", list(range(50)), ys)])).find(f".//{NS}path").get("d")
     y_coords = {pt.split(",")[1] for pt in d.replace("M", "L").split("L") if pt}
     assert len(y_coords) == 1
+
+
+def test_x_axis_ticks_are_whole_numbers_when_x_is_a_step_or_index() -> None:
+    import re
+
+    svg = line_chart("s", [Series("a", [float(i) for i in range(1, 13)], [float(i) for i in range(1, 13)])],
+                     x_label="index i", y_log=True)
+    x_ticks = re.findall(r'text-anchor="middle" fill="#4b5563">([^<]+)</text>', svg)
+    assert x_ticks and all("." not in t for t in x_ticks), x_ticks

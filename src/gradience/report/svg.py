@@ -255,7 +255,10 @@ def _axes(f: _Frame, sx: _Scale, sy: _Scale, x_label: str, y_label: str, y_fmt: 
         if f.y1 - 0.5 <= y <= f.y0 + 0.5:
             p.append(f'<line x1="{f.x0}" x2="{f.x1}" y1="{_r(y)}" y2="{_r(y)}" stroke="#e5e7eb"/>'
                      f'<text x="{f.x0 - 6}" y="{_r(y + 3.5)}" text-anchor="end" fill="#4b5563">{esc(y_fmt(t))}</text>')
-    for t in sx.ticks(6):
+    xt = sx.ticks(6)
+    whole = [t for t in xt if float(t).is_integer()]
+    # x is a step or an index in every line chart: no ticks at 2.5 when whole numbers will do.
+    for t in whole if len(whole) >= 2 else xt:
         x = sx(t)
         if f.x0 - 0.5 <= x <= f.x1 + 0.5:
             p.append(f'<line x1="{_r(x)}" x2="{_r(x)}" y1="{f.y0}" y2="{f.y0 + 4}" stroke="#6b7280"/>'
@@ -535,7 +538,10 @@ def timeline(
             px = sx(x)
             p.append(f'<rect class="event" x="{_r(px - 1.5)}" y="{_r(yc - row_h * 0.35)}" width="3" '
                      f'height="{_r(row_h * 0.7)}" fill="{esc(color)}"><title>{esc(tip)}</title></rect>')
-    for t in sx.ticks(6):
+    xt = sx.ticks(6)
+    whole = [t for t in xt if float(t).is_integer()]
+    # x is a step or an index in every line chart: no ticks at 2.5 when whole numbers will do.
+    for t in whole if len(whole) >= 2 else xt:
         x = sx(t)
         p.append(f'<line x1="{_r(x)}" x2="{_r(x)}" y1="{f.y0}" y2="{f.y0 + 4}" stroke="#6b7280"/>'
                  f'<text x="{_r(x)}" y="{f.y0 + 16}" text-anchor="middle" fill="#4b5563">{esc(fmt_tick(t))}</text>')
