@@ -61,7 +61,7 @@ def test_constant_series_is_drawn_flat() -> None:
 def test_x_axis_ticks_are_whole_numbers_when_x_is_a_step_or_index() -> None:
     import re
 
-    svg = line_chart("s", [Series("a", [float(i) for i in range(1, 13)], [float(i) for i in range(1, 13)])],
+    svg = line_chart("s", [Series("a", [float(i) for i in range(1, 17)], [float(i) for i in range(1, 17)])],
                      x_label="index i", y_log=True)
     x_ticks = re.findall(r'text-anchor="middle" fill="#4b5563">([^<]+)</text>', svg)
     assert x_ticks and all("." not in t for t in x_ticks), x_ticks
