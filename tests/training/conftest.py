@@ -84,12 +84,13 @@ def make_trainer(tmp_path: Path, tokenizer: Any, callbacks: list[Any], *, steps:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     train, test = demo_data.generate_sentiment(n_train=128, n_test=32, seed=seed)
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=8,
-        per_device_eval_batch_size=32, learning_rate=lr, max_grad_norm=max_grad_norm,
-        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps, logging_strategy="no",
-        save_strategy="no", report_to=[], disable_tqdm=True, seed=seed, use_cpu=True, **arg_overrides,
-    )
+    args = TrainingArguments(**{
+        "output_dir": str(tmp_path / "out"), "max_steps": steps, "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 32, "learning_rate": lr, "max_grad_norm": max_grad_norm,
+        "eval_strategy": "steps" if eval_steps else "no", "eval_steps": eval_steps, "logging_strategy": "no",
+        "save_strategy": "no", "report_to": [], "disable_tqdm": True, "seed": seed, "use_cpu": True,
+        **arg_overrides,
+    })
     model = model if model is not None else tiny_model(tokenizer, seed=seed)
     return Trainer(model=model, args=args, train_dataset=Rows(train, tokenizer),
                    eval_dataset={"test": Rows(test, tokenizer), "train": Rows(train[:32], tokenizer)},

@@ -131,3 +131,125 @@ def test_crash_is_recorded_as_error(tmp_path, tiny_tokenizer):
     sys.excepthook(RuntimeError, RuntimeError("boom"), None)
     snap = TelemetryReader(cb.path).summarize()
     assert snap.status == "error" and "boom" in snap.reason
+
+
+def _tiny(kind, vocab=64):
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    bert = BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32)
+    return {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=16, n_layer=1, n_head=2,
+                                                   n_positions=32, bos_token_id=0, eos_token_id=0)),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32,
+                                                      num_hidden_layers=1, num_attention_heads=2)),
+        "bert_mlm": lambda: BertForMaskedLM(bert),
+        "bert_cls": lambda: BertForSequenceClassification(bert),
+        "t5": lambda: T5ForConditionalGeneration(T5Config(vocab_size=vocab, d_model=16, d_ff=32, d_kv=8,
+                                                          num_layers=1, num_heads=2)),
+    }[kind]()
+
+
+@pytest.mark.parametrize(("kind", "task_type", "causal"), [
+    ("gpt2", None, True), ("llama", None, True), ("gpt2", "CAUSAL_LM", True), ("gpt2", "no_peft", True),
+    ("bert_mlm", None, False), ("bert_cls", "SEQ_CLS", False), ("t5", None, False),
+    ("t5", "SEQ_2_SEQ_LM", False), ("bert_mlm", "no_peft", False),
+])
+def test_causal_lm_detection(kind, task_type, causal):
+    from peft import LoraConfig, get_peft_model
+
+    from gradience.training.config_snapshot import is_causal_lm
+
+    model = _tiny(kind)
+    if task_type != "no_peft":
+        targets = {"gpt2": ["c_attn"], "llama": ["q_proj"], "t5": ["q"]}.get(kind, ["query"])
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, task_type=task_type,
+                                                 fan_in_fan_out=kind == "gpt2"))
+    assert is_causal_lm(model) is causal
+
+
+def test_causal_lm_records_ppl_on_train_steps_and_evals(tmp_path, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        GPT2Config,
+        GPT2LMHeadModel,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from gradience import GradienceCallback
+    from gradience.training.demo_data import generate_sentiment
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                       n_positions=64, bos_token_id=0, eos_token_id=0))
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    train, test = generate_sentiment(n_train=64, n_test=16, seed=0)
+
+    def rows(examples):
+        enc = tiny_tokenizer([e.text for e in examples], truncation=True, max_length=32)
+        return [{k: v[i] for k, v in enc.items() if k != "token_type_ids"} for i in range(len(examples))]
+
+    cb = GradienceCallback(tmp_path / "run", telemetry_interval=1, spectral_enabled=False, audit=False,
+                           recommend=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=8,
+                             learning_rate=5e-3, eval_strategy="steps", eval_steps=3, logging_strategy="no",
+                             save_strategy="no", report_to=[], disable_tqdm=True, seed=0, use_cpu=True)
+    Trainer(model=model, args=args, train_dataset=rows(train),
+            eval_dataset={"test": rows(test), "train": rows(train[:16])},
+            data_collator=DataCollatorForLanguageModeling(tiny_tokenizer, mlm=False), callbacks=[cb]).train()
+    events = read_events(cb.path)
+    steps = [e for e in events if e["event"] == "train_step"]
+    assert [e["step"] for e in steps] == [1, 2, 3]
+    for e in steps:
+        assert e["ppl"] == pytest.approx(math.exp(e["loss"]), rel=1e-12)
+    evals = {e["split"]: e["metrics"] for e in events if e["event"] == "eval"}
+    assert set(evals) == {"test", "train"}
+    for m in evals.values():
+        assert m["ppl"] == pytest.approx(math.exp(m["loss"]), rel=1e-12)
+    assert TelemetryReader(cb.path).summarize().gaps["ppl_gap"] == pytest.approx(
+        evals["test"]["ppl"] / evals["train"]["ppl"])
+
+
+def test_resumed_run_keeps_its_run_id_and_records_where_it_resumed(tmp_path, tiny_tokenizer):
+    from gradience import GradienceCallback
+
+    def callback():
+        return GradienceCallback(tmp_path / "run", telemetry_interval=1, guard_enabled=True,
+                                 spectral_enabled=False, audit=False, recommend=False)
+
+    first = callback()
+    make_trainer(tmp_path, tiny_tokenizer, [first], steps=3, eval_steps=None, save_strategy="steps",
+                 save_steps=3).train()
+    checkpoint = tmp_path / "out" / "checkpoint-3"
+    assert checkpoint.is_dir()
+    second = callback()
+    make_trainer(tmp_path, tiny_tokenizer, [second], steps=6, eval_steps=None).train(
+        resume_from_checkpoint=str(checkpoint))
+
+    events = read_events(second.path)
+    starts = [e for e in events if e["event"] == "run_start"]
+    assert len(starts) == 2 and len({e["run_id"] for e in events}) == 1
+    assert starts[0]["meta"]["resumed_from_step"] is None and starts[1]["meta"]["resumed_from_step"] == 3
+    assert second.recorder.run_id == first.recorder.run_id
+    after = events[events.index(starts[1]):]
+    assert [e["step"] for e in after if e["event"] == "train_step"] == [4, 5, 6]
+    # The guard's first snapshot of the resumed segment is the state it resumed from.
+    snaps = [e["metrics"]["snapshot_step"] for e in after if e.get("kind") == "guard" and e["action"] == "snapshot"]
+    assert snaps[0] == 3
+    reader = TelemetryReader(second.path)
+    assert reader.runs() == [first.recorder.run_id]
+    snap = reader.summarize()
+    assert snap.status == "ok" and snap.last_step == 6 and snap.max_steps == 6

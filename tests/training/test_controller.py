@@ -70,38 +70,116 @@ def test_step_before_initialize_is_a_clear_error(tmp_path):
         GradienceController(tmp_path).step(1, 0.5)
 
 
-@pytest.mark.parametrize(("persistent", "expect"), [(False, "ok"), (True, "aborted")])
-def test_plain_loop_guard_rolls_back_and_locks_out(tmp_path, tiny_tokenizer, persistent, expect):
+def _guarded_loop(tmp_path, tok, inj=None, *, steps=8, scheduler_fn=None, lr=1e-3, **guard_kw):
+    """A guarded plain loop; returns (controller, optimizer, step it stopped at, LRs the optimizer used)."""
     from gradience import GradienceController
-    from gradience.training.faults import FaultInjector
     from gradience.training.guard import GuardConfig
 
-    model = tiny_model(tiny_tokenizer)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model = tiny_model(tok)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    sched = scheduler_fn(opt) if scheduler_fn is not None else None
+    guard_kw = {"snapshot_interval": 2, "cooldown": 1, "max_rollbacks": 2, "spike_warmup": 2,
+                "weight_check_interval": 1, **guard_kw}
     ctl = GradienceController(tmp_path, guard_enabled=True, telemetry_interval=1, spectral_interval=2,
-                              guard_config=GuardConfig(snapshot_interval=2, cooldown=1, max_rollbacks=2))
-    ctl.initialize(model, optimizer=opt)
-    inj = FaultInjector("nan_param", 3, persistent=persistent)
-    inj.attach(model)
-    stopped_at = None
-    for step, batch in enumerate(_batches(tiny_tokenizer, n=8), start=1):
-        inj.begin_step(step)
+                              guard_config=GuardConfig(**guard_kw))
+    ctl.initialize(model, optimizer=opt, **({"scheduler": sched} if sched is not None else {}))
+    if inj is not None:
+        inj.attach(model)
+    stopped_at, lrs = None, []
+    for step, batch in enumerate(_batches(tok, n=steps), start=1):
+        if inj is not None:
+            inj.begin_step(step)
         loss = model(**batch).loss
         loss.backward()
         if not ctl.step(step, loss, model):
             stopped_at = step
             break
+        lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         opt.zero_grad()
-        assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+        if sched is not None:
+            sched.step()
+        assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad), step
+    # After the loop too: a lockout leaves the last good weights, never the poisoned ones.
+    assert all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+    return ctl, opt, stopped_at, lrs
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("step", [1, 3])
+@pytest.mark.parametrize("case", ["nan_param", "inf_param", "nan_grad", "inf_grad", "nan_loss", "inf_loss",
+                                  "loss_spike", "loss_violation", "grad_explosion"])
+def test_plain_loop_guard_rolls_back_and_locks_out(tmp_path, tiny_tokenizer, case, step, persistent):
+    from gradience.training.faults import FaultInjector
+
+    from .test_guard import CASES
+
+    if case == "loss_spike" and step == 1:
+        pytest.skip("a loss spike needs a baseline (spike_warmup healthy steps) first")
+    kind, factor, expected = CASES[case]
+    inj = FaultInjector(kind, step, persistent=persistent, factor=factor)
+    ctl, _, stopped_at, _ = _guarded_loop(tmp_path, tiny_tokenizer, inj)
     summary = ctl.finalize()
-    assert summary["status"] == expect
-    codes = [e["code"] for e in read_events(tmp_path / "run.jsonl") if e["event"] == "alert"
-             and e["code"].startswith("GUARD")]
+    assert summary["status"] == ("aborted" if persistent else "ok")
+    alerts = [e for e in read_events(tmp_path / "run.jsonl") if e["event"] == "alert"
+              and e["code"].startswith("GUARD")]
+    assert all(set(e["context"]["triggers"]) == expected for e in alerts), case
+    codes = [e["code"] for e in alerts]
     if persistent:
-        assert codes == ["GUARD_ROLLBACK", "GUARD_ROLLBACK", "GUARD_LOCKOUT"] and stopped_at == 5
+        assert codes == ["GUARD_ROLLBACK", "GUARD_ROLLBACK", "GUARD_LOCKOUT"] and stopped_at == step + 2
         assert summary["guard"]["integrity_status"] == "LOCKED_OUT"
+        restored = alerts[-1]["context"]["restored_step"]
+        assert restored is not None and f"restored the step-{restored} snapshot" in summary["reason"]
     else:
         assert codes == ["GUARD_ROLLBACK"] and stopped_at is None
+        # Even a fault at the first step has a good state to return to: the one given to initialize().
+        # (step() snapshots the state of step - 1 when it is called; a *_param fault has corrupted
+        # that state before, so the snapshot is refused and the newest good one is step 0.)
+        assert alerts[0]["context"]["restored_step"] == (0 if step == 1 or kind.endswith("_param") else 2)
         assert summary["guard"]["total_rollbacks"] == 1 and summary["guard"]["final_lr_scale"] == 0.5
         assert summary["spectral"]["final_kappa"] is not None
+
+
+def test_backoff_survives_the_users_scheduler(tmp_path, tiny_tokenizer):
+    from gradience.training.faults import FaultInjector
+
+    # A warm-up schedule recomputes the LR from its base LRs at every step.
+    def warmup(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4))
+
+    inj = FaultInjector("nan_loss", 3)
+    ctl, _opt, stopped_at, lrs = _guarded_loop(tmp_path, tiny_tokenizer, inj, steps=8, scheduler_fn=warmup,
+                                               lr=1e-2)
+    assert stopped_at is None and ctl.guard.lr_scale == 0.5
+    # LR used at steps 1..8 (step 3 was refused): the schedule's shape, halved from the rollback on.
+    expected = [1e-2 * min(1.0, s / 4) * (0.5 if s >= 3 else 1.0) for s in range(1, 9)]
+    assert lrs == pytest.approx(expected)
+    assert ctl.finalize()["guard"]["final_lr_scale"] == 0.5
+
+
+def test_rollback_restores_the_users_grad_scaler(tmp_path, tiny_tokenizer):
+    from gradience import GradienceController
+    from gradience.training.guard import GuardConfig
+
+    model = tiny_model(tiny_tokenizer)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    ctl = GradienceController(tmp_path, guard_enabled=True, spectral_enabled=False,
+                              guard_config=GuardConfig(snapshot_interval=2, cooldown=1))
+    ctl.initialize(model, optimizer=opt, scaler=scaler)
+    for step, batch in enumerate(_batches(tiny_tokenizer, n=3), start=1):
+        loss = model(**batch).loss
+        if step == 2:
+            loss = loss * float("nan")
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        assert ctl.step(step, loss, model)
+        if step == 2:  # rolled back to the step-0 snapshot: the scaler state with it
+            assert scaler.get_scale() == 1024.0
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        if step == 1:
+            scaler.update(99.0)  # a scale the step-0 snapshot does not hold
+    assert scaler.get_scale() == 512.0  # the skipped (non-finite) step halved the restored scale
+    assert ctl.finalize()["guard"]["total_rollbacks"] == 1

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import GradienceError, require
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
-from .config_snapshot import build_config_snapshot, build_meta, unwrap_model
+from .config_snapshot import build_config_snapshot, build_meta, is_causal_lm, unwrap_model
 from .gradnorm import BackwardNormProbe, collect_grads, total_grad_norm
 from .recorder import RunRecorder, spine_metrics, split_eval_metrics
 
@@ -28,14 +28,6 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 __all__ = ["GradienceCallback"]
-
-
-def _is_causal_lm(model: Any) -> bool:
-    inner = unwrap_model(model)
-    base = getattr(getattr(inner, "base_model", None), "model", None) or inner
-    archs = getattr(getattr(base, "config", None), "architectures", None) or []
-    name = type(base).__name__
-    return name.endswith("ForCausalLM") or any(str(a).endswith("ForCausalLM") for a in archs)
 
 
 def _is_peft(model: Any) -> bool:
@@ -226,7 +218,7 @@ class GradienceCallback(TrainerCallback):
                           model=model, telemetry_interval=self.telemetry_interval,
                           guard_enabled=self.guard_enabled)
         self.recorder.start(config, meta, step=resumed)
-        self._causal_lm = _is_causal_lm(model)
+        self._causal_lm = self.recorder.causal_lm = is_causal_lm(model)
         self._params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
         self._hook = unwrap_model(model).register_forward_hook(self._on_forward)
         if float(getattr(args, "max_grad_norm", 0) or 0) > 0:
@@ -241,7 +233,8 @@ class GradienceCallback(TrainerCallback):
             named = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
             scaler = getattr(optimizer, "scaler", None)
             self.guard = TrainingGuard(self.guard_config, named, optimizer, kwargs.get("lr_scheduler"), scaler)
-            self._guard_snapshot(resumed or 0)
+            # The starting state (step 0, or the checkpoint resumed from) is always the first snapshot.
+            self._guard_snapshot(resumed or 0, force=True)
         if self.spectral_enabled:
             from .spectral import SpectralMonitor
 
@@ -269,7 +262,10 @@ class GradienceCallback(TrainerCallback):
                              f"LR scale now {d.lr_scale:g}", step=step, context=d.to_dict())
             self._guard_event(step, "rollback", d.to_dict())
             rec.dense_until = step + self.guard.config.cooldown
+            if self.spectral is not None:
+                self.spectral.reset()
         else:
+            # The guard restored the newest good snapshot (if any) before training stops.
             rec.writer.alert("critical", "GUARD_LOCKOUT", d.reason or "guard lockout", step=step,
                              context=d.to_dict())
             self._guard_event(step, "lockout", d.to_dict())
@@ -392,8 +388,15 @@ class GradienceCallback(TrainerCallback):
         assert rec is not None and self.run_dir is not None
         peft_dir = None
         if self.save_adapter and model is not None and _is_peft(model):
-            peft_dir = self.run_dir / "peft"
-            unwrap_model(model).save_pretrained(str(peft_dir))
+            if self.guard is not None and not self.guard.weights_finite():
+                # Only reachable when the guard never had a good snapshot to restore: never
+                # write (or overwrite an earlier adapter with) non-finite weights.
+                rec.writer.alert("critical", "ADAPTER_NOT_SAVED",
+                                 "the trainable weights are not finite and the guard had no good snapshot to "
+                                 "restore; the adapter was not saved", step=step)
+            else:
+                peft_dir = self.run_dir / "peft"
+                unwrap_model(model).save_pretrained(str(peft_dir))
         rec.save_training_args(self.run_dir, args.to_dict() if hasattr(args, "to_dict") else vars(args))
         rec.write_grad_summary(step)
         if self.guard is not None:

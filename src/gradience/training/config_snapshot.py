@@ -15,7 +15,7 @@ from typing import Any
 from ..policy.profiles import infer_task_profile
 from ..telemetry.schema import ConfigSnapshot, LoRAConfig, OptimizerConfig, TaskProfile, TrainingConfig
 
-__all__ = ["build_config_snapshot", "build_meta", "lora_config_from_model", "unwrap_model"]
+__all__ = ["build_config_snapshot", "build_meta", "is_causal_lm", "lora_config_from_model", "unwrap_model"]
 
 def unwrap_model(model: Any) -> Any:
     """Strip DDP/FSDP/compile wrappers (``.module``, ``._orig_mod``) to reach the user's model."""
@@ -27,6 +27,54 @@ def unwrap_model(model: Any) -> Any:
         model = inner
         seen += 1
     return model
+
+
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel, BertLMHeadModel, ...
+
+
+def _causal_lm_class_names() -> set[str]:
+    """Class names transformers' ``AutoModelForCausalLM`` maps to (empty when unavailable)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except Exception:  # optional: the suffix rule still applies
+        return set()
+    names: set[str] = set()
+    for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        names.update([value] if isinstance(value, str) else list(value))
+    return names
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Is ``model`` (PEFT-wrapped or not) a decoder-only causal language model?
+
+    Then ``ppl = exp(loss)`` is a perplexity. Evidence, in order: a PEFT task type
+    (``CAUSAL_LM`` yes; seq2seq, classification or QA no); an encoder-decoder config (no: a
+    seq2seq loss); the class name or ``config.architectures`` ending in ``ForCausalLM`` or
+    ``LMHeadModel`` (GPT2LMHeadModel, OpenAIGPTLMHeadModel, ...) or listed by
+    ``AutoModelForCausalLM``. Masked LMs (``...ForMaskedLM``) and classifiers are not.
+    """
+    inner = unwrap_model(model)
+    peft_config = getattr(inner, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        task = getattr(next(iter(peft_config.values())), "task_type", None)
+        task = str(getattr(task, "value", task) or "")
+        if task == "CAUSAL_LM":
+            return True
+        if task in ("SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"):
+            return False
+    base = inner
+    get_base = getattr(inner, "get_base_model", None)
+    if callable(get_base):
+        base = get_base()
+    elif getattr(getattr(inner, "base_model", None), "model", None) is not None:
+        base = inner.base_model.model
+    config = getattr(base, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    names = [type(base).__name__, *(str(a) for a in (getattr(config, "architectures", None) or []))]
+    if any(n.endswith(_CAUSAL_SUFFIXES) for n in names):
+        return True
+    return bool(_causal_lm_class_names().intersection(names))
 
 
 def _plain(value: Any) -> Any:

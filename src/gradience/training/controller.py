@@ -1,14 +1,14 @@
 """``GradienceController``: the same flight record (and guard) for a plain PyTorch loop.
 
     ctl = GradienceController("runs/mine", dataset_name="sst2")
-    ctl.initialize(model, optimizer=opt)
+    ctl.initialize(model, optimizer=opt, scheduler=sched)   # scheduler/scaler: optional
     for step in range(1, n + 1):
         loss = model(**batch).loss
         loss.backward()
         pre = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)   # optional
         if not ctl.step(step, loss, model, grad_norm=pre):   # before optimizer.step()
             break                                            # guard gave up: stop
-        opt.step(); opt.zero_grad()
+        opt.step(); opt.zero_grad(); sched.step()
     summary = ctl.finalize()
 
 Call :meth:`step` after ``backward`` (and clipping) and *before* ``optimizer.step()``: that is
@@ -28,7 +28,7 @@ from ..errors import GradienceError, require
 from ..telemetry.encoding import sanitize
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.schema import ConfigSnapshot
-from .config_snapshot import build_config_snapshot, build_meta, unwrap_model
+from .config_snapshot import build_config_snapshot, build_meta, is_causal_lm, unwrap_model
 from .gradnorm import collect_grads, total_grad_norm
 from .recorder import RunRecorder
 
@@ -99,6 +99,8 @@ class GradienceController:
         self.recorder: RunRecorder | None = None
         self.model: Any = None
         self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.scaler: Any = None
         self.save_fn: Callable[[], Any] | None = None
         self.load_fn: Callable[[Any], None] | None = None
         self.get_lr: Callable[[], Any] | None = None
@@ -111,6 +113,8 @@ class GradienceController:
         self._summary: dict[str, Any] | None = None
         self.guard: Any = None
         self.spectral: Any = None
+        self._initial_snapshot: Any = None
+        self._stepped = False
         if guard_enabled:
             from .guard import GuardConfig
 
@@ -125,7 +129,8 @@ class GradienceController:
     def initialize(self, model: Any, save_fn: Callable[[], Any] | None = None,
                    load_fn: Callable[[Any], None] | None = None, get_lr: Callable[[], Any] | None = None,
                    set_lr: Callable[[float], None] | None = None, *, optimizer: Any = None,
-                   max_steps: int | None = None, meta: dict[str, Any] | None = None) -> None:
+                   scheduler: Any = None, scaler: Any = None, max_steps: int | None = None,
+                   meta: dict[str, Any] | None = None) -> None:
         """Start the run: write ``run_start``.
 
         Args:
@@ -136,6 +141,13 @@ class GradienceController:
             get_lr / set_lr: read and set the learning rate; default: the optimizer's
                 first param group.
             optimizer: the optimizer (recorded in the ConfigSnapshot; used by the guard).
+            scheduler: your LR scheduler, if any (as the Trainer's ``lr_scheduler`` is for the
+                callback): snapshotted, and an LR backoff scales its ``base_lrs`` too, so the
+                backoff survives ``scheduler.step()`` (LambdaLR & co.). Without it a schedule
+                that recomputes the LR from its base LRs undoes the backoff at its next step.
+            scaler: your AMP ``GradScaler``, if any: its state is snapshotted and restored on
+                rollback. Call ``scaler.unscale_(optimizer)`` before :meth:`step` (as before
+                clipping) so the guard sees true gradient norms.
             max_steps: planned number of steps (recorded).
             meta: extra ``run_start.meta`` entries.
         """
@@ -143,6 +155,7 @@ class GradienceController:
             raise GradienceError("GradienceController.initialize() was already called for this run")
         rank, world = _world()
         self.model, self.optimizer = model, optimizer
+        self.scheduler, self.scaler = scheduler, scaler
         self.save_fn, self.load_fn, self.get_lr, self.set_lr = save_fn, load_fn, get_lr, set_lr
         self.recorder = RunRecorder(self.path, is_writer=rank == 0, telemetry_interval=self.telemetry_interval,
                                     grad_thresholds=self.grad_thresholds, run_id=self.run_id)
@@ -154,14 +167,18 @@ class GradienceController:
         self.recorder.start(config, build_meta(framework="pytorch", world_size=world, model=model,
                                                telemetry_interval=self.telemetry_interval,
                                                guard_enabled=self.guard_enabled, **(meta or {})))
+        self.recorder.causal_lm = is_causal_lm(model)
         inner = unwrap_model(model)
         self._params = [p for p in inner.parameters() if p.requires_grad]
         if self.guard_enabled:
             from .guard import TrainingGuard
 
             named = {n: p for n, p in inner.named_parameters() if p.requires_grad}
-            self.guard = TrainingGuard(self.guard_config, named, optimizer, None, None, save_fn=save_fn,
+            self.guard = TrainingGuard(self.guard_config, named, optimizer, scheduler, scaler, save_fn=save_fn,
                                        load_fn=load_fn, get_lr=get_lr, set_lr=set_lr)
+            # The state handed over here is the first good snapshot (taken now, before anything can
+            # touch the weights; labelled with the step before the first step() call).
+            self._initial_snapshot = self.guard.snapshot(0)
         if self.spectral_enabled:
             from .spectral import SpectralMonitor
 
@@ -209,11 +226,17 @@ class GradienceController:
         loss_f = None if loss is None else loss_v
         guard = self.guard
         if guard is not None and not guard.locked_out:
-            # The state now is the result of step - 1: snapshot it while it is known good.
-            snap = guard.maybe_snapshot(step - 1)
+            if not self._stepped:
+                snap, self._initial_snapshot = self._initial_snapshot, None
+                if snap is not None:
+                    snap.step = step - 1
+            else:
+                # The state now is the result of step - 1: snapshot it while it is known good.
+                snap = guard.maybe_snapshot(step - 1)
             if snap is not None:
                 self._guard_event(step - 1, "snapshot", {"snapshot_step": snap.step, "bytes": snap.nbytes,
                                                          "held": len(guard.ring)})
+        self._stepped = True
         rec.record_grad(step, pre_v, post_v)
         triggers = guard.check(step, loss_f, pre_v) if guard is not None and not guard.locked_out else []
         if rec.wants_step(step) or triggers:
@@ -233,7 +256,10 @@ class GradienceController:
                                  f"{', '.join(triggers)} at step {step}: restored the step-{d.restored_step} "
                                  f"snapshot, LR scale now {d.lr_scale:g}", step=step, context=d.to_dict())
                 self._guard_event(step, "rollback", d.to_dict())
+                if self.spectral is not None:
+                    self.spectral.reset()
             else:
+                # The guard restored the newest good snapshot (if any) before asking to stop.
                 rec.writer.alert("critical", "GUARD_LOCKOUT", d.reason or "guard lockout", step=step,
                                  context=d.to_dict())
                 self._guard_event(step, "lockout", d.to_dict())

@@ -133,6 +133,7 @@ class TrainingGuard:
         self.recoveries = 0
         self.locked_out = False
         self.lockout_reason: str | None = None
+        self.lockout_restored_step: int | None = None
         self.last_rollback_step: int | None = None
         self._rollback_steps: deque[int] = deque()
         self._awaiting_recovery = False
@@ -235,31 +236,47 @@ class TrainingGuard:
         for g, lr in zip(getattr(inner, "param_groups", []), before, strict=False):
             g["lr"] = lr * factor
 
-    def respond(self, step: int, triggers: list[str]) -> GuardDecision:
-        """Roll back to the newest good snapshot and back off, or lock out."""
-        cfg = self.config
-        while self._rollback_steps and step - self._rollback_steps[0] >= cfg.window:
-            self._rollback_steps.popleft()
-        snap = self.ring.newest(before_step=step)
-        if len(self._rollback_steps) >= cfg.max_rollbacks or snap is None:
-            self.locked_out = True
-            why = "no good snapshot to restore" if snap is None else (
-                f"{len(self._rollback_steps)} rollbacks within {cfg.window} steps (max {cfg.max_rollbacks})")
-            self.lockout_reason = f"guard lockout at step {step}: {', '.join(triggers)}; {why}"
-            d = GuardDecision(step, "lockout", triggers, lr_scale=self.lr_scale, rollbacks=self.rollbacks,
-                              reason=self.lockout_reason)
-            self.decisions.append(d)
-            return d
+    def _restore(self, snap: Snapshot) -> None:
+        """Put the snapshot back (parameters, optimizer, scaler, user state); keep the LR in use
+        and the scheduler's position (the step counter does not rewind)."""
         lrs_before = self._current_lrs()
         last_epoch = getattr(self.scheduler, "last_epoch", None)
         SnapshotRing.restore(snap, self.params, self.optimizer, self.scaler)
         if self.load_fn is not None and snap.custom is not None:
             self.load_fn(snap.custom)
         if self.scheduler is not None and last_epoch is not None:
-            # The schedule keeps its position (the step counter does not rewind).
             self.scheduler.last_epoch = last_epoch
-        # Restoring the optimizer also restored its param-group LRs; back off from the LR in use.
+        # Restoring the optimizer also restored its param-group LRs; keep the LR in use.
         self._restore_group_lrs(lrs_before, 1.0)
+
+    def respond(self, step: int, triggers: list[str]) -> GuardDecision:
+        """Roll back to the newest good snapshot and back off, or lock out.
+
+        A lockout also restores the newest good snapshot (without an LR backoff) before the
+        caller stops, so the final weights and the saved adapter are the last known-good
+        state, never the poisoned one. Without any good snapshot nothing can be restored;
+        the reason says so and whether the weights are finite.
+        """
+        cfg = self.config
+        while self._rollback_steps and step - self._rollback_steps[0] >= cfg.window:
+            self._rollback_steps.popleft()
+        snap = self.ring.newest(before_step=step)
+        if len(self._rollback_steps) >= cfg.max_rollbacks or snap is None:
+            self.locked_out = True
+            if snap is None:
+                why = "no good snapshot to restore; " + (
+                    "weights left as they are" if self.weights_finite() else "the weights are NOT finite")
+            else:
+                self._restore(snap)
+                self.lockout_restored_step = snap.step
+                why = (f"{len(self._rollback_steps)} rollbacks within {cfg.window} steps (max {cfg.max_rollbacks}); "
+                       f"restored the step-{snap.step} snapshot")
+            self.lockout_reason = f"guard lockout at step {step}: {', '.join(triggers)}; {why}"
+            d = GuardDecision(step, "lockout", triggers, restored_step=None if snap is None else snap.step,
+                              lr_scale=self.lr_scale, rollbacks=self.rollbacks, reason=self.lockout_reason)
+            self.decisions.append(d)
+            return d
+        self._restore(snap)
         self._apply_lr_scale(cfg.lr_backoff)
         self.rollbacks += 1
         self.backoffs += 1
@@ -295,6 +312,8 @@ class TrainingGuard:
             "final_lr_scale": self.lr_scale,
             "lockout": self.locked_out,
             "lockout_reason": self.lockout_reason,
+            "lockout_restored_step": self.lockout_restored_step,
+            "weights_finite": self.weights_finite(),
             "integrity_status": self.integrity_status,
             "trigger_counts": dict(self.trigger_counts),
             "config": asdict(self.config),

@@ -106,6 +106,8 @@ class RunRecorder:
         self.samples_per_step: int | None = None
         # Optimizer steps whose telemetry interval is temporarily shortened (guard WARNING).
         self.dense_until: int | None = None
+        # A causal LM: train_step also carries ppl = exp(loss).
+        self.causal_lm = False
         self._grad_summary_written = False
 
     @property
@@ -135,7 +137,8 @@ class RunRecorder:
     def train_step(self, step: int, *, loss: float | None, lr: Any, epoch: float | None = None,
                    grad_norm: float | None = None, grad_norm_clipped: float | None = None,
                    **extra: Any) -> None:
-        """Emit a ``train_step`` event with throughput since the previous one."""
+        """Emit a ``train_step`` event with throughput since the previous one (and, for a causal
+        LM, ``ppl = exp(loss)``)."""
         now = time.perf_counter()
         payload: dict[str, Any] = {}
         if self._t_last is not None and self._step_last is not None and step > self._step_last:
@@ -148,6 +151,8 @@ class RunRecorder:
         self._t_last, self._step_last = now, step
         if loss is not None:
             self.last_loss = loss
+            if self.causal_lm and math.isfinite(loss) and loss < 700:
+                payload["ppl"] = math.exp(loss)
         self.last_step = max(self.last_step, step)
         self.writer.train_step(step, loss=loss, lr=lr, grad_norm=grad_norm, grad_norm_clipped=grad_norm_clipped,
                                epoch=epoch, **payload, **extra)

@@ -147,6 +147,11 @@ class SpectralMonitor:
         self.last_level: str | None = None
         self.n = 0
 
+    def reset(self) -> None:
+        """Forget the risk window (after a rollback: the restored trajectory is not the one
+        observed, and the jump back would read as volatility). ``last_*`` stay for reporting."""
+        self.obs.clear()
+
     def due(self, step: int) -> bool:
         return step > 0 and step % self.interval == 0
 
