@@ -183,3 +183,42 @@ def test_rollback_restores_the_users_grad_scaler(tmp_path, tiny_tokenizer):
             scaler.update(99.0)  # a scale the step-0 snapshot does not hold
     assert scaler.get_scale() == 512.0  # the skipped (non-finite) step halved the restored scale
     assert ctl.finalize()["guard"]["total_rollbacks"] == 1
+
+
+@pytest.mark.parametrize("streak", [3, 4])
+def test_amp_overflows_are_left_to_the_scaler_until_the_streak_is_too_long(tmp_path, tiny_tokenizer, streak):
+    """fp16 training overflows for a few steps while the scale settles: with an enabled scaler a
+    non-finite gradient and a finite loss is the scaler's business (it skips the step and halves
+    its scale), not a rollback; only a longer streak than the tolerance is a fault."""
+    from gradience import GradienceController
+    from gradience.training.guard import GuardConfig
+
+    model = tiny_model(tiny_tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    ctl = GradienceController(tmp_path, guard_enabled=True, spectral_enabled=False,
+                              guard_config=GuardConfig(snapshot_interval=1, cooldown=1, amp_overflow_tolerance=3))
+    ctl.initialize(model, optimizer=opt, scaler=scaler)
+    before = [p.detach().clone() for p in params]
+    for step, batch in enumerate(_batches(tiny_tokenizer, n=streak + 1), start=1):
+        loss = model(**batch).loss
+        scaler.scale(loss).backward()
+        if step <= streak:
+            params[0].grad[0, 0] = float("inf")  # what an fp16 overflow leaves in a gradient
+        scaler.unscale_(opt)
+        assert ctl.step(step, loss, model)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        if step <= streak and step <= 3:  # skipped by the scaler: weights untouched, scale halved
+            assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+            assert scaler.get_scale() == 1024.0 / 2**step
+    guard = ctl.finalize()["guard"]
+    summary = ctl.guard.summary()
+    if streak == 3:  # within the tolerance: no fault at all, training went on
+        assert guard["total_rollbacks"] == 0 and summary["amp_overflows"] == 3 and summary["detections"] == 0
+        assert not all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    else:  # the 4th overflow in a row is a fault
+        assert guard["total_rollbacks"] == 1 and summary["amp_overflows"] == 3
+        assert summary["trigger_counts"] == {"nonfinite_grad": 1}

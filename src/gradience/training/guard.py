@@ -55,6 +55,10 @@ class GuardConfig:
         cooldown: healthy steps after a rollback before a new snapshot may be taken.
         lr_backoff: LR multiplier applied at each rollback (LR scale = backoff^rollbacks).
         weight_check_interval: steps between non-finite checks of the trainable weights.
+        amp_overflow_tolerance: with an enabled AMP grad scaler, consecutive steps of
+            non-finite gradients (and a finite loss) left to the scaler, which skips them and
+            lowers its scale; one more such step is a fault. Early fp16 training overflows
+            for several steps in a row while the scale settles, so these are not faults.
     """
 
     snapshot_interval: int = 100
@@ -69,6 +73,7 @@ class GuardConfig:
     cooldown: int = 10
     lr_backoff: float = 0.5
     weight_check_interval: int = 10
+    amp_overflow_tolerance: int = 24
 
     def __post_init__(self) -> None:
         if self.snapshot_interval < 1 or self.ring_size < 1 or self.max_rollbacks < 0:
@@ -139,6 +144,8 @@ class TrainingGuard:
         self._awaiting_recovery = False
         self.trigger_counts: dict[str, int] = {}
         self.decisions: list[GuardDecision] = []
+        self.amp_overflows = 0  # steps left to the AMP scaler (non-finite grads, finite loss)
+        self._amp_streak = 0
 
     # -- snapshots -----------------------------------------------------------------------
     def weights_finite(self) -> bool:
@@ -172,6 +179,15 @@ class TrainingGuard:
             flags[0] = True
         if grad_norm is not None and not math.isfinite(grad_norm):
             flags[1] = True
+            if self._amp_scaler_enabled() and loss is not None and math.isfinite(loss):
+                # An fp16 overflow: the scaler skips this step and lowers its scale. The
+                # gradients stay as they are (the scaler must see the Inf), nothing is rolled
+                # back; only a streak longer than the tolerance is a fault.
+                self._amp_streak += 1
+                flags[1] = self._amp_streak > cfg.amp_overflow_tolerance
+                self.amp_overflows += not flags[1]
+        elif grad_norm is not None:
+            self._amp_streak = 0
         if cfg.weight_check_interval and step % cfg.weight_check_interval == 0 and not self.weights_finite():
             flags[2] = True
         if loss is not None and math.isfinite(loss):
@@ -200,6 +216,10 @@ class TrainingGuard:
                 self.recoveries += 1
                 self._awaiting_recovery = False
         return triggers
+
+    def _amp_scaler_enabled(self) -> bool:
+        is_enabled = getattr(self.scaler, "is_enabled", None)
+        return bool(is_enabled()) if callable(is_enabled) else False
 
     def drop_grads(self) -> None:
         """Discard the current gradients so the next optimizer step leaves parameters alone."""
@@ -316,5 +336,6 @@ class TrainingGuard:
             "weights_finite": self.weights_finite(),
             "integrity_status": self.integrity_status,
             "trigger_counts": dict(self.trigger_counts),
+            "amp_overflows": self.amp_overflows,
             "config": asdict(self.config),
         }
