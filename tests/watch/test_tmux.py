@@ -29,7 +29,8 @@ STEP_RE = re.compile(r"RUNNING\s+step ([\d,]+)/2,000")
 def tmux() -> Iterator[list[str]]:
     exe = shutil.which("tmux")
     if exe is None:
-        pytest.skip("!!! tmux is NOT installed: the real-terminal test of `gradience watch` did not run. "
+        # CI installs tmux (scripts/system-deps.sh): there a missing tmux is a failure, not a skip.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("!!! tmux is NOT installed: the real-terminal test of `gradience watch` did not run. "
                     "Install it (scripts/system-deps.sh, or apt-get install -y tmux) !!!")
     # A private server socket: never touches a tmux the user is running.
     base = [exe, "-L", f"gradience-watch-test-{os.getpid()}"]
