@@ -30,35 +30,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# case → (fault kind, factor, trigger names the guard must give)
-CASES: dict[str, tuple[str, float, set[str]]] = {
-    "nan_param": ("nan_param", 1e6, {"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"}),
-    "inf_param": ("inf_param", 1e6, {"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"}),
-    "nan_grad": ("nan_grad", 1e6, {"nonfinite_grad"}),
-    "inf_grad": ("inf_grad", 1e6, {"nonfinite_grad"}),
-    "nan_loss": ("nan_loss", 1e6, {"nonfinite_loss"}),
-    "inf_loss": ("inf_loss", 1e6, {"nonfinite_loss"}),
-    "loss_spike": ("loss_spike", 100.0, {"loss_spike"}),
-    "loss_violation": ("loss_spike", 1e8, {"loss_violation", "grad_explosion"}),
-    "grad_explosion": ("grad_explosion", 1e6, {"grad_explosion"}),
-}
 SPIKE_WARMUP = 2
 
 
 def _tokenizer(tmp: Path) -> Any:
     from transformers import BertTokenizerFast
 
-    from gradience.training import demo_data
+    from gradience.training.demo_data import vocabulary
 
-    words: set[str] = set()
-    for lst in (demo_data._SUBJECTS, demo_data._POSITIVE, demo_data._NEGATIVE, demo_data._INTENSIFIERS,
-                demo_data._TRAIN_TEMPLATES, demo_data._TEST_TEMPLATES):
-        for item in lst:
-            for w in item.replace("{", " ").replace("}", " ").replace("'", " ' ").split():
-                words.add(w.strip(".,:?!").lower())
-    words |= {".", ",", ":", "?", "!", "'"}
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(w for w in words if w)]
-    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp / "vocab.txt").write_text("\n".join(vocabulary()) + "\n")
     return BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
 
 
@@ -176,6 +156,8 @@ def main() -> None:
     torch.set_num_threads(1)
     import transformers
 
+    from gradience.training.faults import FAULT_CASES
+
     transformers.logging.set_verbosity_error()
     runners = {"callback": run_callback, "controller": run_controller}
     if a.only:
@@ -189,7 +171,7 @@ def main() -> None:
     for name, runner in runners.items():
         for persistent in (False, True):
             n = injected = detected = recovered = locked = poisoned = 0
-            for case, (kind, factor, expected) in CASES.items():
+            for case, (kind, factor, expected) in FAULT_CASES.items():
                 for step in steps:
                     tmp = Path(tempfile.mkdtemp(dir=root))
                     r = runner(tok, tmp, kind, factor, step, persistent)
@@ -211,7 +193,7 @@ def main() -> None:
             print(f"{name:<11} {'persistent' if persistent else 'transient':<10} {n:>9} {injected:>8} "
                   f"{detected:>8} {recovered if not persistent else '-':>9} {locked if persistent else '-':>10} "
                   f"{poisoned:>8}")
-    print(f"\n{len(CASES)} fault cases × steps {steps}; {time.perf_counter() - t0:.0f} s on "
+    print(f"\n{len(FAULT_CASES)} fault cases × steps {steps}; {time.perf_counter() - t0:.0f} s on "
           f"{torch.get_num_threads()} thread(s)")
     for m in misses:
         print("  not detected:", m)

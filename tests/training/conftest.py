@@ -21,26 +21,13 @@ torch.set_num_threads(1)
 
 from gradience.training import demo_data  # noqa: E402
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def _vocab() -> list[str]:
-    words: set[str] = set()
-    for lst in (demo_data._SUBJECTS, demo_data._POSITIVE, demo_data._NEGATIVE, demo_data._INTENSIFIERS,
-                demo_data._TRAIN_TEMPLATES, demo_data._TEST_TEMPLATES):
-        for item in lst:
-            for w in item.replace("{", " ").replace("}", " ").replace("'", " ' ").split():
-                words.add(w.strip(".,:?!").lower())
-    words |= {".", ",", ":", "?", "!", "'"}
-    return SPECIALS + sorted(w for w in words if w)
-
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from transformers import BertTokenizerFast
 
     d = tmp_path_factory.mktemp("tok")
-    (d / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
+    (d / "vocab.txt").write_text("\n".join(demo_data.vocabulary()) + "\n")
     return BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
 
 

@@ -17,20 +17,7 @@ pytestmark = pytest.mark.integration
 
 KINDS = ["nan_param", "inf_param", "nan_grad", "inf_grad", "nan_loss", "inf_loss", "loss_spike", "grad_explosion"]
 
-# Fault case → (injected kind, factor, the exact triggers the guard must name). The matrix runs the
-# weight check every step, so a corrupted weight is named as such. A ×100 loss spike stays below
-# the explosion threshold (as in `gradience demo --inject-spike`); a ×1e8 one is a loss violation.
-CASES = {
-    "nan_param": ("nan_param", 1e6, {"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"}),
-    "inf_param": ("inf_param", 1e6, {"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"}),
-    "nan_grad": ("nan_grad", 1e6, {"nonfinite_grad"}),
-    "inf_grad": ("inf_grad", 1e6, {"nonfinite_grad"}),
-    "nan_loss": ("nan_loss", 1e6, {"nonfinite_loss"}),
-    "inf_loss": ("inf_loss", 1e6, {"nonfinite_loss"}),
-    "loss_spike": ("loss_spike", 100.0, {"loss_spike"}),
-    "loss_violation": ("loss_spike", 1e8, {"loss_violation", "grad_explosion"}),
-    "grad_explosion": ("grad_explosion", 1e6, {"grad_explosion"}),
-}
+from gradience.training.faults import FAULT_CASES as CASES  # noqa: E402
 
 
 class WeightsWatch:

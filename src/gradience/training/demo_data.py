@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["Example", "generate_sentiment", "load_tsv_dir"]
+__all__ = ["Example", "generate_sentiment", "load_tsv_dir", "vocabulary"]
 
 _SUBJECTS = ["the film", "this movie", "the story", "the acting", "the soundtrack", "the ending", "the script",
              "the cast", "the director's work", "the dialogue", "the pacing", "the plot", "the camera work",
@@ -64,6 +64,18 @@ def generate_sentiment(n_train: int = 2000, n_test: int = 256, seed: int = 0) ->
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
+
+
+def vocabulary() -> list[str]:
+    """Every word the generated task can produce (BERT special tokens first, then sorted words
+    and punctuation): a word-level vocabulary for tiny models in tests and benchmarks."""
+    words: set[str] = set()
+    for lst in (_SUBJECTS, _POSITIVE, _NEGATIVE, _INTENSIFIERS, _TRAIN_TEMPLATES, _TEST_TEMPLATES):
+        for item in lst:
+            for w in item.replace("{", " ").replace("}", " ").replace("'", " ' ").split():
+                words.add(w.strip(".,:?!").lower())
+    words |= {".", ",", ":", "?", "!", "'"}
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(w for w in words if w)]
 
 
 def _read_tsv(path: Path) -> list[Example]:

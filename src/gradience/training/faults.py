@@ -21,10 +21,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["FAULT_KINDS", "FaultInjector"]
+__all__ = ["FAULT_CASES", "FAULT_KINDS", "FaultInjector"]
 
 FAULT_KINDS = ("nan_param", "inf_param", "nan_grad", "inf_grad", "nan_loss", "inf_loss", "loss_spike",
                "grad_explosion")
+
+# The fault matrix (tests and benchmarks/guard_fault_matrix.py): case → (injected kind, factor, the
+# exact triggers the guard must name) when the weight check runs every step. A ×100 loss spike
+# stays below the explosion threshold (as in `gradience demo --inject-spike`); ×1e8 is a violation.
+FAULT_CASES: dict[str, tuple[str, float, frozenset[str]]] = {
+    "nan_param": ("nan_param", 1e6, frozenset({"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"})),
+    "inf_param": ("inf_param", 1e6, frozenset({"nonfinite_loss", "nonfinite_grad", "nonfinite_weights"})),
+    "nan_grad": ("nan_grad", 1e6, frozenset({"nonfinite_grad"})),
+    "inf_grad": ("inf_grad", 1e6, frozenset({"nonfinite_grad"})),
+    "nan_loss": ("nan_loss", 1e6, frozenset({"nonfinite_loss"})),
+    "inf_loss": ("inf_loss", 1e6, frozenset({"nonfinite_loss"})),
+    "loss_spike": ("loss_spike", 100.0, frozenset({"loss_spike"})),
+    "loss_violation": ("loss_spike", 1e8, frozenset({"loss_violation", "grad_explosion"})),
+    "grad_explosion": ("grad_explosion", 1e6, frozenset({"grad_explosion"})),
+}
 
 
 @dataclass
