@@ -228,3 +228,24 @@ def test_sharded_base_gives_the_same_udrs(tmp_path):
     assert sharded.summary["n_layers_with_udr"] == 3
     for r in sharded.layers:
         assert r["base_sigma_max"] == pytest.approx(_dense_sigma1(ws[r["base_tensor"]]), rel=1e-6)
+
+
+def test_unconverged_sigma_is_flagged_and_reads_as_an_upper_bound_on_udr(tmp_path, monkeypatch):
+    w = _spectrum_matrix("cluster")
+    s1, ok = U.sigma_max_checked(w, max_steps=3)
+    assert not ok and s1 <= _dense_sigma1(w) * (1 + 1e-9)  # a Ritz value: never above σ₁
+    assert U.sigma_max_checked(w)[1] and U.sigma_max_checked(w[:5, :4], max_steps=3)[1] is False
+    assert U.sigma_max_checked(w[:3, :3], max_steps=3)[1]  # the Krylov space is exhausted: exact
+
+    adapter, base, cache, _ = _cache_case(tmp_path)
+    exact = audit_adapter(adapter, base_model=base).layers[0]["udr"]
+    monkeypatch.setattr(U, "_MAX_STEPS", 2)
+    res = audit_adapter(adapter, base_model=base, base_norms_cache=cache)
+    issue = next(i for i in res.summary["issues"] if i["code"] == "UDR_SIGMA_APPROX")
+    assert issue["count"] == 1 and f"{Q}.weight" in issue["message"]
+    assert res.layers[0]["udr"] >= exact * (1 - 1e-12)
+    # Served from the cache, the flag survives; with enough steps the issue is gone.
+    again = audit_adapter(adapter, base_model=base, base_norms_cache=cache)
+    assert any(i["code"] == "UDR_SIGMA_APPROX" for i in again.summary["issues"])
+    monkeypatch.setattr(U, "_MAX_STEPS", 120)
+    assert not any(i["code"] == "UDR_SIGMA_APPROX" for i in audit_adapter(adapter, base_model=base).summary["issues"])

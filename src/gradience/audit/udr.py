@@ -42,17 +42,25 @@ SIGMA1_TOL = 1e-6
 _MAX_STEPS = 120
 
 
-def sigma_max(w: np.ndarray, tol: float = SIGMA1_TOL, max_steps: int = _MAX_STEPS, seed: int = 0) -> float:
+def sigma_max(w: np.ndarray, tol: float = SIGMA1_TOL, max_steps: int | None = None, seed: int = 0) -> float:
+    """Largest singular value of a 2-D matrix (see :func:`sigma_max_checked`)."""
+    return sigma_max_checked(w, tol, max_steps, seed)[0]
+
+
+def sigma_max_checked(w: np.ndarray, tol: float = SIGMA1_TOL, max_steps: int | None = None,
+                      seed: int = 0) -> tuple[float, bool]:
     """Largest singular value of a 2-D matrix by Golub–Kahan–Lanczos (no full SVD).
 
     ``w`` (m × n; products in its dtype when float32/float64, so a float32 matrix is never
     copied; vectors and the bidiagonal in float64). Stops when
     the residual bound of the top Ritz value is ≤ ``tol`` relative, or the Krylov space is
-    exhausted (then the result is exact up to rounding).
+    exhausted (then the result is exact up to rounding). Returns ``(σ₁, converged)``; when
+    ``max_steps`` (default 120) pass first, the value is a Ritz value, a lower bound on σ₁.
     """
+    max_steps = _MAX_STEPS if max_steps is None else max_steps
     m, n = w.shape
     if m == 0 or n == 0:
-        return 0.0
+        return 0.0, True
     wt = w.T
     dt = w.dtype if w.dtype in (np.float32, np.float64) else np.float32
     rng = np.random.default_rng(seed)
@@ -67,12 +75,14 @@ def sigma_max(w: np.ndarray, tol: float = SIGMA1_TOL, max_steps: int = _MAX_STEP
     u_prev = np.zeros(m)
     beta = 0.0
     best = 0.0
+    converged = False
     for k in range(k_max):
         u = (w @ V[k].astype(dt)).astype(np.float64) - beta * u_prev
         if k:
             u -= U[:k].T @ (U[:k] @ u)
         alpha = float(np.linalg.norm(u))
         if alpha == 0.0:
+            converged = True  # the Krylov space is exhausted: exact up to rounding
             break
         u /= alpha
         U[k] = u
@@ -86,11 +96,13 @@ def sigma_max(w: np.ndarray, tol: float = SIGMA1_TOL, max_steps: int = _MAX_STEP
         P, S, _ = np.linalg.svd(Bk)
         best = float(S[0])
         if beta * abs(P[-1, 0]) <= tol * best or beta == 0.0:
+            converged = True
             break
         betas.append(beta)
         V[k + 1] = vn / beta
         u_prev = u
-    return best
+    # Running out of the Krylov space (k_max = the smaller dimension) is exact as well.
+    return best, converged or k_max == min(m, n)
 
 
 def _hf_cache_dirs() -> list[Path]:
@@ -325,6 +337,7 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
         cache = NormCache(cache_dir, base.fingerprint())
         unmapped: list[str] = []
         mismatched: list[str] = []
+        approx: list[str] = []
         for row in rows:
             if "delta_sigma_max" not in row:
                 continue
@@ -341,11 +354,14 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
             entry = cache.data.get(name)
             if entry is None:
                 w = base.read2d(name)
-                entry = {"sigma_max": sigma_max(w), "fro_norm": fro_norm(w)}
+                s1_w, ok = sigma_max_checked(w)
+                entry = {"sigma_max": s1_w, "fro_norm": fro_norm(w), "converged": ok}
                 cache.data[name] = entry
                 cache.dirty = True
                 del w
             s1, fro = entry["sigma_max"], entry["fro_norm"]
+            if not entry.get("converged", True):
+                approx.append(name)
             row["base_tensor"] = name
             row["base_sigma_max"] = s1
             row["base_fro_norm"] = fro
@@ -362,6 +378,11 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
         issues.append({"code": "UDR_SHAPE_MISMATCH", "severity": "warning", "count": len(mismatched),
                        "message": f"{len(mismatched)} module(s) do not match the base weight shape (wrong base "
                                   "model?): " + ", ".join(mismatched[:3])})
+    if approx:
+        issues.append({"code": "UDR_SIGMA_APPROX", "severity": "info", "count": len(approx),
+                       "message": f"σ₁ of {len(approx)} base tensor(s) did not reach the {SIGMA1_TOL:g} residual bound "
+                                  f"in {_MAX_STEPS} Lanczos steps; their σ₁ is a lower bound, so the UDR may read "
+                                  "slightly high: " + ", ".join(approx[:3])})
     udr = [r["udr"] for r in rows if "udr" in r]
     summary.update(_stats(udr, "udr"))
     summary.update(_stats([r["sdi"] for r in rows if "sdi" in r], "sdi"))
