@@ -43,7 +43,7 @@ def _capture(base: list[str]) -> str:
                           timeout=10).stdout
 
 
-def _wait(base: list[str], pred, timeout: float = 20.0) -> str:  # type: ignore[no-untyped-def]
+def _wait(base: list[str], pred, timeout: float = 60.0) -> str:  # type: ignore[no-untyped-def]
     end = time.monotonic() + timeout
     screen = _capture(base)
     while not pred(screen) and time.monotonic() < end:
