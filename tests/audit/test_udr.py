@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -249,3 +250,20 @@ def test_unconverged_sigma_is_flagged_and_reads_as_an_upper_bound_on_udr(tmp_pat
     assert any(i["code"] == "UDR_SIGMA_APPROX" for i in again.summary["issues"])
     monkeypatch.setattr(U, "_MAX_STEPS", 120)
     assert not any(i["code"] == "UDR_SIGMA_APPROX" for i in audit_adapter(adapter, base_model=base).summary["issues"])
+
+
+def test_cache_keeps_one_file_per_base_directory(tmp_path):
+    adapter, base, cache, w = _cache_case(tmp_path)
+    audit_adapter(adapter, base_model=base, base_norms_cache=cache)
+    first = sorted(cache.glob("base_norms_*.json"))
+    assert len(first) == 1
+    # Another model's cache in the same folder, and a file that is not a cache of ours, stay.
+    other = tmp_path / "other"
+    shutil.copytree(base, other)
+    audit_adapter(adapter, base_model=other, base_norms_cache=cache)
+    (cache / "base_norms_foreign.json").write_text("not json")
+    write_safetensors(base / "model.safetensors", {f"{Q}.weight": 3 * w})  # new weights, new key
+    res = audit_adapter(adapter, base_model=base, base_norms_cache=cache).layers[0]
+    assert res["base_sigma_max"] == pytest.approx(3 * _dense_sigma1(w), rel=1e-6)
+    files = sorted(p.name for p in cache.glob("base_norms_*.json"))
+    assert len(files) == 3 and first[0].name not in files and "base_norms_foreign.json" in files

@@ -277,8 +277,13 @@ class BaseWeights:
 
 
 class NormCache:
-    def __init__(self, cache_dir: str | os.PathLike[str] | None, key: str) -> None:
+    """Base-weight norms on disk, one file per weights fingerprint. ``owner`` (the base model's
+    directory) is recorded so that saving drops the files of the same directory's earlier,
+    superseded weights instead of letting them pile up."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str] | None, key: str, owner: str = "") -> None:
         self.path = Path(cache_dir) / f"base_norms_{key}.json" if cache_dir is not None else None
+        self.owner = owner
         self.data: dict[str, dict[str, float]] = {}
         self.dirty = False
         if self.path is not None and self.path.exists():
@@ -295,10 +300,23 @@ class NormCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"tol": SIGMA1_TOL, "tensors": self.data}))
+            tmp.write_text(json.dumps({"tol": SIGMA1_TOL, "owner": self.owner, "tensors": self.data}))
             os.replace(tmp, self.path)
         except OSError as exc:
             raise GradienceError(f"cannot write base-norms cache: {exc.strerror}", path=self.path) from None
+        if self.owner:
+            self._drop_superseded()
+
+    def _drop_superseded(self) -> None:
+        assert self.path is not None
+        for old in self.path.parent.glob("base_norms_*.json"):
+            if old == self.path:
+                continue
+            try:
+                if json.loads(old.read_text()).get("owner") == self.owner:
+                    old.unlink()
+            except (OSError, ValueError, AttributeError):
+                continue  # not ours to judge: leave it
 
 
 def _stats(values: Sequence[float], prefix: str) -> dict[str, float | None]:
@@ -334,7 +352,7 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
         return {"summary": summary, "issues": issues}
     base = BaseWeights(directory, str(ident))
     try:
-        cache = NormCache(cache_dir, base.fingerprint())
+        cache = NormCache(cache_dir, base.fingerprint(), owner=str(Path(directory).resolve()))
         unmapped: list[str] = []
         mismatched: list[str] = []
         approx: list[str] = []
