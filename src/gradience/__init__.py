@@ -20,6 +20,7 @@ from .telemetry import (
     TelemetryReader,
     TelemetryWriter,
 )
+from .training.config import GradienceConfig, GuardConfig, SpectralConfig
 
 # name -> (module, attribute); resolved lazily so torch stays unimported until needed.
 _LAZY = {
@@ -34,12 +35,15 @@ __all__ = [
     "ConfigError",
     "ConfigSnapshot",
     "GradienceCallback",
+    "GradienceConfig",
     "GradienceController",
     "GradienceError",
+    "GuardConfig",
     "MissingExtraError",
     "Recommendation",
     "Severity",
     "SignalSnapshot",
+    "SpectralConfig",
     "TaskProfile",
     "TelemetryFormatError",
     "TelemetryIssue",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from ..telemetry.health import SpikeDetector
+from .config import GuardConfig
 from .gradnorm import total_grad_norm
 from .snapshots import Snapshot, SnapshotRing
 
@@ -37,49 +38,6 @@ __all__ = ["TRIGGERS", "GuardConfig", "GuardDecision", "TrainingGuard"]
 
 TRIGGERS = ("nonfinite_loss", "nonfinite_grad", "nonfinite_weights", "loss_violation", "loss_spike",
             "grad_explosion", "spectral_instability")
-
-
-@dataclass
-class GuardConfig:
-    """Guard settings.
-
-    Attributes:
-        snapshot_interval: steps between snapshots (plus one at step 0).
-        ring_size: snapshots kept in CPU memory.
-        violation_threshold: a loss above this is a fault.
-        grad_explosion_threshold: a pre-clip total gradient norm above this is a fault.
-        spike_ratio, spike_k, spike_warmup: loss spike = loss > ratio × baseline and
-            > baseline + k × deviation, after ``spike_warmup`` healthy steps.
-        max_rollbacks: rollbacks allowed inside ``window`` steps; one more trigger locks out.
-        window: the anti-thrash window in optimizer steps.
-        cooldown: healthy steps after a rollback before a new snapshot may be taken.
-        lr_backoff: LR multiplier applied at each rollback (LR scale = backoff^rollbacks).
-        weight_check_interval: steps between non-finite checks of the trainable weights.
-        amp_overflow_tolerance: with an enabled AMP grad scaler, consecutive steps of
-            non-finite gradients (and a finite loss) left to the scaler, which skips them and
-            lowers its scale; one more such step is a fault. Early fp16 training overflows
-            for several steps in a row while the scale settles, so these are not faults.
-    """
-
-    snapshot_interval: int = 100
-    ring_size: int = 5
-    violation_threshold: float = 1e6
-    grad_explosion_threshold: float = 1e4
-    spike_ratio: float = 3.0
-    spike_k: float = 8.0
-    spike_warmup: int = 20
-    max_rollbacks: int = 3
-    window: int = 200
-    cooldown: int = 10
-    lr_backoff: float = 0.5
-    weight_check_interval: int = 10
-    amp_overflow_tolerance: int = 24
-
-    def __post_init__(self) -> None:
-        if self.snapshot_interval < 1 or self.ring_size < 1 or self.max_rollbacks < 0:
-            raise ValueError("snapshot_interval and ring_size must be >= 1, max_rollbacks >= 0")
-        if not 0 < self.lr_backoff <= 1:
-            raise ValueError("lr_backoff must be in (0, 1]")
 
 
 @dataclass

@@ -23,22 +23,15 @@ import itertools
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from .config import RiskThresholds
+
 __all__ = ["RISK_LEVELS", "RiskThresholds", "SpectralMonitor", "kappa_tilde", "risk_level"]
 
 RISK_LEVELS = ("STABLE", "LEARNING", "WARNING", "DANGER", "INSTABILITY")
-
-
-@dataclass(frozen=True)
-class RiskThresholds:
-    instability_volatility: float = 0.003
-    danger_slope: float = 0.004
-    warning_slope: float = 0.002
-    learning_slope: float = 0.0005
 
 
 def risk_level(observations: list[tuple[int, float]], thresholds: RiskThresholds = RiskThresholds()) -> tuple[
