@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..telemetry.schema import ConfigSnapshot, Recommendation, TaskProfile
+from ..telemetry.sections import AuditSummary
 from ..telemetry.snapshot import SignalSnapshot
 from .config_parse import coerce_numbers
 from .profiles import resolve_profile
@@ -41,10 +42,6 @@ def _num(x: Any) -> float | None:
         return float(x)
     except OverflowError:  # an integer beyond the float range
         return None
-
-
-def _dict(x: Any) -> dict[str, Any]:
-    return x if isinstance(x, dict) else {}
 
 
 @dataclass
@@ -77,9 +74,9 @@ class RunContext:
         """The rank the audit-based rules compare against: the audited adapter's own (most
         common) r when the audit block has one (it describes the adapter actually measured),
         else the configured r."""
-        audit = _dict(self.snap.lora_audit)
-        for key in ("r", "current_r"):
-            v = _num(audit.get(key))
+        audit = self.snap.lora_audit or AuditSummary.empty()
+        for value in (audit.r, audit.extras.get("current_r")):  # current_r: written by earlier releases
+            v = _num(value)
             if v and math.isfinite(v) and v >= 1:
                 return int(v)
         return int(self.cfg.lora.r) if self.cfg.lora.r else None
@@ -148,8 +145,8 @@ def memorization(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def underfitting(ctx: RunContext) -> Iterable[Recommendation]:
-    loss = ctx.snap.loss or {}
-    first, low, n = _num(loss.get("first")), _num(loss.get("min")), int(loss.get("n") or 0)
+    loss = ctx.snap.loss
+    first, low, n = _num(loss.first), _num(loss.min), loss.n
     if first is None or low is None or n < UNDERFIT_MIN_POINTS or first <= 0:
         return
     drop = (first - low) / first
@@ -166,16 +163,16 @@ def underfitting(ctx: RunContext) -> Iterable[Recommendation]:
 
 # -- numerical health ------------------------------------------------------------------
 def nonfinite(ctx: RunContext) -> Iterable[Recommendation]:
-    loss, grad = ctx.snap.loss or {}, ctx.snap.grad_norm or {}
-    n_loss, n_grad = int(loss.get("nonfinite_count") or 0), int(grad.get("nonfinite_count") or 0)
+    loss, grad = ctx.snap.loss, ctx.snap.grad_norm
+    n_loss, n_grad = loss.nonfinite_count, grad.nonfinite_count
     if not (n_loss or n_grad):
         return
-    steps = [s for s in loss.get("nonfinite_steps") or [] if s is not None]
+    steps = [s for s in loss.nonfinite_steps if s is not None]
     where = f" (first at step {steps[0]})" if steps else ""
     parts = [f"{n_loss} non-finite loss value{'s' if n_loss != 1 else ''}{where}"] if n_loss else []
     if n_grad:
         parts.append(f"{n_grad} non-finite gradient norm{'s' if n_grad != 1 else ''}")
-    guard_on = bool((ctx.snap.guard or {}).get("enabled"))
+    guard_on = ctx.snap.guard.enabled
     fix = "lower the LR, keep max_grad_norm=1.0, prefer bf16 over fp16"
     if not guard_on:
         fix += ", and enable the guard (guard_enabled=True) so bad steps roll back"
@@ -187,11 +184,11 @@ def nonfinite(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def loss_spikes(ctx: RunContext) -> Iterable[Recommendation]:
-    loss = ctx.snap.loss or {}
-    n = int(loss.get("spikes") or 0)
+    loss = ctx.snap.loss
+    n = loss.spikes
     if n == 0:
         return
-    steps = [s for s in loss.get("spike_steps") or [] if s is not None]
+    steps = [s for s in loss.spike_steps if s is not None]
     many = n >= SPIKES_WARN
     yield _rec("warning" if many else "info", "investigate_loss_spikes",
                f"{n} loss spike{'s' if n != 1 else ''} (steps {', '.join(map(str, steps[:5]))}"
@@ -202,11 +199,11 @@ def loss_spikes(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
-    g = ctx.snap.grad_norm or {}
+    g = ctx.snap.grad_norm
     counts = ctx.snap.alert_counts or {}
-    level = g.get("level")
-    evidence = {"level": level, "last": g.get("last"), "max": g.get("max"), "trend": g.get("trend"),
-                "sparkline": g.get("sparkline"),
+    level = g.level
+    evidence = {"level": level, "last": g.last, "max": g.max, "trend": g.trend,
+                "sparkline": g.sparkline,
                 "alerts": {k: v for k, v in counts.items() if k.startswith("GRAD_NORM_")}}
     critical = level == "critical" or counts.get("GRAD_NORM_CRITICAL", 0) > 0
     warning = level == "warning" or counts.get("GRAD_NORM_WARNING", 0) > 0
@@ -214,12 +211,12 @@ def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
         where = "ended" if level in ("critical", "warning") else "reached"
         yield _rec("warning" if critical else "info", "stabilize_gradients",
                    f"Gradient norms {where} the {'critical (> 10)' if critical else 'warning (> 5)'} level "
-                   f"(last {_fmt(g.get('last'))}, max {_fmt(g.get('max'))}): lower the LR or set max_grad_norm=1.0.",
+                   f"(last {_fmt(g.last)}, max {_fmt(g.max)}): lower the LR or set max_grad_norm=1.0.",
                    "Large pre-clip gradient norms precede loss spikes and NaNs; clipping bounds each step and a "
                    "lower LR removes the cause.", 0.7 if critical else 0.5, evidence)
     if level == "vanishing":
         yield _rec("info", "check_vanishing_gradients",
-                   f"The last gradient norm is {_fmt(g.get('last'))} (< 0.1): check that the LoRA parameters "
+                   f"The last gradient norm is {_fmt(g.last)} (< 0.1): check that the LoRA parameters "
                    "require grad and the LR schedule has not decayed to zero; if the loss has converged this is "
                    "expected.", "Vanishing gradients mean the adapter has stopped learning.", 0.5, evidence)
 
@@ -236,14 +233,14 @@ def _fmt(x: Any) -> str:
 
 # -- guard and spectral ----------------------------------------------------------------
 def guard(ctx: RunContext) -> Iterable[Recommendation]:
-    gd = ctx.snap.guard or {}
-    rollbacks, aborts = int(gd.get("rollbacks") or 0), int(gd.get("aborts") or 0)
-    scale = _num(gd.get("final_lr_scale"))
+    gd = ctx.snap.guard
+    rollbacks, aborts = gd.rollbacks, gd.aborts
+    scale = _num(gd.final_lr_scale)
     lr = ctx.lr
     suggested = lr * scale if (lr is not None and scale is not None and 0 < scale < 1) else None
-    evidence = {"rollbacks": rollbacks, "aborts": aborts, "lr_backoffs": gd.get("lr_backoffs"),
+    evidence = {"rollbacks": rollbacks, "aborts": aborts, "lr_backoffs": gd.lr_backoffs,
                 "final_lr_scale": scale, "lr": lr, "suggested_lr": suggested}
-    if aborts or gd.get("lockout"):
+    if aborts or gd.lockout:
         yield _rec("error", "guard_aborted_run",
                    f"The guard stopped the run after {rollbacks} rollback{'s' if rollbacks != 1 else ''} "
                    "(faults kept recurring). Restart from the last good checkpoint with a lower LR"
@@ -260,16 +257,16 @@ def guard(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def spectral_risk(ctx: RunContext) -> Iterable[Recommendation]:
-    sp = ctx.snap.spectral or {}
-    risk = str(sp.get("risk_level") or "").upper()
+    sp = ctx.snap.spectral
+    risk = (sp.risk_level or "").upper()
     if risk not in ("DANGER", "INSTABILITY"):
         return
     yield _rec("warning", "review_spectral_risk",
-               f"The last spectral risk level is {risk} (κ̃={_fmt_g(sp.get('kappa'))} at step {sp.get('step')}): "
+               f"The last spectral risk level is {risk} (κ̃={_fmt_g(sp.kappa)} at step {sp.step}): "
                "check the loss curve and eval around that step; lower the LR if they also degraded.",
                "κ̃ trends flag a fast-changing update spectrum; it is a proxy for instability, never a predictor "
                "of accuracy, so confirm with the loss and eval.", 0.6 if risk == "INSTABILITY" else 0.5,
-               {"risk_level": risk, "kappa": sp.get("kappa"), "step": sp.get("step")})
+               {"risk_level": risk, "kappa": sp.kappa, "step": sp.step})
 
 
 def run_status(ctx: RunContext) -> Iterable[Recommendation]:
@@ -281,12 +278,12 @@ def run_status(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 # -- LoRA audit --------------------------------------------------------------------------
-def _audit(ctx: RunContext) -> dict[str, Any]:
-    return _dict(ctx.snap.lora_audit)
+def _audit(ctx: RunContext) -> AuditSummary:
+    return ctx.snap.lora_audit or AuditSummary.empty()
 
 
 def low_utilization(ctx: RunContext) -> Iterable[Recommendation]:
-    util, r = _num(_audit(ctx).get("utilization_mean")), ctx.rank
+    util, r = _num(_audit(ctx).utilization_mean), ctx.rank
     if util is None or r is None or not (util < LOW_UTIL and r >= LOW_UTIL_MIN_R):
         return
     yield _rec("info", "low_utilization",
@@ -298,10 +295,10 @@ def low_utilization(ctx: RunContext) -> Iterable[Recommendation]:
 
 def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
     audit, r = _audit(ctx), ctx.rank
-    med, p90 = _num(audit.get("suggested_r_global_median")), _num(audit.get("suggested_r_global_90"))
+    med, p90 = _num(audit.suggested_r_global_median), _num(audit.suggested_r_global_90)
     if r is None or med is None or med >= r:
         return
-    med_params, total = _num(audit.get("suggested_params_global_median")), _num(audit.get("total_lora_params"))
+    med_params, total = _num(audit.suggested_params_global_median), _num(audit.total_lora_params)
     if (p90 is not None and p90 >= r) and med_params is not None and med_params == total:
         return  # a smaller median rank that saves no parameters (every module already at or below it)
     # The p90 suggestion is the conservative one; when even it is below r, say so with more confidence.
@@ -309,10 +306,10 @@ def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
         target, conf, basis = int(p90), 0.7, "p90"
     else:
         target, conf, basis = int(med), 0.6, "median"
-    params = _num(audit.get("total_lora_params"))
+    params = total
     # The audit's exact parameter count at the suggested rank when it has one; else LoRA
     # parameters scale linearly with r for a uniform rank.
-    after = _num(audit.get("suggested_params_global_90" if basis == "p90" else "suggested_params_global_median"))
+    after = _num(audit.suggested_params_global_90 if basis == "p90" else audit.suggested_params_global_median)
     saved = (int(params - after) if after is not None else int(params * (1 - target / r))) if params else None
     msg = f"Retrain at r={target} instead of r={r}"
     if saved is not None and params and saved > 0:
@@ -324,14 +321,13 @@ def compress_rank(ctx: RunContext) -> Iterable[Recommendation]:
                "update energy (energy rank at 90%, rounded up to an allowed rank); the rest of the rank adds "
                "parameters, not signal. Only an eval can confirm that accuracy holds.", conf,
                {"r": r, "suggested_r": target, "suggested_r_global_median": med, "suggested_r_global_90": p90,
-                "energy_rank_90_p50": audit.get("energy_rank_90_p50"), "total_lora_params": audit.get("total_lora_params"),
+                "energy_rank_90_p50": audit.energy_rank_90_p50, "total_lora_params": audit.total_lora_params,
                 "lora_params_saved": saved})
 
 
 def compress_mlp(ctx: RunContext) -> Iterable[Recommendation]:
-    by_type = _dict(_audit(ctx).get("by_type"))
-    attn = _num(_dict(by_type.get("attn")).get("utilization_mean"))
-    mlp = _num(_dict(by_type.get("mlp")).get("utilization_mean"))
+    audit = _audit(ctx)
+    attn, mlp = audit.type_utilization("attn"), audit.type_utilization("mlp")
     if attn is None or mlp is None or not (mlp < MLP_UTIL_LOW and attn >= 2 * mlp):
         return
     yield _rec("info", "compress_mlp_targets",
@@ -343,7 +339,7 @@ def compress_mlp(ctx: RunContext) -> Iterable[Recommendation]:
 
 def high_udr(ctx: RunContext) -> Iterable[Recommendation]:
     audit = _audit(ctx)
-    p90, mx = _num(audit.get("udr_p90")), _num(audit.get("udr_max"))
+    p90, mx = _num(audit.udr_p90), _num(audit.udr_max)
     if p90 is None or p90 < UDR_HIGH:
         return
     yield _rec("info", "note_high_udr",
@@ -352,7 +348,7 @@ def high_udr(ctx: RunContext) -> Iterable[Recommendation]:
                "eval or lower α.",
                "UDR ≈ 1 means the update is as large as the base weight in its strongest direction; > 3 means it "
                "dominates. Large updates are sometimes needed, so this is information only.", 0.4,
-               {"udr_p90": p90, "udr_max": mx, "fraction_udr_gt_0_3": audit.get("fraction_udr_gt_0_3")})
+               {"udr_p90": p90, "udr_max": mx, "fraction_udr_gt_0_3": audit.fraction_udr_gt_0_3})
 
 
 RUN_RULES: tuple[Rule, ...] = (

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradienceError, UsageError
+from ..telemetry.sections import AuditSummary
 from ..telemetry.snapshot import SignalSnapshot
 from .audit_view import AuditView, audit_from_peft_dir, build_audit_view, load_audit_json, validate_audit
 from .collect import DEFAULT_MAX_POINTS, RunData, collect_run
@@ -96,13 +97,13 @@ def build_report(
         audit_dict, source = audit_from_peft_dir(peft_dir, top_singular_values), "peft-dir"
     snap = run.snapshot
     if audit_dict is None and snap.lora_audit:
-        audit_dict, source = validate_audit(snap.lora_audit, path=run.path), "telemetry"
+        audit_dict, source = validate_audit(snap.lora_audit.to_dict(), path=run.path), "telemetry"
     view = build_audit_view(audit_dict, source) if audit_dict is not None else None
 
     policy_snap = snap
     if view is not None and not snap.lora_audit:
         # Let the run rules see the audit the user supplied (e.g. compress_rank), summary only.
-        policy_snap = dataclasses.replace(snap, lora_audit=dict(view.summary))
+        policy_snap = dataclasses.replace(snap, lora_audit=AuditSummary.from_dict(view.summary))
     recs = policy_recommendations(policy_snap)
     recorded = list(snap.recommendations)
     if recs is not None:

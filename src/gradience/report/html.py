@@ -163,15 +163,15 @@ def _training(rep: Report) -> str:
             f"({F.num(width)} steps per bucket): the line is the bucket mean and the band its min–max, so "
             "no spike is averaged away.</p>") if width > 1 else ""
     stats = _kv([
-        ("loss first → last", f"{F.num(loss.get('first'))} → {F.num(loss.get('last'))}"),
-        ("loss min (step)", f"{F.num(loss.get('min'))} ({F.num(loss.get('min_step'))})"),
-        ("non-finite losses", F.num(loss.get("nonfinite_count"))),
-        ("loss spikes", F.num(loss.get("spikes"))),
-        ("lr first → last", f"{F.num(snap.lr.get('first'))} → {F.num(snap.lr.get('last'))}"),
-        ("grad norm last / max", f"{F.num(g.get('last'), 3)} / {F.num(g.get('max'), 3)}"),
-        ("grad norm post-clip (last)", F.num(g.get("last_clipped"), 3)),
-        ("grad health (trend)", f"{g.get('level') or F.DASH} {g.get('trend') or ''} {g.get('sparkline') or ''}"),
-        ("non-finite grad norms", F.num(g.get("nonfinite_count"))),
+        ("loss first → last", f"{F.num(loss.first)} → {F.num(loss.last)}"),
+        ("loss min (step)", f"{F.num(loss.min)} ({F.num(loss.min_step)})"),
+        ("non-finite losses", F.num(loss.nonfinite_count)),
+        ("loss spikes", F.num(loss.spikes)),
+        ("lr first → last", f"{F.num(snap.lr.first)} → {F.num(snap.lr.last)}"),
+        ("grad norm last / max", f"{F.num(g.last, 3)} / {F.num(g.max, 3)}"),
+        ("grad norm post-clip (last)", F.num(g.last_clipped, 3)),
+        ("grad health (trend)", f"{g.level or F.DASH} {g.trend or ''} {g.sparkline or ''}"),
+        ("non-finite grad norms", F.num(g.nonfinite_count)),
     ])
     figs = [
         _fig(charts.loss_chart(curves), "▲ loss spike against the robust running baseline; × non-finite loss "
@@ -228,16 +228,16 @@ def _x_range(rep: Report) -> tuple[float, float]:
 
 def _guard(rep: Report) -> str:
     gd, curves = rep.snapshot.guard, rep.run.curves
-    if not gd.get("enabled") and not curves.guard_series:
+    if not gd.enabled and not curves.guard_series:
         return _empty("the guard was not enabled for this run (no guard events)")
-    integrity = gd.get("integrity_status") or F.DASH
+    integrity = gd.integrity_status or F.DASH
     kp = _kpis([
-        ("snapshots", F.num(gd.get("snapshots"))),
-        ("rollbacks", F.num(gd.get("rollbacks"))),
-        ("LR backoffs", F.num(gd.get("lr_backoffs"))),
-        ("aborts", F.num(gd.get("aborts"))),
-        ("lockout", "yes" if gd.get("lockout") else "no"),
-        ("final LR scale", F.num(gd.get("final_lr_scale"))),
+        ("snapshots", F.num(gd.snapshots)),
+        ("rollbacks", F.num(gd.rollbacks)),
+        ("LR backoffs", F.num(gd.lr_backoffs)),
+        ("aborts", F.num(gd.aborts)),
+        ("lockout", "yes" if gd.lockout else "no"),
+        ("final LR scale", F.num(gd.final_lr_scale)),
         ("integrity", str(integrity)),
     ])
     fig = _fig(charts.guard_timeline(curves, _x_range(rep)), "Each mark is a guard decision (hover for the step).")
@@ -259,13 +259,13 @@ def _guard(rep: Report) -> str:
 
 def _spectral(rep: Report) -> str:
     sp, curves = rep.snapshot.spectral, rep.run.curves
-    if not sp.get("n"):
+    if not sp.n:
         return _empty("no spectral (κ̃) samples in this run")
     kp = _kpis([
-        ("last κ̃", F.num(sp.get("kappa"))),
-        ("risk level", str(sp.get("risk_level") or F.DASH)),
-        ("at step", F.num(sp.get("step"))),
-        ("samples", F.num(sp.get("n"))),
+        ("last κ̃", F.num(sp.kappa)),
+        ("risk level", str(sp.risk_level or F.DASH)),
+        ("at step", F.num(sp.step)),
+        ("samples", F.num(sp.n)),
     ])
     counts = ", ".join(f"{lvl}: {curves.risk_counts[lvl]}" for lvl in charts.RISK_COLORS if curves.risk_counts.get(lvl))
     note = (f'<p class="note">Risk levels seen — {esc(counts)}. κ̃ is a diagnostic of the update\'s conditioning; '

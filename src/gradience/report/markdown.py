@@ -57,13 +57,13 @@ def render_markdown(rep: Report) -> str:
     loss, g, lr = snap.loss, snap.grad_norm, snap.lr
     L += ["### Training", ""]
     rows = [
-        ("loss first → last", f"{F.num(loss.get('first'))} → {F.num(loss.get('last'))}"),
-        ("loss min (step)", f"{F.num(loss.get('min'))} ({F.num(loss.get('min_step'))})"),
-        ("non-finite losses", F.num(loss.get("nonfinite_count"))),
-        ("loss spikes", F.num(loss.get("spikes"))),
-        ("lr first → last", f"{F.num(lr.get('first'))} → {F.num(lr.get('last'))}"),
-        ("grad norm last / max", f"{F.num(g.get('last'), 3)} / {F.num(g.get('max'), 3)}"),
-        ("grad health", f"{g.get('level') or F.DASH} {g.get('trend') or ''}".strip()),
+        ("loss first → last", f"{F.num(loss.first)} → {F.num(loss.last)}"),
+        ("loss min (step)", f"{F.num(loss.min)} ({F.num(loss.min_step)})"),
+        ("non-finite losses", F.num(loss.nonfinite_count)),
+        ("loss spikes", F.num(loss.spikes)),
+        ("lr first → last", f"{F.num(lr.first)} → {F.num(lr.last)}"),
+        ("grad norm last / max", f"{F.num(g.last, 3)} / {F.num(g.max, 3)}"),
+        ("grad health", f"{g.level or F.DASH} {g.trend or ''}".strip()),
     ]
     spark = _spark(curves.loss.points()) if curves.loss.count else ""
     if spark:
@@ -86,22 +86,22 @@ def render_markdown(rep: Report) -> str:
         L += ["No eval events.", ""]
 
     gd = snap.guard
-    if gd.get("enabled"):
+    if gd.enabled:
         L += ["### Guard", ""]
         L += _table(("snapshots", "rollbacks", "LR backoffs", "aborts", "lockout", "final LR scale", "integrity"), [(
-            F.num(gd.get("snapshots")), F.num(gd.get("rollbacks")), F.num(gd.get("lr_backoffs")),
-            F.num(gd.get("aborts")), "yes" if gd.get("lockout") else "no", F.num(gd.get("final_lr_scale")),
-            gd.get("integrity_status") or F.DASH)])
+            F.num(gd.snapshots), F.num(gd.rollbacks), F.num(gd.lr_backoffs),
+            F.num(gd.aborts), "yes" if gd.lockout else "no", F.num(gd.final_lr_scale),
+            gd.integrity_status or F.DASH)])
         steps_rb = [str(e.step) for e in curves.guard_events if e.action == "rollback" and e.step is not None]
         if steps_rb:
             L += ["Rollbacks at steps: " + ", ".join(dict.fromkeys(steps_rb)), ""]
 
     sp = snap.spectral
-    if sp.get("n"):
+    if sp.n:
         L += ["### Spectral κ̃", ""]
         seen = ", ".join(f"{k} {v}" for k, v in sorted(curves.risk_counts.items()))
-        L += [f"Last κ̃ **{F.num(sp.get('kappa'))}** ({sp.get('risk_level') or F.DASH}) at step "
-              f"{F.num(sp.get('step'))}; {F.num(sp.get('n'))} samples" + (f"; levels seen: {seen}" if seen else "") + ".",
+        L += [f"Last κ̃ **{F.num(sp.kappa)}** ({sp.risk_level or F.DASH}) at step "
+              f"{F.num(sp.step)}; {F.num(sp.n)} samples" + (f"; levels seen: {seen}" if seen else "") + ".",
               ""]
 
     view = rep.audit

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from math import isfinite
 from typing import Any
 
 from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, grad_level, sparkline, trend
 from .profiles import resolve_profile
+from .record import plain
 from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile, real_number, whole_number
+from .sections import AuditSummary, GradNormSummary, GuardSummary, LossSummary, LrSummary, SpectralSummary
 
 GRAD_HISTORY = 10
 MAX_KEPT_ALERTS = 200
@@ -50,9 +53,22 @@ def _first_lr(lr: Any) -> float | None:
     return _num(lr)
 
 
+# The typed sections of a snapshot, by field name (a plain dict given for one is read leniently).
+_SECTIONS: dict[str, type[LossSummary | LrSummary | GradNormSummary | GuardSummary | SpectralSummary]] = {
+    "loss": LossSummary, "lr": LrSummary, "grad_norm": GradNormSummary, "guard": GuardSummary,
+    "spectral": SpectralSummary,
+}
+
+
 @dataclass
 class SignalSnapshot:
-    """Summary of one run (SPEC §2). Every field is JSON-ready via :meth:`to_dict`."""
+    """Summary of one run (docs/telemetry.md#signalsnapshot). Every field is JSON-ready via :meth:`to_dict`.
+
+    The sections ``loss``, ``lr``, ``grad_norm``, ``guard``, ``spectral`` and ``lora_audit`` are
+    typed records (:mod:`gradience.telemetry.sections`, which documents each field and its unit);
+    a snapshot with no events has them empty (they serialise to ``{}``; ``lora_audit`` to ``None``
+    until the run logs a ``metrics(kind="lora_audit")`` event).
+    """
 
     run_id: str | None = None
     model_name: str | None = None
@@ -71,15 +87,25 @@ class SignalSnapshot:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {step, metrics}
     gaps: dict[str, float | None] = field(default_factory=dict)
     gap_missing: list[str] = field(default_factory=list)
-    loss: dict[str, Any] = field(default_factory=dict)
-    lr: dict[str, Any] = field(default_factory=dict)
-    grad_norm: dict[str, Any] = field(default_factory=dict)
-    guard: dict[str, Any] = field(default_factory=dict)
-    spectral: dict[str, Any] = field(default_factory=dict)
-    lora_audit: dict[str, Any] | None = None
+    loss: LossSummary = field(default_factory=LossSummary.empty)
+    lr: LrSummary = field(default_factory=LrSummary.empty)
+    grad_norm: GradNormSummary = field(default_factory=GradNormSummary.empty)
+    guard: GuardSummary = field(default_factory=GuardSummary.empty)
+    spectral: SpectralSummary = field(default_factory=SpectralSummary.empty)
+    lora_audit: AuditSummary | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)
     alert_counts: dict[str, int] = field(default_factory=dict)
     recommendations: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # A section given as a plain dict (a recorded snapshot, code written against the earlier
+        # dict sections) is read into its record, leniently.
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                setattr(self, name, cls.from_dict(value if isinstance(value, Mapping) else None))
+        if self.lora_audit is not None and not isinstance(self.lora_audit, AuditSummary):
+            self.lora_audit = AuditSummary.from_dict(self.lora_audit)
 
     @property
     def duration_s(self) -> float | None:
@@ -95,7 +121,7 @@ class SignalSnapshot:
         return _num(entry["metrics"].get(key))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
         d["duration_s"] = self.duration_s
         return d
 
@@ -138,7 +164,7 @@ class RunAccumulator:
         self.guard_summary: dict[str, Any] | None = None
         self.spectral_last: dict[str, Any] | None = None
         self.spectral_n = 0
-        self.lora_audit: dict[str, Any] | None = None
+        self.lora_audit: AuditSummary | None = None
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_ALERTS)
         self.alert_counts: Counter[str] = Counter()
         self.recommendations: list[dict[str, Any]] = []
@@ -254,7 +280,7 @@ class RunAccumulator:
         if not isinstance(m, dict):
             return
         if kind == "lora_audit":
-            self.lora_audit = m
+            self.lora_audit = AuditSummary.from_dict(m)
         elif kind == "spectral":
             self.spectral_last = {**m, "step": step}
             self.spectral_n += 1
@@ -301,30 +327,30 @@ class RunAccumulator:
                     m["ppl_derived"] = True
         snap.evals = evals
         snap.gaps, snap.gap_missing = _gaps(evals, profile)
-        snap.loss = {
-            "first": self.loss_first,
-            "last": self.loss_last,
-            "min": self.loss_min,
-            "min_step": self.loss_min_step,
-            "n": self.loss_n,
-            "nonfinite_count": self.loss_nonfinite,
-            "nonfinite_steps": list(self.loss_nonfinite_steps),
-            "spikes": self.spikes,
-            "spike_steps": list(self.spike_steps),
-        }
-        snap.lr = {"first": self.lr_first, "last": self.lr_last}
+        snap.loss = LossSummary(
+            first=self.loss_first,
+            last=self.loss_last,
+            min=self.loss_min,
+            min_step=self.loss_min_step,
+            n=self.loss_n,
+            nonfinite_count=self.loss_nonfinite,
+            nonfinite_steps=list(self.loss_nonfinite_steps),
+            spikes=self.spikes,
+            spike_steps=list(self.spike_steps),
+        )
+        snap.lr = LrSummary(first=self.lr_first, last=self.lr_last)
         hist = list(self.grad_hist)
-        snap.grad_norm = {
-            "last": self.grad_last,
-            "max": self.grad_max,
-            "last_clipped": self.grad_clipped_last,
-            "history": hist,
-            "level": grad_level(self.grad_last, self.thresholds),
-            "trend": trend(hist) if hist else None,
-            "sparkline": sparkline(hist) if hist else "",
-            "nonfinite_count": self.grad_nonfinite,
-            "summary": self.grad_summary,
-        }
+        snap.grad_norm = GradNormSummary(
+            last=self.grad_last,
+            max=self.grad_max,
+            last_clipped=self.grad_clipped_last,
+            history=hist,
+            level=grad_level(self.grad_last, self.thresholds),
+            trend=trend(hist) if hist else None,
+            sparkline=sparkline(hist) if hist else "",
+            nonfinite_count=self.grad_nonfinite,
+            summary=self.grad_summary,
+        )
         g = self.guard_counts
         summary = self.guard_summary or {}
 
@@ -336,25 +362,26 @@ class RunAccumulator:
                     return n
             return fallback
 
-        snap.guard = {
-            "enabled": bool(g or self.guard_summary or self.guard_last),
-            "snapshots": counted("snapshots", fallback=g["action:snapshot"]),
-            "rollbacks": counted("rollbacks", fallback=g["GUARD_ROLLBACK"]),
-            "lr_backoffs": counted("lr_backoffs", "backoffs", fallback=g["action:backoff"]),
-            "aborts": g["GUARD_LOCKOUT"] + g["GUARD_ABORT"],
-            "lockout": bool(g["GUARD_LOCKOUT"]),
-            "final_lr_scale": _num(summary.get("final_lr_scale")),
-            "integrity_status": _text(summary.get("integrity_status")),
-            "last": self.guard_last,
-        }
+        snap.guard = GuardSummary(
+            enabled=bool(g or self.guard_summary or self.guard_last),
+            snapshots=counted("snapshots", fallback=g["action:snapshot"]),
+            rollbacks=counted("rollbacks", fallback=g["GUARD_ROLLBACK"]),
+            lr_backoffs=counted("lr_backoffs", "backoffs", fallback=g["action:backoff"]),
+            aborts=g["GUARD_LOCKOUT"] + g["GUARD_ABORT"],
+            lockout=bool(g["GUARD_LOCKOUT"]),
+            final_lr_scale=_num(summary.get("final_lr_scale")),
+            integrity_status=_text(summary.get("integrity_status")),
+            last=self.guard_last,
+        )
         last_sp = self.spectral_last or {}
         kappa = _num(last_sp.get("kappa_tilde"))
-        snap.spectral = {
-            "kappa": kappa if kappa is not None else _num(last_sp.get("kappa")),
-            "risk_level": _text(last_sp.get("risk_level")),
-            "step": last_sp.get("step"),
-            "n": self.spectral_n,
-        }
+        sp_step = last_sp.get("step")
+        snap.spectral = SpectralSummary(
+            kappa=kappa if kappa is not None else _num(last_sp.get("kappa")),
+            risk_level=_text(last_sp.get("risk_level")),
+            step=sp_step if type(sp_step) is int else None,
+            n=self.spectral_n,
+        )
         snap.lora_audit = self.lora_audit
         snap.alerts = list(self.alerts)
         snap.alert_counts = dict(self.alert_counts)

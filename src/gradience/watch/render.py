@@ -20,6 +20,7 @@ from rich.text import Text
 
 from ..numfmt import num as _num
 from ..telemetry.health import downsample, sparkline
+from ..telemetry.sections import GradNormSummary, GuardSummary, SpectralSummary
 from .tail import WatchView
 
 __all__ = [
@@ -173,8 +174,8 @@ def banner(v: WatchView, width: int) -> RenderableType:
         parts.append(f" · {s.reason}")
     first = _line(*paused, *parts)
 
-    level = s.grad_norm.get("level")
-    risk = s.spectral.get("risk_level")
+    level = s.grad_norm.level
+    risk = s.spectral.risk_level
     word, hstyle = overall_health(level, risk)
     second_parts: list[str | tuple[str, str]] = ["health ", (word, hstyle), _dim(" (grad "),
                                                  (level or "—", GRAD_STYLES.get(level or "", "dim")),
@@ -203,21 +204,21 @@ def _grad_window(n: int, steps: list[int | None]) -> str:
 def grad_panel(v: WatchView, width: int) -> RenderableType:
     """Gradient-norm health (TELE-311): last value (3 decimals), level, 10-value sparkline + trend."""
     s = v.snapshot
-    g = s.grad_norm if s is not None else {}
-    last = g.get("last")
+    g = s.grad_norm if s is not None else GradNormSummary.empty()
+    last = g.last
     if last is None:
         return _line(_dim("no grad_norm in train_step events yet"))
-    level = g.get("level") or "—"
+    level = g.level or "—"
     value = f"{last:.3f}" if math.isfinite(last) else num(last)
     first = _line("last ", (value, "bold"), "  ", (level, GRAD_STYLES.get(level, "")),
-                  _dim(f"  max {num(g.get('max'))}"))
-    hist = g.get("history") or []
-    second = _line((g.get("sparkline") or "", GRAD_STYLES.get(level, "")), f" {g.get('trend') or ''}",
+                  _dim(f"  max {num(g.max)}"))
+    hist = g.history
+    second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}",
                    _dim(f"  {_grad_window(len(hist), v.grad_steps)}"))
     extras = []
-    if g.get("last_clipped") is not None:
-        extras.append(f"clipped {num(g.get('last_clipped'), 3)}")
-    extras.append(f"non-finite {g.get('nonfinite_count', 0)}")
+    if g.last_clipped is not None:
+        extras.append(f"clipped {num(g.last_clipped, 3)}")
+    extras.append(f"non-finite {g.nonfinite_count}")
     return Group(first, second, _line(_dim(" · ".join(extras))))
 
 
@@ -227,8 +228,8 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
     if s is None or (not v.loss_series and not v.lr_series):
         return _line(_dim("no train_step loss/lr yet"))
     loss = s.loss
-    loss_txt = f" {num(loss.get('last'))}"
-    lr_txt = f" {num(s.lr.get('last'), 3)}"
+    loss_txt = f" {num(loss.last)}"
+    lr_txt = f" {num(s.lr.last, 3)}"
     label_w = 5
     spark_w = max(4, width - label_w - max(len(loss_txt), len(lr_txt)))
     loss_spark = _spark(v.loss_series, spark_w) or "—"
@@ -239,10 +240,10 @@ def curves_panel(v: WatchView, width: int) -> RenderableType:
         _line("loss ", (loss_spark.ljust(pad), "magenta"), loss_txt),
         _line("lr   ", (lr_spark.ljust(pad), "blue"), lr_txt),
     ]
-    spikes = loss.get("spikes", 0)
-    nonfinite = loss.get("nonfinite_count", 0)
-    at = f" @{loss['min_step']}" if loss.get("min_step") is not None else ""
-    lines.append(_line(_dim(f"min {num(loss.get('min'))}{at} · "),
+    spikes = loss.spikes
+    nonfinite = loss.nonfinite_count
+    at = f" @{loss.min_step}" if loss.min_step is not None else ""
+    lines.append(_line(_dim(f"min {num(loss.min)}{at} · "),
                        (f"spikes {spikes} · NaN {nonfinite}", "yellow" if spikes or nonfinite else "dim")))
     return Group(*lines)
 
@@ -291,31 +292,31 @@ def guard_panel(v: WatchView, width: int) -> RenderableType:
     """Guard activity (snapshots, rollbacks, LR backoffs, lockout) and the spectral κ̃ risk."""
     s = v.snapshot
     lines = []
-    g = s.guard if s is not None else {}
-    if not g.get("enabled"):
+    g = s.guard if s is not None else GuardSummary.empty()
+    if not g.enabled:
         lines.append(_line(_dim("guard: no guard events")))
     else:
-        rb = int(g.get("rollbacks", 0))
-        lines.append(_line(f"snaps {g.get('snapshots', 0)} · ",
+        rb = g.rollbacks
+        lines.append(_line(f"snaps {g.snapshots} · ",
                            (f"rollbacks {rb}", "yellow" if rb else ""),
-                           f" · backoffs {g.get('lr_backoffs', 0)}"))
-        lock = bool(g.get("lockout"))
+                           f" · backoffs {g.lr_backoffs}"))
+        lock = g.lockout
         detail: list[str | tuple[str, str]] = [("LOCKOUT" if lock else "lockout no", "bold red" if lock else "green")]
-        if g.get("final_lr_scale") is not None:
-            detail.append(f" · lr ×{num(g['final_lr_scale'], 3)}")
-        last = g.get("last") or {}
+        if g.final_lr_scale is not None:
+            detail.append(f" · lr ×{num(g.final_lr_scale, 3)}")
+        last = g.last or {}
         if last.get("action"):
             at = f" @{last['step']}" if last.get("step") is not None else ""
             detail.append(_dim(f" · last {last['action']}{at}"))
-        if g.get("integrity_status"):
-            detail.append(_dim(f" · {g['integrity_status']}"))
+        if g.integrity_status:
+            detail.append(_dim(f" · {g.integrity_status}"))
         lines.append(_line(*detail))
-    sp = s.spectral if s is not None else {}
-    if sp.get("n"):
-        risk = str(sp.get("risk_level") or "—")
-        at = f" @{sp['step']}" if sp.get("step") is not None else ""
-        lines.append(_line("κ̃ ", (num(sp.get("kappa")), "bold"), "  ", (risk, RISK_STYLES.get(risk.upper(), "")),
-                           _dim(f"{at} · {sp['n']} samples")))
+    sp = s.spectral if s is not None else SpectralSummary.empty()
+    if sp.n:
+        risk = sp.risk_level or "—"
+        at = f" @{sp.step}" if sp.step is not None else ""
+        lines.append(_line("κ̃ ", (num(sp.kappa), "bold"), "  ", (risk, RISK_STYLES.get(risk.upper(), "")),
+                           _dim(f"{at} · {sp.n} samples")))
     else:
         lines.append(_line(_dim("κ̃: no spectral events")))
     return Group(*lines)
@@ -347,12 +348,12 @@ def audit_panel(v: WatchView, width: int) -> RenderableType:
                      _line(_dim("see: gradience audit --append")))
     r = f"r {s.r}" if s is not None and s.r else "r ?"
     lines = [
-        _line((r, "bold"), " → suggested ", (num(a.get("suggested_r_global_median")), "bold green"),
-              _dim(" median"), " / ", num(a.get("suggested_r_global_90")), _dim(" p90")),
-        _line(f"{compact_count(a.get('total_lora_params'))} params · util {num(a.get('utilization_mean'), 2)}"
-              f" · k90 p50 {num(a.get('energy_rank_90_p50'), 3)}"),
+        _line((r, "bold"), " → suggested ", (num(a.suggested_r_global_median), "bold green"),
+              _dim(" median"), " / ", num(a.suggested_r_global_90), _dim(" p90")),
+        _line(f"{compact_count(a.total_lora_params)} params · util {num(a.utilization_mean, 2)}"
+              f" · k90 p50 {num(a.energy_rank_90_p50, 3)}"),
     ]
-    types = _type_summary(a.get("by_type"))
+    types = _type_summary(a.by_type)
     if types:
         lines.append(_line(_dim(types)))
     return Group(*lines)

@@ -1,0 +1,262 @@
+"""The typed sections of a :class:`~gradience.telemetry.snapshot.SignalSnapshot` and the audit summary.
+
+These are the contracts between packages: the event fold (telemetry) writes them, the policy
+rules and every view (monitor, watch, report, bench) read them. Each one serialises to the JSON
+object it has always been (see :mod:`gradience.telemetry.record`); the field order below is the
+serialised key order.
+
+Units: losses are the trainer's loss values (nats per token for language modelling); learning
+rates are optimizer LRs (per step); gradient norms are global L2 norms over the trainable
+parameters, before clipping unless named ``clipped``; steps are optimizer steps (the trainer's
+``global_step``); counts are numbers of logged events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .record import Record
+
+__all__ = [
+    "AuditSummary",
+    "GradNormSummary",
+    "GuardSummary",
+    "LossSummary",
+    "LrSummary",
+    "SpectralSummary",
+]
+
+
+@dataclass(eq=False)
+class LossSummary(Record):
+    """Training-loss statistics over the logged ``train_step`` events.
+
+    Fields:
+        first: first finite loss logged.
+        last: last loss logged (NaN/Inf included: the run's last word on its loss).
+        min: lowest finite loss.
+        min_step: step of ``min``.
+        n: number of finite losses logged.
+        nonfinite_count: number of NaN/Inf losses logged.
+        nonfinite_steps: steps of the NaN/Inf losses (the last 50; ``None`` where the event had no step).
+        spikes: number of loss spikes (a loss above twice a robust running baseline).
+        spike_steps: steps of the spikes (the last 50; ``None`` where the event had no step).
+    """
+
+    first: float | None = None
+    last: float | None = None
+    min: float | None = None
+    min_step: int | None = None
+    n: int = 0
+    nonfinite_count: int = 0
+    nonfinite_steps: list[int | None] = field(default_factory=list)
+    spikes: int = 0
+    spike_steps: list[int | None] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class LrSummary(Record):
+    """Learning rate of the first parameter group.
+
+    Fields:
+        first: LR at the first logged step.
+        last: LR at the last logged step.
+    """
+
+    first: float | None = None
+    last: float | None = None
+
+
+@dataclass(eq=False)
+class GradNormSummary(Record):
+    """Global gradient norm (L2 over the trainable parameters) from the ``train_step`` events.
+
+    Fields:
+        last: last norm logged, before clipping (NaN/Inf included).
+        max: largest finite norm logged, before clipping.
+        last_clipped: last norm after clipping, when the writer logged it.
+        history: the last 10 norms logged (oldest first).
+        level: the level of ``last``: ``vanishing``, ``healthy``, ``warning``, ``critical`` or
+            ``nonfinite``; ``None`` when no norm was logged.
+        trend: trend arrow of ``history`` (``↑``, ``↓``, ``→``); ``None`` without history.
+        sparkline: ``history`` as one character per value (``""`` without history).
+        nonfinite_count: number of NaN/Inf norms logged.
+        summary: the training recorder's own summary (the last ``metrics(kind="grad_norm")``
+            payload, as recorded), else ``None``.
+    """
+
+    last: float | None = None
+    max: float | None = None
+    last_clipped: float | None = None
+    history: list[float] = field(default_factory=list)
+    level: str | None = None
+    trend: str | None = None
+    sparkline: str = ""
+    nonfinite_count: int = 0
+    summary: dict[str, Any] | None = None
+
+
+@dataclass(eq=False)
+class GuardSummary(Record):
+    """What the training guard did (from its ``metrics(kind="guard")`` and ``GUARD_*`` alert events).
+
+    Fields:
+        enabled: whether the run shows any guard event.
+        snapshots: weight snapshots taken (count).
+        rollbacks: rollbacks to a snapshot (count).
+        lr_backoffs: LR back-offs (count).
+        aborts: guard stops (``GUARD_LOCKOUT`` and ``GUARD_ABORT`` alerts, count).
+        lockout: whether the guard locked the run out (too many rollbacks).
+        final_lr_scale: the LR multiplier the guard left in place (1.0 = untouched), from its summary.
+        integrity_status: the guard's snapshot-integrity verdict, from its summary.
+        last: the last guard event's payload as recorded, with its ``step`` and ``action``.
+    """
+
+    enabled: bool = False
+    snapshots: int = 0
+    rollbacks: int = 0
+    lr_backoffs: int = 0
+    aborts: int = 0
+    lockout: bool = False
+    final_lr_scale: float | None = None
+    integrity_status: str | None = None
+    last: dict[str, Any] | None = None
+
+
+@dataclass(eq=False)
+class SpectralSummary(Record):
+    """The last spectral-monitor sample (``metrics(kind="spectral")``).
+
+    Fields:
+        kappa: κ̃ of the last sample (dimensionless; the recorded ``kappa_tilde``, else ``kappa``).
+        risk_level: the monitor's risk level at that sample (``STABLE``, ``LEARNING``, ``WARNING``,
+            ``DANGER``, ``INSTABILITY``, as recorded).
+        step: step of that sample.
+        n: number of spectral samples.
+    """
+
+    kappa: float | None = None
+    risk_level: str | None = None
+    step: int | None = None
+    n: int = 0
+
+
+@dataclass(eq=False)
+class AuditSummary(Record):
+    """The audit summary of one LoRA adapter: what ``gradience audit --json`` prints at its top
+    level and what ``audit --append`` and the training callback log as ``metrics(kind="lora_audit")``.
+
+    A run's ``lora_audit`` block is this record read back from that event (any subset of the keys
+    may be present in data from other releases or writers).
+
+    Ranks and energy ranks are numbers of singular directions; "energy rank at 90%" of a module is
+    the smallest k whose top-k singular values of ΔW = s·B·A hold ≥ 90% of Σσ². Parameter counts are
+    LoRA parameters (r·(in + out) per module). Percentiles are over the measured modules (non-zero
+    update), linear interpolation.
+
+    Fields:
+        n_layers: modules with finite weights (measured or zero update).
+        total_lora_params: LoRA parameters of every audited module.
+        stable_rank_mean / stable_rank_median: stable rank Σσ²/σ₁² over measured modules.
+        stable_rank_weighted_mean: stable rank weighted by module parameters.
+        effective_rank_mean: mean of exp(entropy of σ/Σσ).
+        utilization_mean: mean of stable_rank / r (0–1).
+        energy_rank_90_p50 / energy_rank_90_p90: median and p90 of the energy rank at 90%.
+        delta_sigma_max_scaled_mean / _p50 / _p90: σ₁ of the scaled update s·B·A.
+        delta_frob_norm_scaled_mean / _p50 / _p90: Frobenius norm of the scaled update s·B·A.
+        n_modules_measured: modules with a non-zero update.
+        r: the most common rank among the modules.
+        lora_alpha: the config's lora_alpha.
+        use_rslora / use_dora: the config's flags.
+        suggested_r_global_median: one rank for every module: the median energy rank at 90%,
+            rounded up to an allowed rank and capped at the largest r; ``None`` when nothing was measured.
+        suggested_r_global_90: the same from the p90 (the conservative suggestion).
+        suggested_params_global_median / suggested_params_global_90: LoRA parameters at those ranks
+            (each module at min(suggested, its r)).
+        energy_rank_95_p50 / energy_rank_99_p50: medians of the energy ranks at 95% and 99%.
+        by_type: per module type (``attn``, ``mlp``, ``other``): ``n``, ``params``, the means of
+            stable rank, utilization, effective rank and scaled σ₁, the energy-rank p50/p90, its
+            ``suggested_r_median`` and the type's ``energy_share`` (0–1).
+        energy_total: Σ over measured modules of ‖s·B·A‖_F².
+        energy_hhi: concentration index Σ share² over modules (1/n even, 1 all in one module).
+        energy_hhi_layers: the same over layers.
+        top10pct_energy_share: the energy share (0–1) of the top 10% of modules.
+        top_layers: the layers holding most energy, ``{"layer", "energy_share"}`` each, largest first.
+        energy_by_layer: energy share (0–1) per layer key, in natural layer order.
+        suggested_r_per_layer_default: the default ``r`` of the per-module suggestion (present
+            only when one was made).
+        per_layer_params_after: LoRA parameters under the per-module suggestion (idem).
+        per_layer_params_saved_fraction: fraction (0–1) of parameters it saves (idem).
+        n_layers_with_udr: modules with a UDR (a matching base weight was found).
+        udr_base_model: the base model the UDR was measured against.
+        udr_skipped_reason: why no UDR was measured, else ``None``.
+        udr_mean / udr_median / udr_p90 / udr_max: update-to-data ratio σ₁(s·B·A) / σ₁(W_base).
+        sdi_mean / sdi_median / sdi_p90: log10 of the UDR.
+        udr_f_mean / udr_f_median / udr_f_p90: the same ratio with Frobenius norms.
+        fraction_udr_gt_0_1 / fraction_udr_gt_0_3: fraction (0–1) of modules with UDR above 0.1 / 0.3.
+        issues: findings ``{"code", "severity", "message"[, "count"]}`` about the adapter or the audit.
+    """
+
+    OMIT_IF_NONE = frozenset({"suggested_r_per_layer_default", "per_layer_params_after",
+                              "per_layer_params_saved_fraction"})
+
+    n_layers: int | None = None
+    total_lora_params: int | None = None
+    stable_rank_mean: float | None = None
+    stable_rank_median: float | None = None
+    stable_rank_weighted_mean: float | None = None
+    effective_rank_mean: float | None = None
+    utilization_mean: float | None = None
+    energy_rank_90_p50: float | None = None
+    energy_rank_90_p90: float | None = None
+    delta_sigma_max_scaled_mean: float | None = None
+    delta_sigma_max_scaled_p50: float | None = None
+    delta_sigma_max_scaled_p90: float | None = None
+    delta_frob_norm_scaled_mean: float | None = None
+    delta_frob_norm_scaled_p50: float | None = None
+    delta_frob_norm_scaled_p90: float | None = None
+    n_modules_measured: int | None = None
+    r: int | None = None
+    lora_alpha: float | None = None
+    use_rslora: bool | None = None
+    use_dora: bool | None = None
+    suggested_r_global_median: int | None = None
+    suggested_r_global_90: int | None = None
+    suggested_params_global_median: int | None = None
+    suggested_params_global_90: int | None = None
+    energy_rank_95_p50: float | None = None
+    energy_rank_99_p50: float | None = None
+    by_type: dict[str, dict[str, Any]] | None = None
+    energy_total: float | None = None
+    energy_hhi: float | None = None
+    energy_hhi_layers: float | None = None
+    top10pct_energy_share: float | None = None
+    top_layers: list[dict[str, Any]] | None = None
+    energy_by_layer: dict[str, float] | None = None
+    suggested_r_per_layer_default: int | None = None
+    per_layer_params_after: int | None = None
+    per_layer_params_saved_fraction: float | None = None
+    n_layers_with_udr: int | None = None
+    udr_base_model: str | None = None
+    udr_skipped_reason: str | None = None
+    udr_mean: float | None = None
+    udr_median: float | None = None
+    udr_p90: float | None = None
+    udr_max: float | None = None
+    sdi_mean: float | None = None
+    sdi_median: float | None = None
+    sdi_p90: float | None = None
+    udr_f_mean: float | None = None
+    udr_f_median: float | None = None
+    udr_f_p90: float | None = None
+    fraction_udr_gt_0_1: float | None = None
+    fraction_udr_gt_0_3: float | None = None
+    issues: list[dict[str, Any]] | None = None
+
+    def type_utilization(self, module_type: str) -> float | None:
+        """``by_type[module_type]["utilization_mean"]`` when recorded as a number, else ``None``."""
+        from .schema import real_number
+
+        entry = (self.by_type or {}).get(module_type)
+        return real_number(entry.get("utilization_mean")) if isinstance(entry, dict) else None
