@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradience.bench.strategies import VariantPlan, peft_module_key, plan_variants, round_up_rank
+from gradience.bench.strategies import VariantPlan, peft_module_key, plan_variants
 
 SUMMARY = {"suggested_r_global_median": 2, "suggested_r_global_90": 8}
 PER_MODULE = {"base_model.model.bert.encoder.layer.0.attention.self.query": 2,
@@ -48,10 +48,7 @@ def test_fingerprint_changes_with_the_plan_only():
     assert a.fingerprint() != VariantPlan("uniform_median", r=4, alpha=8.0).fingerprint()
 
 
-def test_helpers():
-    assert round_up_rank(2.2, [1, 2, 4, 8], cap=32) == 4
-    assert round_up_rank(100, [1, 2, 4, 8], cap=32) == 32
-    assert round_up_rank(3, [1, 2, 4, 8], cap=2) == 2
+def test_peft_module_key():
     assert peft_module_key("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight") == \
         "bert.encoder.layer.0.attention.self.query"
 

@@ -25,7 +25,7 @@ from .loading import LoraModule, SafetensorsFile
 from .metrics import energy_rank, percentile
 from .naming import exact_patterns, resolve_rank_alpha
 from .spectrum import truncated_factors
-from .suggest import _pattern, allocate, alpha_for, per_module_suggestion, round_up_rank
+from .suggest import allocate, alpha_for, peft_pattern, per_module_suggestion, round_up_rank
 
 __all__ = ["STRATEGIES", "compress_adapter", "exact_patterns"]  # exact_patterns re-exported
 
@@ -296,8 +296,8 @@ def _new_config(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> dict[str, Any]
     """The input config with r/alpha set to the most common new values and full-module-name
     rank_pattern/alpha_pattern entries that PEFT resolves to exactly each module's new r and α."""
     names = [r["name"].split("[")[0] for r in rows]
-    frag = _pattern([{"name": n, "scale": r["scale"]} for n, r in zip(names, rows, strict=True)],
-                    [r["new_r"] for r in rows], ad.config.use_rslora)
+    frag = peft_pattern([{"name": n, "scale": r["scale"]} for n, r in zip(names, rows, strict=True)],
+                        [r["new_r"] for r in rows], ad.config.use_rslora)
     cfg = dict(ad.config.raw)
     cfg["r"] = frag["r"]
     cfg["lora_alpha"] = frag["lora_alpha"]

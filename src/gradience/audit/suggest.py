@@ -19,24 +19,39 @@ from .naming import exact_patterns
 
 __all__ = [
     "ALLOWED_RANKS",
+    "RANK_TOLERANCE",
     "allocate",
     "alpha_for",
+    "peft_pattern",
     "per_module_suggestion",
     "round_up_rank",
 ]
 
+# The ranks a suggestion may use (the one definition: report, policy and bench import it).
 ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# An energy rank this close above an allowed rank is that rank (percentiles of integer ranks
+# carry float noise: 4.000000000000001 must not round up to 8).
+RANK_TOLERANCE = 1e-9
 
 
 def round_up_rank(k: float | None, current_r: int | None = None,
                   allowed: Sequence[int] = ALLOWED_RANKS) -> int | None:
-    """Smallest allowed rank ≥ k, never above ``current_r``; k ≤ 0 rounds to the smallest."""
+    """The rank rule: the smallest allowed rank ≥ k, never above ``current_r``.
+
+    k ≤ 0 gives the smallest allowed rank; ``None`` gives ``None``. When no allowed rank
+    reaches k, the suggestion is ``current_r`` (keeping the rank never drops below the energy
+    rank), or the largest allowed rank when ``current_r`` is not known. ``allowed`` may be in
+    any order.
+    """
     if k is None:
         return None
-    pick = next((a for a in allowed if a >= k - 1e-9), allowed[-1])
+    ranks = sorted(int(a) for a in allowed)
+    pick = next((a for a in ranks if a >= k - RANK_TOLERANCE), None)
+    if pick is None:
+        return int(current_r) if current_r is not None else ranks[-1]
     if current_r is not None:
         pick = min(pick, int(current_r))
-    return int(pick)
+    return pick
 
 
 def alpha_for(scale: float, k: int, use_rslora: bool) -> float:
@@ -45,9 +60,13 @@ def alpha_for(scale: float, k: int, use_rslora: bool) -> float:
     return float(round(a, 10))
 
 
-def _pattern(rows: Sequence[dict[str, Any]], ranks: Sequence[int], use_rslora: bool,
-             default_r: int | None = None) -> dict[str, Any]:
-    """A PEFT-ready config fragment: global r/alpha (the mode) + patterns for the rest."""
+def peft_pattern(rows: Sequence[dict[str, Any]], ranks: Sequence[int], use_rslora: bool,
+                 default_r: int | None = None) -> dict[str, Any]:
+    """A PEFT-ready config fragment ``{r, lora_alpha, rank_pattern, alpha_pattern}`` for giving
+    each of ``rows`` (``name``, ``scale``) the rank in ``ranks``: the global r is ``default_r`` or
+    the most common rank (ties: the smaller), the global α the one most modules need at it, and
+    pattern keys that PEFT resolves to exactly these values for the rest (every module keeps
+    its scale)."""
     if not rows:
         return {"r": None, "lora_alpha": None, "rank_pattern": {}, "alpha_pattern": {}}
     counts = Counter(ranks)
@@ -78,7 +97,7 @@ def per_module_suggestion(rows: Sequence[dict[str, Any]], use_rslora: bool,
     params_after, params_saved_fraction}``.
     """
     ranks = [max(1, round_up_rank(max(row[level_key], 1), row["r"], allowed) or 1) for row in rows]
-    out = _pattern(rows, ranks, use_rslora)
+    out = peft_pattern(rows, ranks, use_rslora)
     before = sum(int(r["params"]) for r in rows)
     after = sum(k * (r["in_features"] + r["out_features"]) for r, k in zip(rows, ranks, strict=True))
     out.update({
@@ -131,7 +150,7 @@ def allocate(rows: Sequence[dict[str, Any]], sigmas: Sequence[np.ndarray], use_r
         kept += float(gains[j][i])
         if i + 1 < gains[j].size:
             heapq.heappush(heap, (-gains[j][i + 1] / cost[j], j, i + 1))
-    out = _pattern(rows, ranks, use_rslora)
+    out = peft_pattern(rows, ranks, use_rslora)
     before = sum(int(r["params"]) for r in rows)
     out.update({
         "ranks": {r["name"]: int(k) for r, k in zip(rows, ranks, strict=True)},

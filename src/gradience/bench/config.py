@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from ..audit.suggest import ALLOWED_RANKS
 from ..errors import ConfigError
 
 __all__ = [
@@ -100,7 +101,7 @@ class LoRASection:
 @dataclass
 class CompressionConfig:
     strategies: list[str] = _f(factory=lambda: list(STRATEGIES), help=f"any of {', '.join(STRATEGIES)}")  # noqa: RUF009
-    allowed_ranks: list[int] = _f(factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256],  # noqa: RUF009
+    allowed_ranks: list[int] = _f(factory=lambda: list(ALLOWED_RANKS),  # noqa: RUF009
                                   help="ranks a suggestion may round up to")
     acc_tolerance: float | None = _f(None, "per-seed allowed drop in points (default: the policy's 2.5)")
     budget_fraction: float = _f(0.1, "budget strategy: LoRA parameter budget as a fraction of the probe's")

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import GradienceError
 
-__all__ = ["VariantPlan", "peft_module_key", "plan_variants", "round_up_rank"]
+__all__ = ["VariantPlan", "peft_module_key", "plan_variants"]
 
 _PEFT_PREFIXES = ("base_model.model.", "base_model.")
 
@@ -57,14 +57,6 @@ class VariantPlan:
         d = self.to_dict()
         d.pop("note", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def round_up_rank(k: float, allowed: Sequence[int], cap: int) -> int:
-    """Smallest allowed rank ≥ ``k`` (at least 1), never above ``cap``."""
-    for r in sorted(allowed):
-        if r >= k:
-            return min(r, cap)
-    return cap
 
 
 def peft_module_key(name: str) -> str:

@@ -32,7 +32,6 @@ LOW_UTIL_MIN_R = 16
 MLP_UTIL_LOW = 0.10
 SPIKES_WARN = 3
 UDR_HIGH = 1.0
-ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def _num(x: Any) -> float | None:

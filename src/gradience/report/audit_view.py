@@ -1,6 +1,6 @@
 """The adapter audit as the report shows it: load, validate, and derive the display tables.
 
-Input shapes (SPEC §3): the output of ``gradience audit --json --layers`` — the summary keys
+Input shapes (docs/audit.md#summary-keys, #layer-rows): the output of ``gradience audit --json --layers`` — the summary keys
 at the top level plus ``layers`` (one row per module) — or the run's own
 ``metrics(kind="lora_audit")`` block (summary only: by-type table, UDR figures and suggested
 ranks with their savings, but no per-module rows). Nothing here recomputes a spectrum:
@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from ..audit import audit_adapter
+from ..audit.suggest import peft_pattern, round_up_rank
 from ..errors import GradienceError
 
-__all__ = ["ALLOWED_RANKS", "AUDIT_COMMAND", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
+__all__ = ["AUDIT_COMMAND", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
 
 # The audit command whose JSON has everything the report draws (per-module rows and spectra).
 AUDIT_COMMAND = "gradience audit --json --layers --top-singular-values 16"
 
-ALLOWED_RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TYPE_ORDER = {"attn": 0, "mlp": 1, "other": 2}
 _SUMMARY_HINTS = ("total_lora_params", "n_layers", "utilization_mean", "stable_rank_mean",
                   "suggested_r_global_median", "energy_rank_90_p50")
@@ -81,16 +82,8 @@ def validate_audit(obj: Any, *, path: object = None) -> dict[str, Any]:
 
 def audit_from_peft_dir(peft_dir: str | os.PathLike[str], top_singular_values: int = 16) -> dict[str, Any]:
     """Audit a PEFT adapter directory with ``gradience.audit`` and return its dict with layer rows."""
-    try:
-        from ..audit import audit_adapter  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if exc.name is not None and not exc.name.startswith("gradience"):
-            raise  # a real missing dependency inside the audit package: do not mask it
-        raise GradienceError("this build has no adapter audit (gradience.audit.audit_adapter)",
-                             hint="pass a saved audit with --audit AUDIT.json instead") from None
     result = audit_adapter(peft_dir, top_singular_values=top_singular_values)
-    data = result.to_dict(layers=True) if hasattr(result, "to_dict") else result
-    return validate_audit(data, path=peft_dir)
+    return validate_audit(result.to_dict(layers=True), path=peft_dir)
 
 
 def _short_name(name: str) -> str:
@@ -108,16 +101,6 @@ def _layer_index(row: dict[str, Any]) -> int | None:
         return layer
     m = re.search(r"(?:^|[._])(?:layers?|h|block|blocks)[._](\d+)(?:[._]|$)", str(row.get("name", "")))
     return int(m.group(1)) if m else None
-
-
-def suggest_rank(k90: float | None, r: int | None) -> int | None:
-    """Smallest allowed rank ≥ k@90%, never above the module's current r."""
-    if k90 is None or r is None:
-        return None
-    for a in ALLOWED_RANKS:
-        if a >= k90:
-            return min(a, r)
-    return r
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -252,7 +235,7 @@ def _row(raw: dict[str, Any], use_rslora: bool = False) -> ModuleRow:
         effective_rank=_num(raw.get("effective_rank")),
         k90=k90,
         # The audit's own per-module suggestion when it wrote one; else the same rule applied here.
-        suggested_r=raw["suggested_r"] if _is_int(raw.get("suggested_r")) else suggest_rank(k90, r),
+        suggested_r=raw["suggested_r"] if _is_int(raw.get("suggested_r")) else _suggest(k90, r),
         top_sv=[float(v) for v in svs if _num(v) is not None],
         udr=_num(raw.get("udr")),
         sdi=_num(raw.get("sdi")),
@@ -261,41 +244,26 @@ def _row(raw: dict[str, Any], use_rslora: bool = False) -> ModuleRow:
     )
 
 
-def _alpha_for(scale: float, k: int, use_rslora: bool) -> float:
-    """α that gives ``scale`` at rank k (α = s·k, or s·√k with rsLoRA): the audit's rule."""
-    return float(round(scale * (math.sqrt(k) if use_rslora else k), 10))
+def _suggest(k: float | None, r: int | None) -> int | None:
+    """The audit's rank rule (:func:`gradience.audit.suggest.round_up_rank`) for a row or a
+    percentile; ``None`` when k or the current rank is unknown."""
+    return round_up_rank(k, r) if k is not None and r is not None else None
 
 
 def peft_fragment(rows: list[ModuleRow], use_rslora: bool) -> dict[str, Any] | None:
     """``{r, lora_alpha, rank_pattern, alpha_pattern}`` for the suggested per-module ranks.
 
-    The same rule as the audit's own suggestion: the most common suggested rank is the global
-    ``r`` (ties: the smaller), the α most modules need at it is ``lora_alpha``, and every module
-    that differs gets a pattern entry, so each keeps its current scale. Rows with no suggested
-    rank, no known scale or an exactly zero update are left out (the audit leaves them out too).
+    Built by the audit's own :func:`gradience.audit.suggest.peft_pattern`, so it matches what
+    ``gradience audit`` writes: the most common suggested rank is the global ``r``, and the
+    pattern keys resolve in PEFT to exactly each module's rank and α (each keeps its scale).
+    Rows with no suggested rank, no known scale or an exactly zero update are left out (the
+    audit leaves them out too).
     """
-    use = [(m.name, m.suggested_r, m.scale) for m in rows
-           if m.suggested_r is not None and m.scale is not None and m.delta_fro != 0.0]
+    use = [m for m in rows if m.suggested_r is not None and m.scale is not None and m.delta_fro != 0.0]
     if not use:
         return None
-    counts: dict[int, int] = {}
-    for _, k, _ in use:
-        counts[k] = counts.get(k, 0) + 1
-    mode_r = max(counts, key=lambda k: (counts[k], -k))
-    alphas: dict[float, int] = {}
-    for _, _, scale in use:
-        a = _alpha_for(scale, mode_r, use_rslora)
-        alphas[a] = alphas.get(a, 0) + 1
-    mode_alpha = max(alphas, key=lambda a: (alphas[a], -a))
-    rank_pattern: dict[str, int] = {}
-    alpha_pattern: dict[str, float] = {}
-    for name, k, scale in use:
-        if k != mode_r:
-            rank_pattern[name] = k
-        a = _alpha_for(scale, k, use_rslora)
-        if a != mode_alpha:
-            alpha_pattern[name] = a
-    return {"r": int(mode_r), "lora_alpha": mode_alpha, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+    return peft_pattern([{"name": m.name, "scale": m.scale} for m in use],
+                        [int(m.suggested_r) for m in use if m.suggested_r is not None], use_rslora)
 
 
 def _by_type(block: Any) -> list[TypeRow]:
@@ -398,7 +366,7 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
     r_max = max((m.r for m in rows if m.r), default=None)
     for key, label, q in (("suggested_r_global_median", "median", 50), ("suggested_r_global_90", "p90", 90)):
         given = summary.get(key)
-        r_new = given if isinstance(given, int) else suggest_rank(percentile(k90s, q), r_max)
+        r_new = given if isinstance(given, int) else _suggest(percentile(k90s, q), r_max)
         if r_new is None:
             continue
         after: int | None = None
