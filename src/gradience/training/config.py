@@ -83,7 +83,7 @@ class GuardConfig:
 
 @dataclass(frozen=True)
 class RiskThresholds:
-    """κ̃ risk-level boundaries on the relative change per step (``docs/guard.md#spectral``).
+    """κ̃ risk-level boundaries on the relative change per step (``docs/guard.md#risk-levels``).
 
     Units: 1/step (the κ̃ change relative to its previous value, divided by the steps between).
     """
@@ -100,7 +100,7 @@ class RiskThresholds:
 
 @dataclass
 class SpectralConfig:
-    """κ̃ sampling (``docs/guard.md#spectral``): a diagnostic of the trainable update's conditioning.
+    """κ̃ sampling (``docs/guard.md#spectral-monitor``): a diagnostic of the trainable update's conditioning.
 
     Sampling is on when a :class:`GradienceConfig` holds one (the default);
     ``spectral_enabled=False`` sets ``GradienceConfig.spectral`` to ``None``.
@@ -286,7 +286,7 @@ def describe(cls: type = GradienceConfig) -> str:
         if f.default is not dataclasses.MISSING:
             default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            default = f"{f.default_factory.__name__}()"  # type: ignore[union-attr]
+            default = f"{getattr(f.default_factory, '__name__', 'factory')}()"
         else:
             default = "required"
         lines.append(f"{f.name} = {default}: {f.metadata.get('help', '')}")

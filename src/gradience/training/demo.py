@@ -159,7 +159,9 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
     except OSError as exc:
         raise UsageError(f"cannot load model {model_path!r}: {str(exc).splitlines()[0]}",
                          hint="pass a local model directory with --model (the demo runs offline)") from None
-    lora = LoraConfig(r=opts.rank, lora_alpha=opts.alpha or 2 * opts.rank, lora_dropout=0.0,
+    # PEFT annotates lora_alpha as int but uses it as a float (scale = alpha / r).
+    lora = LoraConfig(r=opts.rank, lora_alpha=opts.alpha or 2 * opts.rank,  # type: ignore[arg-type]
+                      lora_dropout=0.0,
                       target_modules=["query", "value"], task_type="SEQ_CLS")
     model = get_peft_model(model, lora)
 
@@ -207,9 +209,11 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
                                  notify=on_inject)
         callbacks.append(injector.callback())
     if progress is not None:
+        report = progress
+
         class _Progress(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                progress(int(state.global_step), int(state.max_steps))
+                report(int(state.global_step), int(state.max_steps))
 
         callbacks.append(_Progress())
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
