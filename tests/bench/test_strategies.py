@@ -13,8 +13,7 @@ PER_MODULE = {"base_model.model.bert.encoder.layer.0.attention.self.query": 2,
 
 
 def test_uniform_plans_keep_alpha_over_r():
-    plans = plan_variants(SUMMARY, ["uniform_median", "uniform_p90"], probe_r=32, probe_alpha=64,
-                          allowed_ranks=[1, 2, 4, 8, 16, 32])
+    plans = plan_variants(SUMMARY, ["uniform_median", "uniform_p90"], probe_r=32, probe_alpha=64)
     med, p90 = plans
     assert (med.r, med.alpha, med.control) == (2, 4.0, False)
     assert (p90.r, p90.alpha) == (8, 16.0)
@@ -22,12 +21,12 @@ def test_uniform_plans_keep_alpha_over_r():
 
 def test_p90_equal_to_probe_is_a_control():
     (p90,) = plan_variants({"suggested_r_global_median": 4, "suggested_r_global_90": 32}, ["uniform_p90"],
-                           probe_r=32, probe_alpha=32, allowed_ranks=[4, 32])
+                           probe_r=32, probe_alpha=32)
     assert p90.control and p90.r == 32
 
 
 def test_per_layer_plan_is_peft_ready():
-    (plan,) = plan_variants(SUMMARY, ["per_layer"], probe_r=32, probe_alpha=64, allowed_ranks=[1, 2, 4],
+    (plan,) = plan_variants(SUMMARY, ["per_layer"], probe_r=32, probe_alpha=64,
                             per_module_ranks=PER_MODULE)
     assert plan.r == 2 and plan.alpha == 4.0
     assert plan.rank_pattern == {"bert.encoder.layer.0.attention.self.value": 4}
@@ -36,9 +35,9 @@ def test_per_layer_plan_is_peft_ready():
 
 
 def test_truncate_plan_defaults_to_median_rank_without_retraining():
-    (t,) = plan_variants(SUMMARY, ["truncate"], probe_r=32, probe_alpha=64, allowed_ranks=[2])
+    (t,) = plan_variants(SUMMARY, ["truncate"], probe_r=32, probe_alpha=64)
     assert (t.retrain, t.truncate_rank, t.alpha) == (False, 2, 4.0)
-    (e,) = plan_variants(SUMMARY, ["truncate"], probe_r=32, probe_alpha=64, allowed_ranks=[2], truncate_energy=0.95)
+    (e,) = plan_variants(SUMMARY, ["truncate"], probe_r=32, probe_alpha=64, truncate_energy=0.95)
     assert e.truncate_energy == 0.95 and e.truncate_rank is None
 
 
@@ -57,4 +56,38 @@ def test_per_layer_without_ranks_is_an_error():
     from gradience.errors import GradienceError
 
     with pytest.raises(GradienceError, match="no per-module ranks"):
-        plan_variants(SUMMARY, ["per_layer"], probe_r=32, probe_alpha=64, allowed_ranks=[2], per_module_ranks={})
+        plan_variants(SUMMARY, ["per_layer"], probe_r=32, probe_alpha=64, per_module_ranks={})
+
+
+@pytest.mark.parametrize(("allowed", "want"), [(None, 16), ([1, 2, 4, 8, 16], 16), ([16, 4], 16),
+                                               ([1, 2, 4, 8], 32)])
+def test_config_allowed_ranks_govern_the_uniform_and_per_layer_plans(tmp_path, allowed, want):
+    """Every module keeps 90 % of its energy at rank 11 of 32: the plans round that up to the
+    config's allowed ranks, and keep the probe's rank when none of them reaches 11."""
+    import numpy as np
+
+    from gradience.bench.config import config_from_dict
+    from gradience.bench.protocol import audit_probe
+
+    from ..audit._helpers import make_adapter
+
+    rng = np.random.default_rng(0)
+    names = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
+    mods = {}
+    for n in names:
+        a = np.linalg.qr(rng.standard_normal((64, 32)))[0].T  # orthonormal rows
+        b = np.linalg.qr(rng.standard_normal((64, 32)))[0]
+        b[:, 12:] = 0.0  # 12 equal singular values: k@90% = 11
+        mods[n] = (a, b)
+    make_adapter(tmp_path / "probe", mods, r=32, alpha=64)
+    compression = {"strategies": ["uniform_median", "uniform_p90", "per_layer"]}
+    if allowed is not None:
+        compression["allowed_ranks"] = allowed
+    cfg = config_from_dict({"task": {"data_dir": "x"}, "lora": {"probe_r": 32, "alpha": 64},
+                            "compression": compression})
+    audit = audit_probe(tmp_path / "probe", cfg)
+    assert audit["summary"]["energy_rank_90_p50"] == 11
+    med, p90, per_layer = plan_variants(audit["summary"], cfg.compression.strategies, probe_r=32, probe_alpha=64,
+                                        per_module_ranks=audit["per_module"]["ranks"])
+    assert (med.r, p90.r, per_layer.r, per_layer.rank_pattern) == (want, want, want, {})
+    assert med.alpha == 2.0 * want

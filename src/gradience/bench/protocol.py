@@ -113,26 +113,26 @@ def audit_probe(adapter_dir: Path, cfg: BenchConfig) -> dict[str, Any]:
     from ..errors import UsageError
 
     first = audit_adapter(str(adapter_dir), udr=False)
-    summary = dict(first.summary)
-    total = int(summary.get("total_lora_params") or 0)
+    summary = first.summary.to_dict()
+    total = first.summary.total_lora_params or 0
     budget = max(1, int(cfg.compression.budget_fraction * total))
     note = None
     try:
         result = audit_adapter(str(adapter_dir), udr=False, budget_params=budget)
     except UsageError:
         # Below rank 1 everywhere: PEFT needs r >= 1, so the smallest possible adapter is the budget.
-        floor = sum(int(r["in_features"]) + int(r["out_features"]) for r in first.layers)
+        floor = sum((r.in_features or 0) + (r.out_features or 0) for r in first.layers)
         note = f"budget {budget:,} is below rank 1 everywhere; used the minimum {floor:,}"
         budget = floor
         result = audit_adapter(str(adapter_dir), udr=False, budget_params=budget)
     per_module = dict(result.per_layer)
     allowed = sorted(cfg.compression.allowed_ranks)
     if tuple(allowed) != tuple(ALLOWED_RANKS):
-        measured = [r for r in result.layers if (r.get("frob_sq") or 0) > 0]
-        per_module = per_module_suggestion(measured, bool(summary.get("use_rslora")), allowed=allowed)
-        r_max = max(int(r["r"]) for r in result.layers)
-        summary["suggested_r_global_median"] = round_up_rank(summary["energy_rank_90_p50"], r_max, allowed)
-        summary["suggested_r_global_90"] = round_up_rank(summary["energy_rank_90_p90"], r_max, allowed)
+        measured = [r.to_dict() for r in result.layers if (r.frob_sq or 0) > 0]
+        per_module = per_module_suggestion(measured, bool(first.summary.use_rslora), allowed=allowed)
+        r_max = max(r.r or 0 for r in result.layers)
+        summary["suggested_r_global_median"] = round_up_rank(first.summary.energy_rank_90_p50, r_max, allowed)
+        summary["suggested_r_global_90"] = round_up_rank(first.summary.energy_rank_90_p90, r_max, allowed)
     alloc = dict(result.allocation or {})
     if note:
         alloc["note"] = note
@@ -264,7 +264,7 @@ class _Runner:
         co = cfg.compression
         plans = plan_variants(
             audit["summary"], co.strategies, probe_r=cfg.lora.probe_r, probe_alpha=cfg.lora.alpha,
-            allowed_ranks=co.allowed_ranks, per_module_ranks=audit["per_module"].get("ranks"),
+            per_module_ranks=audit["per_module"].get("ranks"),
             budget_ranks=audit["budget"].get("ranks"), truncate_rank=co.truncate_rank,
             truncate_energy=co.truncate_energy)
         for plan in plans:

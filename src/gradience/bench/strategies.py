@@ -86,10 +86,14 @@ def _pattern_plan(strategy: str, ranks: Mapping[str, int], ratio: float, probe_r
 
 
 def plan_variants(summary: Mapping[str, Any], strategies: Sequence[str], *, probe_r: int, probe_alpha: float,
-                  allowed_ranks: Sequence[int], per_module_ranks: Mapping[str, int] | None = None,
+                  per_module_ranks: Mapping[str, int] | None = None,
                   budget_ranks: Mapping[str, int] | None = None, truncate_rank: int | None = None,
                   truncate_energy: float | None = None) -> list[VariantPlan]:
     """Build one plan per strategy from an audit ``summary``.
+
+    The uniform and per-layer ranks come already rounded to ``compression.allowed_ranks``
+    (:func:`.protocol.audit_probe` applies the audit's rank rule with that list); the budget
+    allocation and truncation choose their own ranks. Nothing here rounds again.
 
     Args:
         summary: the audit summary (``suggested_r_global_median``, ``suggested_r_global_90``, ...).
