@@ -218,30 +218,27 @@ def test_per_module_suggestion_from_the_audit_is_shown_whole(healthy_run: Path, 
     assert again == want
 
 
-def test_policy_recommendations_used_and_recorded_fallback(guarded_run: Path, monkeypatch) -> None:
-    rep = build_report(guarded_run)
-    assert rep.rec_source == "policy"
-    assert "guard_aborted_run" in {r["action"] for r in rep.recommendations}
-    # A build without the policy engine falls back to the run's own recommendation events.
+def test_policy_recommendations_are_shown_and_recorded_ones_kept_apart(guarded_run: Path) -> None:
     from gradience.telemetry import TelemetryWriter
 
     with TelemetryWriter(guarded_run, run_id="guard-run") as w:
         w.recommendation([{"severity": "warning", "action": "recorded_action", "message": "from the run",
                            "confidence": 0.7}])
-    monkeypatch.setitem(sys.modules, "gradience.policy", None)
     rep = build_report(guarded_run)
-    assert rep.rec_source == "recorded"
-    assert [r["action"] for r in rep.recommendations] == ["recorded_action"]
-    assert "recorded in the run" in _section(render_html(rep), "recommendations")
+    assert rep.rec_source == "policy"
+    actions = {r["action"] for r in rep.recommendations}
+    assert "guard_aborted_run" in actions and "recorded_action" not in actions
+    assert "recorded_action" in {r["action"] for r in rep.recorded_recommendations}
+    assert "Gradience run rules applied to this run" in _section(render_html(rep), "recommendations")
 
 
 def test_policy_errors_are_not_hidden(healthy_run: Path, monkeypatch) -> None:
-    import gradience.policy
+    import gradience.report.build
 
     def boom(snap):
         raise RuntimeError("bug in a rule")
 
-    monkeypatch.setattr(gradience.policy, "run_recommendations", boom)
+    monkeypatch.setattr(gradience.report.build, "run_recommendations", boom)
     with pytest.raises(RuntimeError, match="bug in a rule"):
         build_report(healthy_run)
 

@@ -76,12 +76,9 @@ def environment(device: str | None = None) -> dict[str, Any]:
     for mod in ("torch", "transformers", "peft", "numpy"):
         m = sys.modules.get(mod)
         env[mod] = getattr(m, "__version__", None) if m else None
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # imported by run_bench's import_stack before any report is written
+    if torch is not None:
         env["torch_threads"] = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - bench always has torch
-        pass
     return env
 
 

@@ -1,8 +1,7 @@
 """Training and evaluation of one bench variant (torch, transformers and peft, imported lazily).
 
 One function per step of a variant's life: build the PEFT model for a plan, train it with a
-``transformers.Trainer`` (telemetry through :class:`gradience.GradienceCallback` when the training
-integration is installed, else a minimal recorder of our own), evaluate it with exact
+``transformers.Trainer`` (telemetry through :class:`gradience.GradienceCallback`), evaluate it with exact
 ``correct/n`` counts, and read the real ranks and parameter counts back from the saved adapter.
 """
 
@@ -169,34 +168,24 @@ def _collator(tokenizer: Any, cfg: BenchConfig) -> Callable[[list[Example]], dic
 
 
 def _telemetry_callbacks(cfg: BenchConfig, plan: VariantPlan, seed: int, out_dir: Path,
-                         on_step: Callable[[int], None] | None, audit: bool) -> tuple[list[Any], str]:
-    """HF callbacks: Gradience telemetry (the real callback when installed) and progress."""
+                         on_step: Callable[[int], None] | None, audit: bool) -> list[Any]:
+    """HF callbacks: Gradience telemetry (:class:`gradience.GradienceCallback`) and progress."""
     from transformers import TrainerCallback
 
-    callbacks: list[Any] = []
-    callback_cls: Any
-    try:
-        from ..training.callback import GradienceCallback as callback_cls
-    except ImportError:  # the training integration is optional; fall back to a minimal recorder
-        callback_cls = None
-    if callback_cls is not None:
-        callbacks.append(callback_cls(
-            out_dir=str(out_dir), filename="run.jsonl", telemetry_interval=cfg.train.logging_steps,
-            model_name=cfg.model.name, dataset_name=cfg.task.name,
-            task_profile="easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",
-            notes=f"gradience bench {plan.strategy} seed {seed}", save_adapter=True, audit=audit))
-        kind = "GradienceCallback"
-    else:
-        callbacks.append(_FallbackRecorder(out_dir / "run.jsonl", cfg, plan, seed))
-        kind = "fallback"
+    from ..training.callback import GradienceCallback
+
+    telemetry = GradienceCallback(
+        out_dir=str(out_dir), filename="run.jsonl", telemetry_interval=cfg.train.logging_steps,
+        model_name=cfg.model.name, dataset_name=cfg.task.name,
+        task_profile="easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",
+        notes=f"gradience bench {plan.strategy} seed {seed}", save_adapter=True, audit=audit)
 
     class _Progress(TrainerCallback):  # type: ignore[misc]
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if on_step is not None:
                 on_step(int(state.global_step))
 
-    callbacks.append(_Progress())
-    return callbacks, kind
+    return [telemetry, _Progress()]
 
 
 def config_snapshot(cfg: BenchConfig, plan: VariantPlan, seed: int) -> dict[str, Any]:
@@ -216,45 +205,6 @@ def config_snapshot(cfg: BenchConfig, plan: VariantPlan, seed: int) -> dict[str,
     }
 
 
-def _fallback_recorder_cls() -> type:
-    from transformers import TrainerCallback
-
-    from ..telemetry.writer import TelemetryWriter
-
-    class Recorder(TrainerCallback):  # type: ignore[misc]
-        """Used only when the training integration is absent: run_start + train_step events."""
-
-        def __init__(self, path: Path, cfg: BenchConfig, plan: VariantPlan, seed: int) -> None:
-            self.writer = TelemetryWriter(path)
-            self.cfg, self.plan, self.seed = cfg, plan, seed
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            import peft
-            import torch
-            import transformers
-
-            self.writer.run_start(config_snapshot(self.cfg, self.plan, self.seed), meta={
-                "framework": "transformers", "torch": torch.__version__, "transformers": transformers.__version__,
-                "peft": peft.__version__, "world_size": 1})
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            logs = logs or {}
-            if "loss" in logs:
-                self.writer.train_step(int(state.global_step), loss=float(logs["loss"]),
-                                       lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                                       epoch=logs.get("epoch"))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.writer.run_end(status="ok", step=int(state.global_step))
-            self.writer.close()
-
-    return Recorder
-
-
-def _FallbackRecorder(path: Path, cfg: BenchConfig, plan: VariantPlan, seed: int) -> Any:
-    return _fallback_recorder_cls()(path, cfg, plan, seed)
-
-
 ADAPTER_DIR = "peft"  # the adapter's folder inside a variant directory (as the training callback saves it)
 
 
@@ -265,6 +215,7 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
     Returns ``{"steps", "final_loss", "train_seconds", "telemetry"}``; ``out_dir/run.jsonl`` holds
     the run's telemetry.
     """
+    import_stack()  # a missing extra is a MissingExtraError naming it, never a silent downgrade
     _quiet_transformers()
     import torch
     from transformers import Trainer, TrainingArguments
@@ -276,7 +227,7 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
     tok = _load_tokenizer(model_path, causal)
     model = build_model(cfg, plan, seed, model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    callbacks, kind = _telemetry_callbacks(cfg, plan, seed, out_dir, on_step, audit)
+    callbacks = _telemetry_callbacks(cfg, plan, seed, out_dir, on_step, audit)
     tr = cfg.train
     args = TrainingArguments(
         output_dir=str(out_dir / "_trainer"), max_steps=tr.max_steps, learning_rate=tr.lr,
@@ -301,7 +252,7 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
         model.save_pretrained(str(out_dir / ADAPTER_DIR))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else result.training_loss,
-            "train_loss_mean": float(result.training_loss), "train_seconds": round(seconds, 2), "telemetry": kind}
+            "train_loss_mean": float(result.training_loss), "train_seconds": round(seconds, 2), "telemetry": "GradienceCallback"}
 
 
 def _add_periodic_eval(trainer: Any, cfg: BenchConfig, data: TaskData, tok: Any, every: int, out_dir: Path) -> None:

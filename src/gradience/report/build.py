@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradienceError, UsageError
+from ..policy import run_recommendations
 from ..telemetry.sections import AuditSummary
 from ..telemetry.snapshot import SignalSnapshot
 from .audit_view import AuditView, audit_from_peft_dir, build_audit_view, load_audit_json, validate_audit
@@ -29,7 +30,7 @@ class Report:
     run: RunData
     audit: AuditView | None
     recommendations: list[dict[str, Any]]
-    rec_source: str  # "policy" | "recorded" | "none"
+    rec_source: str  # "policy": the run rules applied to this run (``recommendation_source`` in --json)
     recorded_recommendations: list[dict[str, Any]]
     generated_ts: float = field(default_factory=time.time)
 
@@ -49,18 +50,8 @@ def _rec_dict(rec: Any) -> dict[str, Any]:
     raise TypeError(f"recommendation of unexpected type {type(rec).__name__}")
 
 
-def policy_recommendations(snap: SignalSnapshot) -> list[dict[str, Any]] | None:
-    """Recommendations from the policy engine's run rules, or ``None`` when this build has none.
-
-    Only the absence of ``gradience.policy.run_recommendations`` is tolerated; an error raised
-    *inside* the policy engine propagates, so a real bug is never hidden behind a fallback.
-    """
-    try:
-        from ..policy import run_recommendations  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if (exc.name is not None and exc.name.startswith("gradience.policy")) or exc.name == "gradience":
-            return None
-        raise
+def policy_recommendations(snap: SignalSnapshot) -> list[dict[str, Any]]:
+    """Recommendations from the policy engine's run rules (the same rules as ``gradience monitor``)."""
     return [_rec_dict(r) for r in run_recommendations(snap)]
 
 
@@ -104,16 +95,8 @@ def build_report(
     if view is not None and not snap.lora_audit:
         # Let the run rules see the audit the user supplied (e.g. compress_rank), summary only.
         policy_snap = dataclasses.replace(snap, lora_audit=AuditSummary.from_dict(view.summary))
-    recs = policy_recommendations(policy_snap)
-    recorded = list(snap.recommendations)
-    if recs is not None:
-        rec_source = "policy"
-    elif recorded:
-        recs, rec_source = recorded, "recorded"
-    else:
-        recs, rec_source = [], "none"
-    return Report(run=run, audit=view, recommendations=recs, rec_source=rec_source,
-                  recorded_recommendations=recorded)
+    return Report(run=run, audit=view, recommendations=policy_recommendations(policy_snap), rec_source="policy",
+                  recorded_recommendations=list(snap.recommendations))
 
 
 def resolve_output(run_path: str | os.PathLike[str], output: str | os.PathLike[str] | None, fmt: str,

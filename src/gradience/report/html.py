@@ -408,11 +408,9 @@ def _audit(rep: Report) -> str:
 
 
 def _recommendations(rep: Report) -> str:
-    src = {"policy": "Gradience run rules applied to this run",
-           "recorded": "recorded in the run (policy engine not available in this build)",
-           "none": ""}[rep.rec_source]
+    src = "Gradience run rules applied to this run"
     if not rep.recommendations:
-        return _empty("no recommendations" + (f" ({src})" if src else ""))
+        return _empty(f"no recommendations ({src})")
     cards = []
     for r in rep.recommendations:
         conf = r.get("confidence")

@@ -295,7 +295,7 @@ class RunAccumulator:
             self.grad_summary = m
 
     # ------------------------------------------------------------------------------
-    def snapshot(self, *, gap_threshold: float | None = None) -> SignalSnapshot:
+    def snapshot(self) -> SignalSnapshot:
         # Typed (ill-typed values read as missing, kept under extras["_invalid"]) so views and
         # rules never meet odd types.
         cfg = ConfigSnapshot.from_dict(self.config).typed() if self.config else ConfigSnapshot()
