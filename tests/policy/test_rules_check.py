@@ -54,7 +54,7 @@ CASES: list[tuple[str, ConfigSnapshot, tuple[str, float], ConfigSnapshot]] = [
     ("calibration_probe", cfg("unknown"), ("info", 0.5), cfg(E)),
     ("calibration_probe", cfg("generation"), ("info", 0.5), cfg(H)),
     ("fix_weight_decay", cfg(E, wd=-0.01), ("error", 0.9), cfg(E, wd=0.0)),
-    # beyond SPEC §4 (docs/policy.md)
+    # beyond the core rules (docs/policy.md#further-rules)
     ("fix_lr", cfg(E, lr=0.0), ("error", 0.9), cfg(E, lr=1e-5)),
     ("fix_rank", cfg(E, r=0, alpha=8), ("error", 0.9), cfg(E, r=1, alpha=1)),
     ("fix_alpha", cfg(E, alpha=0), ("error", 0.9), cfg(E, alpha=1)),

@@ -246,7 +246,7 @@ def iter_spectra(ad: LoadedAdapter, modules: list[LoraModule] | None = None,
 class AuditResult:
     """The audit of one adapter.
 
-    ``summary``: SPEC §3 summary keys (also what ``--append`` logs as ``lora_audit``).
+    ``summary``: the keys of docs/audit.md#summary-keys (also what ``--append`` logs as ``lora_audit``).
     ``layers``: one dict per audited module. ``per_layer``: the per-module rank suggestion
     (PEFT-ready). ``allocation``: the budgeted allocation, when one was asked for.
     """

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> Any:
         exc.show()  # bare `gradience`: the help text is the answer
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        # SPEC: usage errors are one line on stderr and exit 2 (click's own would print four).
+        # README.md#the-golden-path: usage errors are one line on stderr and exit 2 (click's own would print four).
         _fail(_click_line(exc), exc.exit_code)
     except click.exceptions.Abort:
         _fail("aborted", 130)

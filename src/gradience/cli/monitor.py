@@ -79,7 +79,7 @@ def _dur(seconds: Any) -> str:
 
 
 def _g(x: Any) -> str:
-    """Gradient norms: three decimals (SPEC §5)."""
+    """Gradient norms: three decimals (docs/telemetry.md#signalsnapshot)."""
     if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf"):
         return f"{x:.3f}"
     return fmt_num(x)

@@ -1,6 +1,6 @@
 """Run rule tables and turn their output into the final, ordered recommendation list.
 
-Finalisation (SPEC §4): duplicates by ``action`` keep the higher severity (then the
+Finalisation (docs/policy.md#engine): duplicates by ``action`` keep the higher severity (then the
 higher confidence); ``config_ok`` is added only when nothing actionable fired; the list
 is sorted by severity (critical first), then confidence, then rule order.
 """

@@ -1,8 +1,8 @@
 """Pre-flight rules (``gradience check``): small pure functions over a ConfigSnapshot.
 
 Each rule takes a :class:`CheckContext` and returns zero or more Recommendations. The
-tables of SPEC §4 are implemented as written; rules beyond it are listed in
-``docs/policy.md`` with their trigger and reason. Learning rates are in optimizer units
+core rules are tabled in ``docs/policy.md#core-rules`` and the rules beyond them in
+``docs/policy.md#further-rules``, each with its trigger, severity and confidence. Learning rates are in optimizer units
 (the peak LR), ranks are LoRA ``r`` (integer), α/r is the LoRA scale (α/√r with rsLoRA).
 """
 
@@ -76,7 +76,7 @@ def _rec(severity: str, action: str, message: str, why: str, confidence: float,
                           confidence=confidence, scope=scope, evidence=dict(evidence))
 
 
-# -- hard_reasoning (SPEC §4) -----------------------------------------------------------
+# -- hard_reasoning (docs/policy.md#core-rules) -----------------------------------------
 def hard_lr(ctx: CheckContext) -> Iterable[Recommendation]:
     if ctx.profile is not TaskProfile.HARD_REASONING:
         return
@@ -152,7 +152,7 @@ def hard_alpha(ctx: CheckContext) -> Iterable[Recommendation]:
                    {"lr": lr, name: ratio, "suggested": 0.25})
 
 
-# -- easy_classification (SPEC §4) -----------------------------------------------------
+# -- easy_classification (docs/policy.md#core-rules) -----------------------------------
 def easy_rules(ctx: CheckContext) -> Iterable[Recommendation]:
     if ctx.profile is not TaskProfile.EASY_CLASSIFICATION:
         return
@@ -173,7 +173,7 @@ def easy_rules(ctx: CheckContext) -> Iterable[Recommendation]:
                    {"lr": lr, "threshold": EASY_LR_HIGH, "suggested_lr": EASY_LR_SUGGESTED})
 
 
-# -- unknown / generation (SPEC §4) ----------------------------------------------------
+# -- unknown / generation (docs/policy.md#core-rules) ----------------------------------
 def calibration_probe(ctx: CheckContext) -> Iterable[Recommendation]:
     if ctx.profile not in (TaskProfile.UNKNOWN, TaskProfile.GENERATION):
         return

@@ -37,7 +37,7 @@ GUARD_ROWS = (  # action → (label, colour); anything else goes to "other"
     ("abort", "abort", "#7f1d1d"),
 )
 LR_EVENT_ACTIONS = ("rollback", "backoff", "lockout", "abort")
-# UDR reading guide (SPEC §3): < 0.1 small perturbation; ~1 comparable to the base; > 3 dominates.
+# UDR reading guide (docs/audit.md#udr--sdi): < 0.1 small perturbation; ~1 comparable to the base; > 3 dominates.
 UDR_BINS = ((0.0, 0.01), (0.01, 0.03), (0.03, 0.1), (0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (3.0, math.inf))
 
 

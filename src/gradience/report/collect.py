@@ -279,7 +279,7 @@ class _RunCollector:
         self._pair_gaps(split, step, x)
 
     def _pair_gaps(self, split: str, step: Any, x: int) -> None:
-        """Gap points where a train and a held-out eval share a step (SPEC §2 definitions)."""
+        """Gap points where a train and a held-out eval share a step (definitions: docs/telemetry.md#signalsnapshot)."""
         other = "train" if split != "train" else next((s for s in ("test", "val") if s in self._last_eval), None)
         if other is None or other not in self._last_eval or step is None:
             return

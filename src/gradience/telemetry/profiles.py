@@ -1,4 +1,4 @@
-"""Task-profile inference (SPEC §4), next to the TaskProfile type it returns.
+"""Task-profile inference (docs/policy.md#task-profiles), next to the TaskProfile type it returns.
 
 The profile decides which pre-flight rule table applies. It is taken as given when the
 configuration names one, else inferred from the dataset/task name by keyword.

@@ -232,7 +232,7 @@ class TrainingConfig:
 
 @dataclass
 class ConfigSnapshot:
-    """What the run was configured to do (SPEC §2). All fields optional."""
+    """What the run was configured to do (docs/telemetry.md#run_start). All fields optional."""
 
     model_name: str | None = None
     dataset_name: str | None = None
@@ -298,7 +298,7 @@ class ConfigSnapshot:
 
 @dataclass
 class Recommendation:
-    """One conservative, testable suggestion (SPEC §4)."""
+    """One conservative, testable suggestion (docs/policy.md#recommendations)."""
 
     severity: str
     action: str

@@ -400,7 +400,7 @@ def held_out_split(evals: dict[str, Any]) -> str | None:
 
 
 def _gaps(evals: dict[str, dict[str, Any]], profile: TaskProfile) -> tuple[dict[str, float | None], list[str]]:
-    """``ppl_gap = test/train``, ``loss_gap = test/train``, ``acc_gap = train − test`` (SPEC §2)."""
+    """``ppl_gap = test/train``, ``loss_gap = test/train``, ``acc_gap = train − test`` (docs/telemetry.md#signalsnapshot)."""
     gaps: dict[str, float | None] = {"ppl_gap": None, "loss_gap": None, "acc_gap": None}
     missing: list[str] = []
     test = held_out_split(evals)

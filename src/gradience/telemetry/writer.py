@@ -1,6 +1,6 @@
 """Append-only JSONL writer for telemetry v1.
 
-Guarantees (SPEC §2): never truncates; every event is one complete line handed to the
+Guarantees (docs/telemetry.md#encoding-and-safety): never truncates; every event is one complete line handed to the
 kernel in one ``write`` on an ``O_APPEND`` descriptor, so a crash leaves at most one
 partial last line and concurrent appenders never interleave inside a line. Only the
 global rank-0 process writes in a distributed run.

@@ -23,7 +23,7 @@ from .gradnorm import GradNormMonitor
 
 __all__ = ["RunRecorder", "spine_metrics"]
 
-# Framework metric names → spine names (SPEC §2: loss, ppl, accuracy, n).
+# Framework metric names → spine names (docs/telemetry.md#eval: loss, ppl, accuracy, n).
 _SPINE_ALIASES = {"loss": "loss", "accuracy": "accuracy", "acc": "accuracy", "perplexity": "ppl", "ppl": "ppl"}
 _HELD_OUT_NAMES = ("test", "eval", "validation", "val", "dev", "heldout", "held_out")
 

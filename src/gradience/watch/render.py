@@ -272,7 +272,7 @@ def eval_panel(v: WatchView, width: int) -> RenderableType:
     shown: list[tuple[str, str]] = []
     ppl_gap = gaps.get("ppl_gap")
     if ppl_gap is not None:
-        # ppl_gap ≥ 1.5 is where `monitor` starts to call memorization (SPEC §4).
+        # ppl_gap ≥ 1.5 is where `monitor` starts to call memorization (docs/policy.md#core-rules).
         shown.append((f"ppl ×{ppl_gap:.3f}", "yellow" if ppl_gap >= 1.5 else ""))
     if gaps.get("loss_gap") is not None:
         shown.append((f"loss ×{gaps['loss_gap']:.3f}", ""))
