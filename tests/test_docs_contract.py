@@ -227,7 +227,8 @@ def test_audit_summary_and_layer_row_keys_are_documented() -> None:
     assert not _missing(set().union(*(set(r) for r in d["layers"])), "audit.md")
     assert not _missing(set(d) | set(d["adapter"]) | set(d["per_layer_suggestion"]) | set(d["allocation"]),
                         "audit.md")
-    issue_codes = re.findall(r'"code": "([A-Z_]+)"', "".join(p.read_text() for p in (SRC / "audit").glob("*.py")))
+    audit_src = "".join(p.read_text(encoding="utf-8") for p in sorted((SRC / "audit").rglob("*.py")))
+    issue_codes = re.findall(r'(?:"code"\s*:\s*|\bcode\s*=\s*)"([A-Z][A-Z0-9_]+)"', audit_src)
     assert issue_codes and not _missing(issue_codes, "audit.md")
 
 

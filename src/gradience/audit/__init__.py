@@ -5,10 +5,12 @@ The core never imports torch: safetensors adapters (fp32/fp16/bf16) are parsed d
 
 from .core import AuditResult, audit_adapter, open_adapter
 from .loading import AdapterConfig, load_adapter_config
+from .rows import AuditLayer
 from .spectrum import factored_svd, singular_values
 
 __all__ = [
     "AdapterConfig",
+    "AuditLayer",
     "AuditResult",
     "audit_adapter",
     "factored_svd",

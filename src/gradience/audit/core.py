@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import AdapterFormatError, UsageError
+from ..telemetry.sections import AuditSummary
 from . import metrics as M
 from .loading import (
     AdapterConfig,
@@ -27,10 +28,11 @@ from .loading import (
     scan_modules,
 )
 from .naming import layer_index, layer_key, module_type, resolve_rank_alpha
+from .rows import AuditLayer
 from .spectrum import _blas_controller, singular_values_from_grams, streamed_gram
 from .suggest import allocate, per_module_suggestion, round_up_rank
 
-__all__ = ["AuditResult", "LoadedAdapter", "audit_adapter", "iter_spectra", "map_factor_batches", "open_adapter"]
+__all__ = ["AuditLayer", "AuditResult", "AuditSummary", "LoadedAdapter", "audit_adapter", "iter_spectra", "map_factor_batches", "open_adapter"]
 
 # Upper bound on the float64 working set of one batch (A and B stacks together). Keeps
 # peak memory flat however large the adapter is.
@@ -247,12 +249,12 @@ class AuditResult:
     """The audit of one adapter.
 
     ``summary``: the keys of docs/audit.md#summary-keys (also what ``--append`` logs as ``lora_audit``).
-    ``layers``: one dict per audited module. ``per_layer``: the per-module rank suggestion
-    (PEFT-ready). ``allocation``: the budgeted allocation, when one was asked for.
+    ``layers``: one :class:`AuditLayer` per audited module. ``per_layer``: the per-module rank
+    suggestion (PEFT-ready). ``allocation``: the budgeted allocation, when one was asked for.
     """
 
-    summary: dict[str, Any]
-    layers: list[dict[str, Any]]
+    summary: AuditSummary
+    layers: list[AuditLayer]
     per_layer: dict[str, Any]
     adapter: dict[str, Any]
     allocation: dict[str, Any] | None = None
@@ -261,20 +263,20 @@ class AuditResult:
 
     def to_dict(self, layers: bool = False) -> dict[str, Any]:
         """Exactly the object ``gradience audit --json [--layers]`` prints."""
-        out: dict[str, Any] = dict(self.summary)
+        out: dict[str, Any] = self.summary.to_dict()
         out["adapter"] = dict(self.adapter)
         out["per_layer_suggestion"] = self.per_layer
         out["skipped_tensors"] = list(self.skipped_tensors)
         if self.allocation is not None:
             out["allocation"] = self.allocation
         if layers:
-            out["layers"] = [dict(r) for r in self.layers]
+            out["layers"] = [r.to_dict() for r in self.layers]
         return out
 
-    def top_wasteful(self, n: int = 10) -> list[dict[str, Any]]:
+    def top_wasteful(self, n: int = 10) -> list[AuditLayer]:
         """Modules with the most parameters left unused: params · (1 − utilization)."""
-        rows = [r for r in self.layers if r.get("stable_rank") is not None]
-        rows.sort(key=lambda r: -(r["params"] * (1.0 - r["utilization"])))
+        rows = [r for r in self.layers if r.stable_rank is not None]
+        rows.sort(key=lambda r: -((r.params or 0) * (1.0 - (r.utilization or 0.0))))
         return rows[:n]
 
 
@@ -440,8 +442,11 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
         "alpha_pattern": cfg.alpha_pattern,
         "dtype": sorted({r["dtype"] for r in rows}),
     }
+    # The pipeline above assembles plain dicts (metrics, composition, UDR each add their keys);
+    # the result carries them as the typed contract, with the same keys in the same order.
     return AuditResult(
-        summary=summary, layers=rows, per_layer=per_layer, adapter=adapter, allocation=allocation,
+        summary=AuditSummary.from_dict(summary), layers=[AuditLayer.from_dict(r) for r in rows],
+        per_layer=per_layer, adapter=adapter, allocation=allocation,
         skipped_tensors=ad.skipped,
         timings={"spectrum_s": t_spec - t0, "total_s": t_end - t0},
     )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import GradienceError, UsageError
 from ..numfmt import pct as _pct
 from ._output import console, fmt_num, print_json
+
+if TYPE_CHECKING:
+    from ..audit import AuditResult
 
 
 @click.command(name="audit")
@@ -77,7 +80,7 @@ def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | No
         from ..telemetry import TelemetryWriter
 
         with TelemetryWriter(append_to, run_id=run_id) as w:
-            w.metrics(kind="lora_audit", metrics=res.summary)
+            w.metrics(kind="lora_audit", metrics=res.summary.to_dict())
 
     if as_json:
         print_json(res.to_dict(layers=show_layers))
@@ -105,42 +108,42 @@ def _table(title: str) -> Any:
                  collapse_padding=True, show_edge=False)
 
 
-def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appended: Path | None) -> None:
+def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bool, appended: Path | None) -> None:
     from rich.table import Table
 
     c = console()
     s = res.summary
     a = res.adapter
     c.print(f"[bold]LoRA audit[/bold]  {a['config_path'].rsplit('/', 1)[0]}")
-    c.print(f"  {s['n_layers']} modules · {fmt_num(s['total_lora_params'])} LoRA parameters · r={s['r']} "
-            f"α={fmt_num(s['lora_alpha'])}{' · rsLoRA' if s['use_rslora'] else ''}{' · DoRA' if s['use_dora'] else ''}"
+    c.print(f"  {s.n_layers} modules · {fmt_num(s.total_lora_params)} LoRA parameters · r={s.r} "
+            f"α={fmt_num(s.lora_alpha)}{' · rsLoRA' if s.use_rslora else ''}{' · DoRA' if s.use_dora else ''}"
             f" · {'/'.join(a['dtype'])}")
     c.print()
     t = Table(title="Summary", show_header=False, title_justify="left", box=None, pad_edge=False)
     t.add_column(style="dim")
     t.add_column(justify="right")
-    for label, key in (("stable rank mean / median", ("stable_rank_mean", "stable_rank_median")),
-                       ("stable rank (param-weighted)", ("stable_rank_weighted_mean",)),
-                       ("effective rank mean", ("effective_rank_mean",)),
-                       ("utilization mean (stable rank / r)", ("utilization_mean",)),
-                       ("energy rank @90% p50 / p90", ("energy_rank_90_p50", "energy_rank_90_p90")),
-                       ("‖ΔW‖₂ mean / p90", ("delta_sigma_max_scaled_mean", "delta_sigma_max_scaled_p90")),
-                       ("‖ΔW‖_F mean / p90", ("delta_frob_norm_scaled_mean", "delta_frob_norm_scaled_p90"))):
-        t.add_row(label, " / ".join(fmt_num(s[k], 3) for k in key))
+    for label, values in (("stable rank mean / median", (s.stable_rank_mean, s.stable_rank_median)),
+                          ("stable rank (param-weighted)", (s.stable_rank_weighted_mean,)),
+                          ("effective rank mean", (s.effective_rank_mean,)),
+                          ("utilization mean (stable rank / r)", (s.utilization_mean,)),
+                          ("energy rank @90% p50 / p90", (s.energy_rank_90_p50, s.energy_rank_90_p90)),
+                          ("‖ΔW‖₂ mean / p90", (s.delta_sigma_max_scaled_mean, s.delta_sigma_max_scaled_p90)),
+                          ("‖ΔW‖_F mean / p90", (s.delta_frob_norm_scaled_mean, s.delta_frob_norm_scaled_p90))):
+        t.add_row(label, " / ".join(fmt_num(v, 3) for v in values))
     c.print(t)
     c.print()
 
     bt = _table("By module type")
     for col in ("type", "modules", "params", "stable\nrank", "util", "k@90\np50", "suggested\nr", "energy\nshare"):
         bt.add_column(col, justify="left" if col == "type" else "right")
-    for typ, row in s["by_type"].items():
+    for typ, row in (s.by_type or {}).items():
         bt.add_row(typ, str(row["n"]), fmt_num(row["params"]), fmt_num(row["stable_rank_mean"], 3),
                    fmt_num(row["utilization_mean"], 3), fmt_num(row["energy_rank_90_p50"], 3),
                    fmt_num(row["suggested_r_median"]), _pct(row["energy_share"]))
     c.print(bt)
     c.print()
 
-    prefix = _shared_prefix([r["name"] for r in res.layers])
+    prefix = _shared_prefix([r.name for r in res.layers])
     if prefix and (top_n > 0 or show_layers):
         c.print(f"[dim]module names below are shown without their shared prefix [bold]{prefix}[/bold][/dim]")
 
@@ -150,14 +153,14 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
     if top_n > 0:
         wasteful = res.top_wasteful(top_n)
         wt = _table(f"Most wasteful modules (top {top_n}: params × (1 − utilization))")
-        name_w = max([len(short(r["name"])) for r in wasteful] + [6])
+        name_w = max([len(short(r.name)) for r in wasteful] + [6])
         for col in ("module", "type", "r", "params", "stable\nrank", "util", "k@90", "suggested\nr"):
             # The name keeps its width (folded only past 48 characters); numbers are short.
             wt.add_column(col, justify="left" if col in ("module", "type") else "right", overflow="fold",
                           min_width=min(name_w, 48) if col == "module" else None)
         for r in wasteful:
-            wt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["params"]), fmt_num(r["stable_rank"], 3),
-                       fmt_num(r["utilization"], 3), str(r["energy_rank_90"]), str(r["suggested_r"]))
+            wt.add_row(short(r.name), r.module_type, str(r.r), fmt_num(r.params), fmt_num(r.stable_rank, 3),
+                       fmt_num(r.utilization, 3), str(r.energy_rank_90), str(r.suggested_r))
         c.print(wt)
         if show_layers:
             c.print()
@@ -165,7 +168,7 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
     if show_layers:
         lt = _table("All modules")
         cols = ["module", "type", "r", "scale", "shape", "stable\nrank", "util", "eff\nrank", "k@90\n/95/99", "‖ΔW‖₂"]
-        has_udr = any("udr" in r for r in res.layers)
+        has_udr = any(r.udr is not None for r in res.layers)
         if has_udr:
             cols.append("UDR")
         for col in cols:
@@ -173,29 +176,29 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
             lt.add_column(col, justify="left" if col in ("module", "type", "shape") else "right",
                           overflow="fold", no_wrap=col != "module")
         for r in res.layers:
-            if "stable_rank" not in r:
-                lt.add_row(short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
+            shape = "×".join(map(str, r.shape or []))
+            if r.stable_rank is None:
+                lt.add_row(short(r.name), r.module_type, str(r.r), fmt_num(r.scale, 3), shape,
                            "[red]non-finite[/red]", *[""] * (len(cols) - 6))
                 continue
-            cells = [short(r["name"]), r["module_type"], str(r["r"]), fmt_num(r["scale"], 3), "×".join(map(str, r["shape"])),
-                     fmt_num(r["stable_rank"], 3), fmt_num(r["utilization"], 3), fmt_num(r["effective_rank"], 3),
-                     f"{r['energy_rank_90']}/{r['energy_rank_95']}/{r['energy_rank_99']}",
-                     fmt_num(r["delta_sigma_max"], 3)]
+            cells = [short(r.name), r.module_type, str(r.r), fmt_num(r.scale, 3), shape,
+                     fmt_num(r.stable_rank, 3), fmt_num(r.utilization, 3), fmt_num(r.effective_rank, 3),
+                     f"{r.energy_rank_90}/{r.energy_rank_95}/{r.energy_rank_99}",
+                     fmt_num(r.delta_sigma_max, 3)]
             if has_udr:
-                cells.append(fmt_num(r.get("udr"), 3))
+                cells.append(fmt_num(r.udr, 3))
             lt.add_row(*cells)
         c.print(lt)
 
     c.print()
     c.print("[bold]Suggested ranks[/bold] (≥ 90% of each module's update energy; verify with an eval)")
-    before = s["total_lora_params"]
-    for label, rk, pk in (("global median", "suggested_r_global_median", "suggested_params_global_median"),
-                          ("global p90", "suggested_r_global_90", "suggested_params_global_90")):
-        if s.get(rk) is None:
+    before = s.total_lora_params
+    for label, rank, after in (("global median", s.suggested_r_global_median, s.suggested_params_global_median),
+                               ("global p90", s.suggested_r_global_90, s.suggested_params_global_90)):
+        if rank is None or after is None:
             continue
-        after = s[pk]
         saved = 1 - after / before if before else 0.0
-        c.print(f"  {label:14s} r={s[rk]:<4d} {fmt_num(after)} params ({_pct(saved)} fewer)")
+        c.print(f"  {label:14s} r={rank:<4d} {fmt_num(after)} params ({_pct(saved)} fewer)")
     pl = res.per_layer
     if pl:
         c.print(f"  {'per module':14s} default r={pl['r']}, {len(pl['rank_pattern'])} override(s): "
@@ -217,24 +220,24 @@ def _print_report(res: Any, top_n: int, show_layers: bool, per_layer: bool, appe
 
     c.print()
     c.print("[bold]Where the update energy sits[/bold]")
-    if s.get("energy_hhi") is not None:
-        tops = ", ".join(f"{x['layer']} {_pct(x['energy_share'])}" for x in s["top_layers"])
+    if s.energy_hhi is not None:
+        tops = ", ".join(f"{x['layer']} {_pct(x['energy_share'])}" for x in s.top_layers or [])
         c.print(f"  top layers: {tops}")
-        c.print(f"  top 10% of modules hold {_pct(s['top10pct_energy_share'])}; concentration HHI "
-                f"{fmt_num(s['energy_hhi'], 3)} (even spread = {fmt_num(1 / max(s['n_modules_measured'], 1), 3)})")
+        c.print(f"  top 10% of modules hold {_pct(s.top10pct_energy_share)}; concentration HHI "
+                f"{fmt_num(s.energy_hhi, 3)} (even spread = {fmt_num(1 / max(s.n_modules_measured or 0, 1), 3)})")
     else:
         c.print("  no update energy (all modules are zero)")
 
     c.print()
-    if s.get("n_layers_with_udr"):
-        c.print(f"[bold]UDR[/bold] vs {s['udr_base_model']} ({s['n_layers_with_udr']}/{s['n_layers']} modules): "
-                f"median {fmt_num(s['udr_median'], 3)}, p90 {fmt_num(s['udr_p90'], 3)}, max {fmt_num(s['udr_max'], 3)}; "
-                f"{_pct(s['fraction_udr_gt_0_1'])} > 0.1, {_pct(s['fraction_udr_gt_0_3'])} > 0.3  "
+    if s.n_layers_with_udr:
+        c.print(f"[bold]UDR[/bold] vs {s.udr_base_model} ({s.n_layers_with_udr}/{s.n_layers} modules): "
+                f"median {fmt_num(s.udr_median, 3)}, p90 {fmt_num(s.udr_p90, 3)}, max {fmt_num(s.udr_max, 3)}; "
+                f"{_pct(s.fraction_udr_gt_0_1)} > 0.1, {_pct(s.fraction_udr_gt_0_3)} > 0.3  "
                 "[dim](<0.1 small perturbation, ~1 comparable to the base, >3 the adapter dominates)[/dim]")
     else:
-        c.print(f"[bold]UDR[/bold] skipped: {s.get('udr_skipped_reason')}", markup=True)
+        c.print(f"[bold]UDR[/bold] skipped: {s.udr_skipped_reason}", markup=True)
 
-    issues = s.get("issues") or []
+    issues = s.issues or []
     c.print()
     if issues:
         c.print("[bold]Issues[/bold]")

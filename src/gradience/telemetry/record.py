@@ -93,8 +93,10 @@ class Record:
     Bookkeeping (not part of the JSON shape of its own):
 
     - ``extras``: keys this type does not know, as recorded;
-    - ``recorded``: values as recorded where they could not be kept in their typed field
-      (ill-typed: the field reads as missing; or converted, such as ``4.0`` read as ``int`` 4);
+    - ``recorded``: ``key -> (value as recorded, field value as read)`` where the recorded value
+      could not be kept in its typed field (ill-typed: the field reads as missing, i.e. its
+      default; or converted, such as ``4.0`` read as ``int`` 4). It is written back while the
+      field still holds what was read;
     - ``key_order``: the keys present, in order, when read from a payload; ``None`` for a
       record built in code, which has every field (less the ``OMIT_IF_NONE`` ones left unset).
     """
@@ -102,7 +104,7 @@ class Record:
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
 
     extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
-    recorded: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
+    recorded: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
     key_order: tuple[str, ...] | None = field(default=None, repr=False, compare=False, kw_only=True)
 
     # -- shape -----------------------------------------------------------------------------
@@ -124,11 +126,14 @@ class Record:
         return keys + [k for k in self.extras if k not in keys]
 
     def _value(self, key: str) -> Any:
-        if key in self.recorded:
-            return self.recorded[key]
         if key in self.extras:
             return self.extras[key]
-        return getattr(self, key)
+        current = getattr(self, key)
+        if key in self.recorded:
+            raw, read = self.recorded[key]
+            if type(current) is type(read) and current == read:  # not reassigned since it was read
+                return raw
+        return current
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: the same keys, order and values as the dict this contract was."""
@@ -165,15 +170,12 @@ class Record:
                     raise ValueError(f"{cls.__name__}.{key}: {raw!r} is not {annotation}")
                 recorded[key] = raw
                 continue
-            values[key] = cls._read_field(key, value)
+            values[key] = value
             if type(value) is not type(raw):
                 recorded[key] = raw
-        return cls(**values, extras=extras, recorded=recorded, key_order=tuple(data.keys()))
-
-    @classmethod
-    def _read_field(cls, key: str, value: Any) -> Any:
-        """Hook for nested records: turn a conforming recorded value into the field's value."""
-        return value
+        out = cls(**values, extras=extras, key_order=tuple(data.keys()))
+        out.recorded = {key: (raw, getattr(out, key)) for key, raw in recorded.items()}
+        return out
 
     # -- read access by serialised key (compatibility with the earlier dict sections) -------
     def __getitem__(self, key: str) -> Any:

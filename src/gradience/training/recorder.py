@@ -183,7 +183,7 @@ class RunRecorder:
         from ..audit import audit_adapter
 
         result = audit_adapter(peft_dir)
-        summary = dict(result.summary)
+        summary = result.summary.to_dict()
         self.writer.metrics("lora_audit", summary, step=step, peft_dir=str(peft_dir))
         return summary
 
