@@ -94,7 +94,7 @@ print(json.dumps({"wall_s": t2 - t1, "import_s": t1 - t0,
 
 _BASELINE_LOAD = r"""
 import resource, sys, time, json
-from gradience.audit.loading import SafetensorsFile
+from gradience.audit.weights import SafetensorsFile
 t0 = time.perf_counter()
 f = SafetensorsFile(sys.argv[1] + "/adapter_model.safetensors")
 tot = 0.0
@@ -114,7 +114,7 @@ def _child(code: str, path: Path, *extra: str) -> dict[str, float]:
 def dense_svd_estimate(path: Path, layers: int) -> float:
     """Seconds for a dense SVD of B·A (float32 data, float64 SVD as an exact tool would),
     timed on one module of each distinct shape and extrapolated to all modules."""
-    from gradience.audit.loading import SafetensorsFile
+    from gradience.audit.weights import SafetensorsFile
 
     f = SafetensorsFile(path / "adapter_model.safetensors")
     total = 0.0

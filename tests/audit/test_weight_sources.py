@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gradience.audit import audit_adapter
-from gradience.audit.loading import SafetensorsFile
+from gradience.audit.weights import SafetensorsFile
 
 from ..conftest import shared_path
 

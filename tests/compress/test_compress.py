@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gradience.audit.compress import compress_adapter, exact_patterns
-from gradience.audit.loading import SafetensorsFile
 from gradience.audit.naming import resolve_rank_alpha
+from gradience.audit.weights import SafetensorsFile
 from gradience.errors import AdapterFormatError
 
 from ..audit._helpers import make_adapter, stored

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from gradience.audit.compress import compress_adapter  # noqa: E402
-from gradience.audit.loading import SafetensorsFile  # noqa: E402
+from gradience.audit.weights import SafetensorsFile  # noqa: E402
 
 TOL = 1e-6  # relative Frobenius error against the float64 oracle
 

@@ -3,8 +3,8 @@
 The core never imports torch: safetensors adapters (fp32/fp16/bf16) are parsed directly.
 """
 
+from .adapter_config import AdapterConfig, load_adapter_config
 from .core import AuditResult, audit_adapter, open_adapter
-from .loading import AdapterConfig, load_adapter_config
 from .rows import AuditLayer
 from .spectrum import factored_svd, singular_values
 

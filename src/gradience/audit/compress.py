@@ -21,11 +21,11 @@ import numpy as np
 
 from ..errors import AdapterFormatError, UsageError
 from .core import LoadedAdapter, iter_spectra, map_factor_batches, open_adapter
-from .loading import LoraModule, SafetensorsFile
 from .metrics import energy_rank, percentile
 from .naming import exact_patterns, resolve_rank_alpha
 from .spectrum import truncated_factors
 from .suggest import allocate, alpha_for, peft_pattern, per_module_suggestion, round_up_rank
+from .weights import LoraModule, SafetensorsFile
 
 __all__ = ["STRATEGIES", "compress_adapter", "exact_patterns"]  # exact_patterns re-exported
 

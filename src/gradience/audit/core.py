@@ -17,20 +17,12 @@ import numpy as np
 from ..errors import AdapterFormatError, UsageError
 from ..telemetry.sections import AuditSummary
 from . import metrics as M
-from .loading import (
-    AdapterConfig,
-    LoraModule,
-    SafetensorsFile,
-    TorchBinFile,
-    load_adapter_config,
-    open_weights,
-    resolve_adapter_paths,
-    scan_modules,
-)
+from .adapter_config import AdapterConfig, load_adapter_config, resolve_adapter_paths
 from .naming import layer_index, layer_key, module_type, resolve_rank_alpha
 from .rows import AuditLayer
 from .spectrum import _blas_controller, singular_values_from_grams, streamed_gram
 from .suggest import allocate, per_module_suggestion, round_up_rank
+from .weights import LoraModule, SafetensorsFile, TorchBinFile, open_weights, scan_modules
 
 __all__ = ["AuditLayer", "AuditResult", "AuditSummary", "LoadedAdapter", "audit_adapter", "iter_spectra", "map_factor_batches", "open_adapter"]
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GradienceError
-from .loading import SafetensorsFile
+from .weights import SafetensorsFile
 
 __all__ = ["SIGMA1_TOL", "BaseWeights", "attach_udr", "fro_norm", "resolve_base_model", "sigma_max"]
 

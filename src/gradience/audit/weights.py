@@ -1,10 +1,13 @@
-"""Read PEFT LoRA adapters without torch.
+"""Read the weights of PEFT LoRA adapters without torch, and pair their factors into modules.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header
 (``name -> {dtype, shape, data_offsets}``) and a flat data section. We parse the header
 ourselves and read one tensor at a time with ``pread`` into anonymous memory, so fp32,
 fp16 and bf16 adapters load without torch and the process never maps (or copies) the
 whole file. ``.bin`` checkpoints need torch and are opened with ``weights_only=True``.
+:func:`scan_modules` pairs every ``lora_A`` with its ``lora_B`` (and a DoRA magnitude) into a
+:class:`LoraModule` with the update's geometry. The adapter's config is read by
+:mod:`.adapter_config`.
 """
 
 from __future__ import annotations
@@ -16,29 +19,24 @@ import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import AdapterFormatError, ConfigError, require
+from ..errors import AdapterFormatError, require
 
 __all__ = [
-    "AdapterConfig",
+    "FLOAT_DTYPES",
     "LoraModule",
     "ModuleScan",
     "SafetensorsFile",
     "TensorSource",
     "TorchBinFile",
-    "load_adapter_config",
     "open_weights",
-    "resolve_adapter_paths",
     "scan_modules",
 ]
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 # safetensors dtype -> (numpy storage dtype, itemsize). bf16 is stored as uint16 and widened.
 _DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
@@ -55,147 +53,6 @@ _DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 _MAX_HEADER = 100 * 1024 * 1024
-
-
-# ---------------------------------------------------------------------------------------
-# adapter_config.json
-# ---------------------------------------------------------------------------------------
-@dataclass
-class AdapterConfig:
-    """The fields of a PEFT ``LoraConfig`` that the audit needs (older files may lack some).
-
-    ``lora_alpha`` and ``r`` are the global values; ``rank_pattern`` / ``alpha_pattern``
-    override them per module with PEFT's key-matching rules (see :mod:`.naming`).
-    """
-
-    r: int = 8
-    lora_alpha: float = 8.0
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
-    use_rslora: bool = False
-    use_dora: bool = False
-    fan_in_fan_out: bool = False
-    target_modules: Any = None
-    modules_to_save: Any = None
-    base_model_name_or_path: str | None = None
-    peft_type: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> AdapterConfig:
-        where = path if path is not None else "adapter config"
-        peft_type = d.get("peft_type")
-        if peft_type is not None and str(peft_type).upper() not in ("LORA",):
-            raise ConfigError(
-                f"peft_type {peft_type!r} is not LoRA; the audit reads LoRA adapters (B·A updates) only",
-                path=where,
-            )
-
-        def num(key: str, default: float | None) -> float | None:
-            v = d.get(key, default)
-            if v is None:
-                return default
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{key} must be a number, got {v!r}", path=where)
-            return float(v)
-
-        r = num("r", 8.0)
-        assert r is not None
-        # Very old configs wrote "alpha"; a missing alpha means PEFT's default (8).
-        alpha = num("lora_alpha", None)
-        if alpha is None:
-            alpha = num("alpha", 8.0)
-        assert alpha is not None
-
-        def pattern(key: str) -> dict[str, Any]:
-            v = d.get(key) or {}
-            if not isinstance(v, Mapping):
-                raise ConfigError(f"{key} must be an object mapping module names to numbers", path=where)
-            out = {}
-            for k, val in v.items():
-                if isinstance(val, bool) or not isinstance(val, (int, float)):
-                    raise ConfigError(f"{key}[{k!r}] must be a number, got {val!r}", path=where)
-                out[str(k)] = val
-            return out
-
-        return cls(
-            r=int(r),
-            lora_alpha=alpha,
-            rank_pattern={k: int(v) for k, v in pattern("rank_pattern").items()},
-            alpha_pattern={k: float(v) for k, v in pattern("alpha_pattern").items()},
-            use_rslora=bool(d.get("use_rslora") or False),
-            use_dora=bool(d.get("use_dora") or False),
-            fan_in_fan_out=bool(d.get("fan_in_fan_out") or False),
-            target_modules=d.get("target_modules"),
-            modules_to_save=d.get("modules_to_save"),
-            base_model_name_or_path=d.get("base_model_name_or_path") or None,
-            peft_type=str(peft_type) if peft_type is not None else None,
-            raw=dict(d),
-            path=path,
-        )
-
-
-def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
-    """Parse ``adapter_config.json`` (a clear :class:`ConfigError` for anything unreadable)."""
-    p = Path(path)
-    if not p.exists():
-        raise AdapterFormatError("adapter config not found", path=p,
-                                 hint="a PEFT adapter directory holds adapter_config.json (save_pretrained writes it)")
-    if p.is_dir():
-        raise AdapterFormatError("expected a file, got a directory", path=p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdapterFormatError(f"cannot read adapter config: {exc}", path=p) from None
-    if not text.strip():
-        raise AdapterFormatError("adapter config is empty (zero-size file)", path=p)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"adapter config is not valid JSON ({exc.msg} at line {exc.lineno})", path=p) from None
-    if not isinstance(data, dict):
-        raise ConfigError("adapter config must be a JSON object", path=p)
-    return AdapterConfig.from_dict(data, path=p)
-
-
-def resolve_adapter_paths(
-    peft_dir: str | os.PathLike[str] | None = None,
-    adapter_config: str | os.PathLike[str] | None = None,
-    weights: str | os.PathLike[str] | None = None,
-) -> tuple[Path, Path]:
-    """Return ``(config_path, weights_path)``; safetensors preferred over ``.bin``."""
-    if peft_dir is None and adapter_config is None and weights is None:
-        raise AdapterFormatError("no adapter given", hint="pass --peft-dir DIR (or --adapter-config and --weights)")
-    d = Path(peft_dir) if peft_dir is not None else None
-    if d is not None:
-        if not d.exists():
-            raise AdapterFormatError("adapter directory not found", path=d)
-        if not d.is_dir():
-            raise AdapterFormatError("expected an adapter directory", path=d,
-                                     hint="pass the folder that holds adapter_config.json, or use --weights FILE")
-    if adapter_config is not None:
-        cfg = Path(adapter_config)
-    elif d is not None:
-        cfg = d / CONFIG_NAME
-    else:
-        cfg = Path(weights).parent / CONFIG_NAME  # type: ignore[arg-type]
-    if weights is not None:
-        w = Path(weights)
-    else:
-        base = d if d is not None else cfg.parent
-        found = [base / n for n in WEIGHT_NAMES if (base / n).exists()]
-        if not found:
-            raise AdapterFormatError(
-                "no adapter weights found (adapter_model.safetensors or adapter_model.bin)", path=base,
-                hint="point --peft-dir at the folder written by save_pretrained, or pass --weights FILE")
-        w = found[0]
-    if not cfg.exists():
-        raise AdapterFormatError("adapter config not found", path=cfg,
-                                 hint="the audit needs adapter_config.json for r and alpha; pass --adapter-config FILE")
-    if not w.exists():
-        raise AdapterFormatError("adapter weights not found", path=w)
-    return cfg, w
 
 
 # ---------------------------------------------------------------------------------------
