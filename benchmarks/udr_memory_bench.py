@@ -31,7 +31,7 @@ from pathlib import Path
 mode, root = sys.argv[1], Path(sys.argv[2])
 t0 = time.perf_counter()
 if mode == "read":
-    from gradience.audit.udr import BaseWeights
+    from gradience.audit.base_model import BaseWeights
     b = BaseWeights(root / "base", "bench")
     w = b.read2d(NAME + ".weight")
     out = {"shape": list(w.shape)}

@@ -12,8 +12,8 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from gradience.audit import audit_adapter  # noqa: E402
+from gradience.audit.lanczos import SIGMA1_TOL  # noqa: E402
 from gradience.audit.naming import module_type, pattern_key  # noqa: E402
-from gradience.audit.udr import SIGMA1_TOL  # noqa: E402
 
 
 def _tiny(kind: str):

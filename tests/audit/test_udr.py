@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from gradience.audit import audit_adapter
+from gradience.audit import lanczos as L
 from gradience.audit import udr as U
+from gradience.audit.base_model import BaseWeights
 
 from ._helpers import make_adapter, write_safetensors
 
@@ -60,7 +62,7 @@ def test_cache_key_follows_mtime_and_content(tmp_path):
     path = base / "model.safetensors"
 
     def key() -> str:
-        b = U.BaseWeights(base, "m")
+        b = BaseWeights(base, "m")
         try:
             return b.fingerprint()
         finally:
@@ -85,7 +87,7 @@ def test_cache_is_hit_when_nothing_changed(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("base norms recomputed although cached")
 
-    monkeypatch.setattr(U, "sigma_max", boom)
+    monkeypatch.setattr(U, "sigma_max_checked", boom)
     monkeypatch.setattr(U, "fro_norm", boom)
     again = audit_adapter(adapter, base_model=base, base_norms_cache=cache).layers[0]
     assert again["udr"] == first["udr"] and len(list(cache.iterdir())) == 1
@@ -145,7 +147,7 @@ def test_one_component_suffix_does_not_map_a_longer_name(tmp_path):
     rng = np.random.default_rng(4)
     (tmp_path / "base").mkdir()
     write_safetensors(tmp_path / "base" / "model.safetensors", {"dense.weight": rng.standard_normal((8, 8))})
-    b = U.BaseWeights(tmp_path / "base", "m")
+    b = BaseWeights(tmp_path / "base", "m")
     try:
         assert b.match("dense") == "dense.weight"
         assert b.match("encoder.layer.0.output.dense") is None
@@ -173,15 +175,15 @@ def _spectrum_matrix(kind: str, m: int = 600, n: int = 400) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["gaussian", "decaying", "cluster"])
 def test_sigma_max_is_within_the_stated_tolerance(kind):
     w = _spectrum_matrix(kind)
-    got = U.sigma_max(w)
+    got = L.sigma_max(w)
     ref = _dense_sigma1(w)
-    assert abs(got - ref) <= U.SIGMA1_TOL * ref, (got, ref, abs(got - ref) / ref)
+    assert abs(got - ref) <= L.SIGMA1_TOL * ref, (got, ref, abs(got - ref) / ref)
 
 
 @pytest.mark.parametrize("shape,block", [((1, 7), 8), ((37, 5), 40), ((37, 5), 1 << 20), ((300, 129), 4096)])
 def test_fro_norm_in_row_blocks_matches_a_dense_norm(shape, block):
     w = (np.random.default_rng(6).standard_normal(shape) * 1e3).astype(np.float32)
-    assert U.fro_norm(w, block_bytes=block) == pytest.approx(float(np.linalg.norm(w.astype(np.float64))),
+    assert L.fro_norm(w, block_bytes=block) == pytest.approx(float(np.linalg.norm(w.astype(np.float64))),
                                                              rel=1e-13)
 
 
@@ -233,14 +235,14 @@ def test_sharded_base_gives_the_same_udrs(tmp_path):
 
 def test_unconverged_sigma_is_flagged_and_reads_as_an_upper_bound_on_udr(tmp_path, monkeypatch):
     w = _spectrum_matrix("cluster")
-    s1, ok = U.sigma_max_checked(w, max_steps=3)
+    s1, ok = L.sigma_max_checked(w, max_steps=3)
     assert not ok and s1 <= _dense_sigma1(w) * (1 + 1e-9)  # a Ritz value: never above σ₁
-    assert U.sigma_max_checked(w)[1] and U.sigma_max_checked(w[:5, :4], max_steps=3)[1] is False
-    assert U.sigma_max_checked(w[:3, :3], max_steps=3)[1]  # the Krylov space is exhausted: exact
+    assert L.sigma_max_checked(w)[1] and L.sigma_max_checked(w[:5, :4], max_steps=3)[1] is False
+    assert L.sigma_max_checked(w[:3, :3], max_steps=3)[1]  # the Krylov space is exhausted: exact
 
     adapter, base, cache, _ = _cache_case(tmp_path)
     exact = audit_adapter(adapter, base_model=base).layers[0]["udr"]
-    monkeypatch.setattr(U, "_MAX_STEPS", 2)
+    monkeypatch.setattr(L, "MAX_STEPS", 2)
     res = audit_adapter(adapter, base_model=base, base_norms_cache=cache)
     issue = next(i for i in res.summary["issues"] if i["code"] == "UDR_SIGMA_APPROX")
     assert issue["count"] == 1 and f"{Q}.weight" in issue["message"]
@@ -248,7 +250,7 @@ def test_unconverged_sigma_is_flagged_and_reads_as_an_upper_bound_on_udr(tmp_pat
     # Served from the cache, the flag survives; with enough steps the issue is gone.
     again = audit_adapter(adapter, base_model=base, base_norms_cache=cache)
     assert any(i["code"] == "UDR_SIGMA_APPROX" for i in again.summary["issues"])
-    monkeypatch.setattr(U, "_MAX_STEPS", 120)
+    monkeypatch.setattr(L, "MAX_STEPS", 120)
     assert not any(i["code"] == "UDR_SIGMA_APPROX" for i in audit_adapter(adapter, base_model=base).summary["issues"])
 
 
