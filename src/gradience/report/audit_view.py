@@ -22,6 +22,7 @@ from typing import Any, TypeGuard
 from ..audit import audit_adapter
 from ..audit.suggest import peft_pattern, round_up_rank
 from ..errors import GradienceError
+from ..telemetry.sections import AuditSummary
 
 __all__ = ["AUDIT_COMMAND", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
 
@@ -162,7 +163,9 @@ class AuditView:
     """Display tables derived from one audit dict."""
 
     source: str  # "file" | "peft-dir" | "telemetry"
-    summary: dict[str, Any]
+    # The audit's summary keys (read leniently from the file or event); the file's other top-level
+    # keys (adapter, per_layer_suggestion, ...) are in its extras.
+    summary: AuditSummary
     modules: list[ModuleRow] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)  # "q_proj (attn)" ordered by type then name
     layers: list[int | None] = field(default_factory=list)
@@ -191,9 +194,11 @@ class AuditView:
     def udr_summary(self) -> dict[str, Any]:
         """The audit's UDR figures (count, mean, median, p90, max, fractions above 0.1 / 0.3)."""
         s = self.summary
-        out: dict[str, Any] = {k: _num(s.get(k)) for k in ("udr_mean", "udr_median", "udr_p90", "udr_max",
-                                                            "fraction_udr_gt_0_1", "fraction_udr_gt_0_3")}
-        out["n"] = s.get("n_layers_with_udr") if _is_int(s.get("n_layers_with_udr")) else None
+        out: dict[str, Any] = {
+            "udr_mean": _num(s.udr_mean), "udr_median": _num(s.udr_median), "udr_p90": _num(s.udr_p90),
+            "udr_max": _num(s.udr_max), "fraction_udr_gt_0_1": _num(s.fraction_udr_gt_0_1),
+            "fraction_udr_gt_0_3": _num(s.fraction_udr_gt_0_3), "n": s.n_layers_with_udr,
+        }
         return {k: v for k, v in out.items() if v is not None}
 
     @property
@@ -292,39 +297,39 @@ def _by_type(block: Any) -> list[TypeRow]:
 
 def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) -> AuditView:
     """Heatmap grids (layer × module), suggested ranks with parameter savings, spectra picks."""
-    summary = {k: v for k, v in audit.items() if k != "layers"}
+    summary = AuditSummary.from_dict({k: v for k, v in audit.items() if k != "layers"})
     view = AuditView(source=source, summary=summary)
-    use_rslora = summary.get("use_rslora") is True
+    use_rslora = summary.use_rslora is True
     rows = [_row(r, use_rslora) for r in audit.get("layers") or [] if isinstance(r, dict)]
     view.modules = rows
-    view.by_type = _by_type(summary.get("by_type"))
-    total = summary.get("total_lora_params")
-    view.total_params = int(total) if isinstance(total, (int, float)) and not isinstance(total, bool) else None
-    suggestion = summary.get("per_layer_suggestion")
+    view.by_type = _by_type(summary.by_type)
+    view.total_params = summary.total_lora_params
+    suggestion = summary.extras.get("per_layer_suggestion")
     if isinstance(suggestion, dict) and isinstance(suggestion.get("rank_pattern"), dict):
         view.peft_fragment = {k: suggestion.get(k) for k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern")}
         if not isinstance(view.peft_fragment["alpha_pattern"], dict):
             view.peft_fragment["alpha_pattern"] = {}
     elif rows:
         view.peft_fragment = peft_fragment(rows, use_rslora)
-    default_r = summary.get("suggested_r_per_layer_default")
-    if _is_int(default_r):
+    default_r = summary.suggested_r_per_layer_default
+    if default_r is not None:
         view.per_module_default_r = default_r
     elif view.peft_fragment is not None and _is_int(view.peft_fragment.get("r")):
         view.per_module_default_r = view.peft_fragment["r"]
-    if _is_int(summary.get("per_layer_params_after")):
-        view.per_module_params_after = summary["per_layer_params_after"]
+    if summary.per_layer_params_after is not None:
+        view.per_module_params_after = summary.per_layer_params_after
+    # The audit's uniform suggestions: (label, percentile, suggested r, LoRA parameters at that r).
+    uniform = (("median", 50, summary.suggested_r_global_median, summary.suggested_params_global_median),
+               ("p90", 90, summary.suggested_r_global_90, summary.suggested_params_global_90))
     if not rows:
-        r_cur = summary.get("r")
-        for key, label in (("suggested_r_global_median", "median"), ("suggested_r_global_90", "p90")):
-            r_new = summary.get(key)
-            if not _is_int(r_new):
+        r_cur = summary.r
+        for label, _, r_new, given in uniform:
+            if r_new is None:
                 continue
-            given = summary.get(key.replace("suggested_r_", "suggested_params_"))
             kept: int | None = None
-            if _is_int(given):
+            if given is not None:
                 kept = given
-            elif view.total_params and _is_int(r_cur) and r_cur > 0:
+            elif view.total_params and r_cur is not None and r_cur > 0:
                 kept = round(view.total_params * min(r_new, r_cur) / r_cur)
             frac = 1 - kept / view.total_params if kept is not None and view.total_params else None
             view.uniform.append(UniformOption(label, r_new, kept, frac))
@@ -364,14 +369,12 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
         view.per_module_params_after = sum(round(p * r_s / r) for p, r, r_s in sized)
     k90s = [m.k90 for m in rows if m.k90 is not None]
     r_max = max((m.r for m in rows if m.r), default=None)
-    for key, label, q in (("suggested_r_global_median", "median", 50), ("suggested_r_global_90", "p90", 90)):
-        given = summary.get(key)
-        r_new = given if isinstance(given, int) else _suggest(percentile(k90s, q), r_max)
+    for label, q, given, audit_after in uniform:
+        r_new = given if given is not None else _suggest(percentile(k90s, q), r_max)
         if r_new is None:
             continue
         after: int | None = None
-        audit_after = summary.get(key.replace("suggested_r_", "suggested_params_"))
-        if _is_int(audit_after) and isinstance(given, int):
+        if audit_after is not None and given is not None:
             after = audit_after
         elif all_sized:
             after = sum(round(p * min(r_new, r) / r) for p, r, _ in sized)

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..errors import GradienceError, UsageError
 from ..policy import run_recommendations
-from ..telemetry.sections import AuditSummary
 from ..telemetry.snapshot import SignalSnapshot
 from .audit_view import AuditView, audit_from_peft_dir, build_audit_view, load_audit_json, validate_audit
 from .collect import DEFAULT_MAX_POINTS, RunData, collect_run
@@ -94,7 +93,7 @@ def build_report(
     policy_snap = snap
     if view is not None and not snap.lora_audit:
         # Let the run rules see the audit the user supplied (e.g. compress_rank), summary only.
-        policy_snap = dataclasses.replace(snap, lora_audit=AuditSummary.from_dict(view.summary))
+        policy_snap = dataclasses.replace(snap, lora_audit=view.summary)
     return Report(run=run, audit=view, recommendations=policy_recommendations(policy_snap), rec_source="policy",
                   recorded_recommendations=list(snap.recommendations))
 

@@ -304,6 +304,11 @@ def _peft_fragment(view: AuditView) -> str:
             "it.</p>" + pre)
 
 
+def _or(value: Any, fallback: Any) -> Any:
+    """The audit's own figure when it has one, else the one derived here."""
+    return value if value is not None else fallback
+
+
 def _udr(view: AuditView) -> str:
     s = view.summary
     udr = charts.udr_histogram(view)
@@ -313,9 +318,9 @@ def _udr(view: AuditView) -> str:
         vals = view.udr_values
         return "<h3>Update dominance (UDR)</h3>" + _fig(udr, guide) + _kv([
             ("modules with UDR", F.num(len(vals))),
-            ("median / p90 / max", f"{F.num(s.get('udr_median', percentile(vals, 50)))} / "
-                                   f"{F.num(s.get('udr_p90', percentile(vals, 90)))} / "
-                                   f"{F.num(s.get('udr_max', max(vals)))}"),
+            ("median / p90 / max", f"{F.num(_or(s.udr_median, percentile(vals, 50)))} / "
+                                   f"{F.num(_or(s.udr_p90, percentile(vals, 90)))} / "
+                                   f"{F.num(_or(s.udr_max, max(vals)))}"),
             ("fraction UDR > 0.1", F.pct(sum(v > 0.1 for v in vals) / len(vals))),
             ("fraction UDR > 0.3", F.pct(sum(v > 0.3 for v in vals) / len(vals)))])
     u = view.udr_summary
@@ -327,8 +332,8 @@ def _udr(view: AuditView) -> str:
             ("fraction UDR > 0.1", F.pct(u.get("fraction_udr_gt_0_1"))),
             ("fraction UDR > 0.3", F.pct(u.get("fraction_udr_gt_0_3"))),
         ]) + f'<p class="note">{esc(guide)}</p>'
-    reason = s.get("udr_skipped_reason")
-    if isinstance(reason, str) and reason:
+    reason = s.udr_skipped_reason
+    if reason:
         return f'<h3>Update dominance (UDR)</h3><p class="note">Not computed: {esc(reason)}.</p>'
     return ""
 
@@ -351,11 +356,11 @@ def _audit(rep: Report) -> str:
            "given": "supplied audit"}.get(view.source, view.source)
     kp = _kpis([
         ("LoRA params", F.num(view.total_params)),
-        ("modules", F.num(s.get("n_layers", len(view.modules) or None))),
-        ("utilization mean", F.num(s.get("utilization_mean"), 3)),
-        ("stable rank mean", F.num(s.get("stable_rank_mean"), 3)),
-        ("effective rank mean", F.num(s.get("effective_rank_mean"), 3)),
-        ("k@90% p50 / p90", f"{F.num(s.get('energy_rank_90_p50'))} / {F.num(s.get('energy_rank_90_p90'))}"),
+        ("modules", F.num(_or(s.n_layers, len(view.modules) or None))),
+        ("utilization mean", F.num(s.utilization_mean, 3)),
+        ("stable rank mean", F.num(s.stable_rank_mean, 3)),
+        ("effective rank mean", F.num(s.effective_rank_mean, 3)),
+        ("k@90% p50 / p90", f"{F.num(s.energy_rank_90_p50)} / {F.num(s.energy_rank_90_p90)}"),
     ])
     out = [f'<p class="note">Source: {esc(src)}.</p>', kp]
     if not view.has_layers:
@@ -363,7 +368,7 @@ def _audit(rep: Report) -> str:
                    f"per-module rows, which this audit does not have: {PER_MODULE_HINT}.</p>")
     # Suggested ranks with savings.
     rows = []
-    cur_r = s.get("r") or max((m.r for m in view.modules if m.r), default=None)
+    cur_r = s.r or max((m.r for m in view.modules if m.r), default=None)
     for opt in view.uniform:
         rows.append((f"uniform r={opt.r} ({opt.label} of k@90%)", F.num(opt.params_after), F.pct(opt.saving_fraction)))
     if view.per_module_params_after is not None:

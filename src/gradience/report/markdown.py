@@ -109,9 +109,9 @@ def render_markdown(rep: Report) -> str:
         s = view.summary
         L += ["### LoRA audit", ""]
         L += _table(("LoRA params", "modules", "utilization mean", "stable rank mean", "k@90% p50 / p90"), [(
-            F.num(view.total_params), F.num(s.get("n_layers", len(view.modules) or None)),
-            F.num(s.get("utilization_mean"), 3), F.num(s.get("stable_rank_mean"), 3),
-            f"{F.num(s.get('energy_rank_90_p50'))} / {F.num(s.get('energy_rank_90_p90'))}")])
+            F.num(view.total_params), F.num(s.n_layers if s.n_layers is not None else (len(view.modules) or None)),
+            F.num(s.utilization_mean, 3), F.num(s.stable_rank_mean, 3),
+            f"{F.num(s.energy_rank_90_p50)} / {F.num(s.energy_rank_90_p90)}")])
         srows = [(f"uniform r={o.r} ({o.label})", F.num(o.params_after), F.pct(o.saving_fraction)) for o in view.uniform]
         if view.per_module_params_after is not None:
             srows.append(("per-module ranks", F.num(view.per_module_params_after), F.pct(view.per_module_saving)))
