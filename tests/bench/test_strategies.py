@@ -91,3 +91,15 @@ def test_config_allowed_ranks_govern_the_uniform_and_per_layer_plans(tmp_path, a
                                         per_module_ranks=audit["per_module"]["ranks"])
     assert (med.r, p90.r, per_layer.r, per_layer.rank_pattern) == (want, want, want, {})
     assert med.alpha == 2.0 * want
+
+
+def test_plans_take_the_typed_audit_summary_too():
+    from gradience.errors import GradienceError
+    from gradience.telemetry.sections import AuditSummary
+
+    typed = AuditSummary(suggested_r_global_median=2, suggested_r_global_90=8)
+    assert plan_variants(typed, ["uniform_median"], probe_r=32, probe_alpha=64) == \
+        plan_variants(SUMMARY, ["uniform_median"], probe_r=32, probe_alpha=64)
+    with pytest.raises(GradienceError, match="no suggested global ranks"):
+        plan_variants({"suggested_r_global_median": None, "suggested_r_global_90": None}, ["uniform_median"],
+                      probe_r=32, probe_alpha=64)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import GradienceError
+from ..telemetry.sections import AuditSummary
 
 __all__ = ["VariantPlan", "peft_module_key", "plan_variants"]
 
@@ -85,7 +86,7 @@ def _pattern_plan(strategy: str, ranks: Mapping[str, int], ratio: float, probe_r
                        alpha_pattern=alpha_pattern, control=control, note=note)
 
 
-def plan_variants(summary: Mapping[str, Any], strategies: Sequence[str], *, probe_r: int, probe_alpha: float,
+def plan_variants(summary: AuditSummary | Mapping[str, Any], strategies: Sequence[str], *, probe_r: int, probe_alpha: float,
                   per_module_ranks: Mapping[str, int] | None = None,
                   budget_ranks: Mapping[str, int] | None = None, truncate_rank: int | None = None,
                   truncate_energy: float | None = None) -> list[VariantPlan]:
@@ -96,14 +97,18 @@ def plan_variants(summary: Mapping[str, Any], strategies: Sequence[str], *, prob
     allocation and truncation choose their own ranks. Nothing here rounds again.
 
     Args:
-        summary: the audit summary (``suggested_r_global_median``, ``suggested_r_global_90``, ...).
+        summary: the audit summary (its ``suggested_r_global_median`` and ``suggested_r_global_90``),
+            typed or as recorded in the bench's audit file.
         per_module_ranks: per-module suggested ranks (module name -> rank) for ``per_layer``.
         budget_ranks: per-module ranks from the budgeted allocation for ``budget``.
         truncate_rank / truncate_energy: SVD truncation target (default: the median suggestion).
     """
     ratio = float(probe_alpha) / float(probe_r)
-    med = int(summary["suggested_r_global_median"])
-    p90 = int(summary["suggested_r_global_90"])
+    audit = AuditSummary.from_dict(summary)
+    med, p90 = audit.suggested_r_global_median, audit.suggested_r_global_90
+    if med is None or p90 is None:
+        raise GradienceError("the probe audit has no suggested global ranks (suggested_r_global_median/_90)",
+                             hint="the probe adapter's update is zero or non-finite everywhere; check the probe run")
     plans: list[VariantPlan] = []
     for s in strategies:
         if s == "uniform_median":
