@@ -9,7 +9,7 @@ import numpy as np
 
 from gradience.audit import AuditLayer, audit_adapter
 from gradience.telemetry import TelemetryReader, TelemetryWriter
-from gradience.telemetry.sections import AuditSummary
+from gradience.telemetry.sections import AuditIssue, AuditSummary, LayerShare, TypeSummary
 
 from ._helpers import make_adapter
 
@@ -33,6 +33,10 @@ def test_audit_output_conforms_to_its_types(tmp_path):
     assert s.extras == {} and s.recorded == {}
     assert list(s.to_dict()) == [k for k in s.field_names() if k in s.to_dict()]
     assert isinstance(s.suggested_r_global_median, int) and isinstance(s.utilization_mean, float)
+    nested = [*(s.by_type or {}).values(), *(s.top_layers or []), *(s.issues or [])]
+    assert {type(x) for x in nested} == {TypeSummary, LayerShare, AuditIssue}
+    assert all(x.extras == {} and x.recorded == {} for x in nested)
+    assert {i.code for i in s.issues or []} >= {"NONFINITE_WEIGHTS", "ZERO_UPDATE"}
     for row in res.layers:
         assert isinstance(row, AuditLayer)
         assert row.extras == {} and row.recorded == {}
@@ -84,3 +88,11 @@ def test_a_field_set_after_reading_serialises_its_new_value():
     assert s.to_dict() == {"suggested_r_global_median": 4.0, "utilization_mean": "x"}
     s.suggested_r_global_median, s.utilization_mean = 2, 0.5
     assert s.to_dict() == {"suggested_r_global_median": 2, "utilization_mean": 0.5}
+
+
+def test_a_nested_block_of_another_shape_is_kept_as_recorded():
+    payload = {"by_type": {"attn": 0.3}, "issues": ["free text"], "top_layers": [{"layer": "0", "energy_share": 1.0}]}
+    s = AuditSummary.from_dict(payload)
+    assert s.by_type is None and s.issues is None
+    assert s.top_layers == [LayerShare(layer="0", energy_share=1.0)]
+    assert s.to_dict() == payload

@@ -137,9 +137,9 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     for col in ("type", "modules", "params", "stable\nrank", "util", "k@90\np50", "suggested\nr", "energy\nshare"):
         bt.add_column(col, justify="left" if col == "type" else "right")
     for typ, row in (s.by_type or {}).items():
-        bt.add_row(typ, str(row["n"]), fmt_num(row["params"]), fmt_num(row["stable_rank_mean"], 3),
-                   fmt_num(row["utilization_mean"], 3), fmt_num(row["energy_rank_90_p50"], 3),
-                   fmt_num(row["suggested_r_median"]), _pct(row["energy_share"]))
+        bt.add_row(typ, str(row.n), fmt_num(row.params), fmt_num(row.stable_rank_mean, 3),
+                   fmt_num(row.utilization_mean, 3), fmt_num(row.energy_rank_90_p50, 3),
+                   fmt_num(row.suggested_r_median), _pct(row.energy_share))
     c.print(bt)
     c.print()
 
@@ -221,7 +221,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     c.print()
     c.print("[bold]Where the update energy sits[/bold]")
     if s.energy_hhi is not None:
-        tops = ", ".join(f"{x['layer']} {_pct(x['energy_share'])}" for x in s.top_layers or [])
+        tops = ", ".join(f"{x.layer} {_pct(x.energy_share)}" for x in s.top_layers or [])
         c.print(f"  top layers: {tops}")
         c.print(f"  top 10% of modules hold {_pct(s.top10pct_energy_share)}; concentration HHI "
                 f"{fmt_num(s.energy_hhi, 3)} (even spread = {fmt_num(1 / max(s.n_modules_measured or 0, 1), 3)})")
@@ -243,9 +243,9 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
         c.print("[bold]Issues[/bold]")
         colors = {"error": "red", "warning": "yellow", "info": "cyan"}
         for it in issues:
-            col = colors.get(it.get("severity", "info"), "white")
-            c.print(f"  [{col}]{it['severity']}[/{col}] {it['code']}: ", end="")
-            c.print(it["message"], markup=False)
+            col = colors.get(it.severity or "info", "white")
+            c.print(f"  [{col}]{it.severity}[/{col}] {it.code}: ", end="")
+            c.print(it.message, markup=False)
     else:
         c.print("[green]No issues found.[/green]")
     if appended is not None:

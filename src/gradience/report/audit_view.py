@@ -22,7 +22,7 @@ from typing import Any, TypeGuard
 from ..audit import audit_adapter
 from ..audit.suggest import peft_pattern, round_up_rank
 from ..errors import GradienceError
-from ..telemetry.sections import AuditSummary
+from ..telemetry.sections import AuditSummary, TypeSummary
 
 __all__ = ["AUDIT_COMMAND", "AuditView", "audit_from_peft_dir", "build_audit_view", "load_audit_json"]
 
@@ -271,25 +271,20 @@ def peft_fragment(rows: list[ModuleRow], use_rslora: bool) -> dict[str, Any] | N
                         [int(m.suggested_r) for m in use if m.suggested_r is not None], use_rslora)
 
 
-def _by_type(block: Any) -> list[TypeRow]:
-    if not isinstance(block, dict):
-        return []
+def _by_type(block: dict[str, TypeSummary] | None) -> list[TypeRow]:
     out = []
-    for name, st in block.items():
-        if not isinstance(st, dict):
-            continue
-        n = st.get("n", st.get("n_modules", st.get("n_layers")))
-        params = st.get("params")
+    for name, st in (block or {}).items():
+        legacy_n = st.extras.get("n_modules", st.extras.get("n_layers"))  # the count's name in other writers
         out.append(TypeRow(
             name=str(name),
-            n=n if _is_int(n) else None,
-            params=params if _is_int(params) else None,
-            utilization=_num(st.get("utilization_mean")),
-            stable_rank=_num(st.get("stable_rank_mean")),
-            k90_p50=_num(st.get("energy_rank_90_p50")),
-            k90_p90=_num(st.get("energy_rank_90_p90")),
-            suggested_r=st["suggested_r_median"] if _is_int(st.get("suggested_r_median")) else None,
-            energy_share=_num(st.get("energy_share")),
+            n=st.n if st.n is not None else (legacy_n if _is_int(legacy_n) else None),
+            params=st.params,
+            utilization=_num(st.utilization_mean),
+            stable_rank=_num(st.stable_rank_mean),
+            k90_p50=_num(st.energy_rank_90_p50),
+            k90_p90=_num(st.energy_rank_90_p90),
+            suggested_r=st.suggested_r_median,
+            energy_share=_num(st.energy_share),
         ))
     out.sort(key=lambda t: (TYPE_ORDER.get(t.name, len(TYPE_ORDER)), t.name))
     return out

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..telemetry.sections import AuditIssue
 from . import _fmt as F
 from . import charts
 from .audit_view import AUDIT_COMMAND, AuditView, percentile
@@ -338,12 +339,12 @@ def _udr(view: AuditView) -> str:
     return ""
 
 
-def _audit_issue(issue: Any) -> str:
-    """``{code, severity, message}`` → ``info NON_LORA_TENSORS: message``; anything else as text."""
-    if isinstance(issue, dict) and issue.get("message"):
-        head = " ".join(str(issue[k]) for k in ("severity", "code") if issue.get(k))
-        return f"<b>{esc(head)}</b>: {esc(issue['message'])}" if head else esc(issue["message"])
-    return esc(F.value(issue))
+def _audit_issue(issue: AuditIssue) -> str:
+    """``info NON_LORA_TENSORS: message``; an issue without a message as its recorded object."""
+    if issue.message:
+        head = " ".join(v for v in (issue.severity, issue.code) if v)
+        return f"<b>{esc(head)}</b>: {esc(issue.message)}" if head else esc(issue.message)
+    return esc(F.value(issue.to_dict()))
 
 
 def _audit(rep: Report) -> str:
@@ -406,8 +407,8 @@ def _audit(rep: Report) -> str:
                                                   "params", "UDR"), mrows, numeric=(0, 3, 4, 5, 6, 7, 8)))
         if len(mods) > MAX_MODULE_ROWS:
             out.append(f'<p class="note">First {MAX_MODULE_ROWS} of {len(mods)} modules.</p>')
-    issues = s.get("issues")
-    if isinstance(issues, list) and issues:
+    issues = s.issues
+    if issues:
         out.append("<h3>Audit issues</h3><ul>" + "".join(f"<li>{_audit_issue(i)}</li>" for i in issues[:20]) + "</ul>")
     return "".join(out)
 

@@ -86,6 +86,17 @@ def _conform(annotation: str, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def _nested(sub: type[Record], value: Any, strict: bool) -> tuple[bool, Any]:
+    """A conforming container of objects read as records of ``sub``; any entry that is not an
+    object makes the whole value ill-typed (kept as recorded)."""
+    entries = value.values() if isinstance(value, dict) else value
+    if not all(isinstance(v, Mapping) for v in entries):
+        return False, value
+    if isinstance(value, dict):
+        return True, {k: sub.from_dict(v, strict=strict) for k, v in value.items()}
+    return True, [sub.from_dict(v, strict=strict) for v in value]
+
+
 @dataclass(eq=False)
 class Record:
     """Base of a typed JSON record (see the module docstring).
@@ -102,6 +113,8 @@ class Record:
     """
 
     OMIT_IF_NONE: ClassVar[frozenset[str]] = frozenset()
+    # Fields holding records: a ``dict[str, X]`` or ``list[X]`` of the record type X.
+    NESTED: ClassVar[dict[str, type[Record]]] = {}
 
     extras: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
     recorded: dict[str, tuple[Any, Any]] = field(default_factory=dict, repr=False, compare=False, kw_only=True)
@@ -165,6 +178,8 @@ class Record:
                 extras[key] = raw
                 continue
             ok, value = _conform(annotation, raw)
+            if ok and key in cls.NESTED and value is not None:
+                ok, value = _nested(cls.NESTED[key], value, strict)
             if not ok:
                 if strict:
                     raise ValueError(f"{cls.__name__}.{key}: {raw!r} is not {annotation}")

@@ -14,17 +14,21 @@ parameters, before clipping unless named ``clipped``; steps are optimizer steps 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .record import Record
+from .schema import real_number
 
 __all__ = [
+    "AuditIssue",
     "AuditSummary",
     "GradNormSummary",
     "GuardSummary",
+    "LayerShare",
     "LossSummary",
     "LrSummary",
     "SpectralSummary",
+    "TypeSummary",
 ]
 
 
@@ -143,6 +147,67 @@ class SpectralSummary(Record):
 
 
 @dataclass(eq=False)
+class TypeSummary(Record):
+    """The audit's figures for one module type (``attn``, ``mlp``, ``other``).
+
+    Fields:
+        n: modules of this type (all audited ones, measured or not).
+        params: their LoRA parameters.
+        stable_rank_mean: mean stable rank Σσ²/σ₁² over the measured modules of this type.
+        utilization_mean: mean stable_rank / r (0–1).
+        effective_rank_mean: mean exp(entropy of σ/Σσ).
+        energy_rank_90_p50 / energy_rank_90_p90: median and p90 of the energy rank at 90%.
+        suggested_r_median: ``energy_rank_90_p50`` rounded up to an allowed rank, capped at the
+            type's largest r.
+        energy_share: the type's share (0–1) of the update energy Σ‖s·B·A‖_F².
+        delta_sigma_max_mean: mean σ₁ of the scaled update s·B·A.
+    """
+
+    n: int | None = None
+    params: int | None = None
+    stable_rank_mean: float | None = None
+    utilization_mean: float | None = None
+    effective_rank_mean: float | None = None
+    energy_rank_90_p50: float | None = None
+    energy_rank_90_p90: float | None = None
+    suggested_r_median: int | None = None
+    energy_share: float | None = None
+    delta_sigma_max_mean: float | None = None
+
+
+@dataclass(eq=False)
+class LayerShare(Record):
+    """One entry of the audit's ``top_layers``.
+
+    Fields:
+        layer: the layer key (the transformer block index as text, or a name outside blocks).
+        energy_share: the layer's share (0–1) of the update energy.
+    """
+
+    layer: str | None = None
+    energy_share: float | None = None
+
+
+@dataclass(eq=False)
+class AuditIssue(Record):
+    """A finding about the adapter or the audit (``NONFINITE_WEIGHTS``, ``UDR_UNMAPPED``, ...).
+
+    Fields:
+        code: stable upper-case identifier.
+        severity: ``info``, ``warning`` or ``error``.
+        message: one line for people.
+        count: how many modules or tensors it concerns, when it is about several.
+    """
+
+    OMIT_IF_NONE = frozenset({"count"})
+
+    code: str | None = None
+    severity: str | None = None
+    message: str | None = None
+    count: int | None = None
+
+
+@dataclass(eq=False)
 class AuditSummary(Record):
     """The audit summary of one LoRA adapter: what ``gradience audit --json`` prints at its top
     level and what ``audit --append`` and the training callback log as ``metrics(kind="lora_audit")``.
@@ -175,14 +240,12 @@ class AuditSummary(Record):
         suggested_params_global_median / suggested_params_global_90: LoRA parameters at those ranks
             (each module at min(suggested, its r)).
         energy_rank_95_p50 / energy_rank_99_p50: medians of the energy ranks at 95% and 99%.
-        by_type: per module type (``attn``, ``mlp``, ``other``): ``n``, ``params``, the means of
-            stable rank, utilization, effective rank and scaled σ₁, the energy-rank p50/p90, its
-            ``suggested_r_median`` and the type's ``energy_share`` (0–1).
+        by_type: per module type (``attn``, ``mlp``, ``other``), see :class:`TypeSummary`.
         energy_total: Σ over measured modules of ‖s·B·A‖_F².
         energy_hhi: concentration index Σ share² over modules (1/n even, 1 all in one module).
         energy_hhi_layers: the same over layers.
         top10pct_energy_share: the energy share (0–1) of the top 10% of modules.
-        top_layers: the layers holding most energy, ``{"layer", "energy_share"}`` each, largest first.
+        top_layers: the layers holding most energy (:class:`LayerShare`), largest first.
         energy_by_layer: energy share (0–1) per layer key, in natural layer order.
         suggested_r_per_layer_default: the default ``r`` of the per-module suggestion (present
             only when one was made).
@@ -195,11 +258,13 @@ class AuditSummary(Record):
         sdi_mean / sdi_median / sdi_p90: log10 of the UDR.
         udr_f_mean / udr_f_median / udr_f_p90: the same ratio with Frobenius norms.
         fraction_udr_gt_0_1 / fraction_udr_gt_0_3: fraction (0–1) of modules with UDR above 0.1 / 0.3.
-        issues: findings ``{"code", "severity", "message"[, "count"]}`` about the adapter or the audit.
+        issues: findings about the adapter or the audit (:class:`AuditIssue`).
     """
 
     OMIT_IF_NONE = frozenset({"suggested_r_per_layer_default", "per_layer_params_after",
                               "per_layer_params_saved_fraction"})
+    NESTED: ClassVar[dict[str, type[Record]]] = {"by_type": TypeSummary, "top_layers": LayerShare,
+                                                 "issues": AuditIssue}
 
     n_layers: int | None = None
     total_lora_params: int | None = None
@@ -227,12 +292,12 @@ class AuditSummary(Record):
     suggested_params_global_90: int | None = None
     energy_rank_95_p50: float | None = None
     energy_rank_99_p50: float | None = None
-    by_type: dict[str, dict[str, Any]] | None = None
+    by_type: dict[str, TypeSummary] | None = None
     energy_total: float | None = None
     energy_hhi: float | None = None
     energy_hhi_layers: float | None = None
     top10pct_energy_share: float | None = None
-    top_layers: list[dict[str, Any]] | None = None
+    top_layers: list[LayerShare] | None = None
     energy_by_layer: dict[str, float] | None = None
     suggested_r_per_layer_default: int | None = None
     per_layer_params_after: int | None = None
@@ -252,11 +317,9 @@ class AuditSummary(Record):
     udr_f_p90: float | None = None
     fraction_udr_gt_0_1: float | None = None
     fraction_udr_gt_0_3: float | None = None
-    issues: list[dict[str, Any]] | None = None
+    issues: list[AuditIssue] | None = None
 
     def type_utilization(self, module_type: str) -> float | None:
-        """``by_type[module_type]["utilization_mean"]`` when recorded as a number, else ``None``."""
-        from .schema import real_number
-
+        """The mean utilization of one module type, when the audit has it."""
         entry = (self.by_type or {}).get(module_type)
-        return real_number(entry.get("utilization_mean")) if isinstance(entry, dict) else None
+        return real_number(entry.utilization_mean) if entry is not None else None

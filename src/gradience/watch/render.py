@@ -353,7 +353,7 @@ def audit_panel(v: WatchView, width: int) -> RenderableType:
         _line(f"{compact_count(a.total_lora_params)} params · util {num(a.utilization_mean, 2)}"
               f" · k90 p50 {num(a.energy_rank_90_p50, 3)}"),
     ]
-    types = _type_summary(a.by_type)
+    types = _type_summary(a.to_dict().get("by_type"))  # as recorded: other writers' shapes are shown too
     if types:
         lines.append(_line(_dim(types)))
     return Group(*lines)
