@@ -8,8 +8,15 @@ torch; training code loads it lazily.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import STRATEGIES, BenchConfig, config_from_dict, load_config
 from .verdicts import Policy, Score, SeedResult, judge, load_policy
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .protocol import BenchOutcome, Reporter
 
 __all__ = [
     "STRATEGIES",
@@ -25,8 +32,9 @@ __all__ = [
 ]
 
 
-def run_bench(*args, **kwargs):  # type: ignore[no-untyped-def]
+def run_bench(cfg: BenchConfig, output: str | Path, *, device: str = "auto",
+              reporter: Reporter | None = None) -> BenchOutcome:
     """See :func:`gradience.bench.protocol.run_bench` (imported lazily)."""
     from .protocol import run_bench as _run
 
-    return _run(*args, **kwargs)
+    return _run(cfg, output, device=device, reporter=reporter)

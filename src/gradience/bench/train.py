@@ -118,7 +118,9 @@ def build_model(cfg: BenchConfig, plan: VariantPlan, seed: int, model_path: str)
     if causal and getattr(base.config, "pad_token_id", None) is None:
         base.config.pad_token_id = base.config.eos_token_id
     lcfg = peft.LoraConfig(
-        r=plan.r, lora_alpha=plan.alpha, lora_dropout=cfg.lora.dropout,  # type: ignore[arg-type]
+        r=plan.r, lora_dropout=cfg.lora.dropout,
+        # PEFT annotates lora_alpha as int but uses it as a float (scale = alpha / r).
+        lora_alpha=plan.alpha,  # type: ignore[arg-type]
         target_modules=list(cfg.lora.target_modules), rank_pattern=dict(plan.rank_pattern),
         alpha_pattern=dict(plan.alpha_pattern), modules_to_save=cfg.lora.modules_to_save,
         task_type=peft.TaskType.CAUSAL_LM if causal else peft.TaskType.SEQ_CLS,
@@ -180,7 +182,7 @@ def _telemetry_callbacks(cfg: BenchConfig, plan: VariantPlan, seed: int, out_dir
         task_profile="easy_classification" if cfg.task.profile == "classification" else "hard_reasoning",
         notes=f"gradience bench {plan.strategy} seed {seed}", save_adapter=True, audit=audit)
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if on_step is not None:
                 on_step(int(state.global_step))
@@ -258,7 +260,7 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
 def _add_periodic_eval(trainer: Any, cfg: BenchConfig, data: TaskData, tok: Any, every: int, out_dir: Path) -> None:
     from transformers import TrainerCallback
 
-    class PeriodicEval(TrainerCallback):  # type: ignore[misc]
+    class PeriodicEval(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             if state.global_step % every == 0 and state.global_step < args.max_steps and model is not None:
                 m = evaluate_model(model, tok, data.eval, cfg)

@@ -377,7 +377,7 @@ def build_audit_view(audit: dict[str, Any], source: str, *, n_spectra: int = 3) 
         view.uniform.append(UniformOption(label, r_new, after, frac))
 
     with_sv = [m for m in rows if m.top_sv and m.utilization is not None]
-    with_sv.sort(key=lambda m: (m.utilization, m.name))  # type: ignore[arg-type, return-value]
+    with_sv.sort(key=lambda m: (m.utilization, m.name))
     n = min(n_spectra, len(with_sv) // 2) if len(with_sv) >= 2 else len(with_sv)
     view.least_used = with_sv[:n]
     view.most_used = list(reversed(with_sv[-n:])) if n else []

@@ -58,9 +58,6 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         yield Static(HELP_TEXT, id="help-text")
 
-    def action_dismiss(self) -> None:  # type: ignore[override]
-        self.dismiss(None)
-
 
 class PanelWidget(Widget):
     """A bordered panel whose body is a pure function of the app's current view."""
@@ -70,16 +67,18 @@ class PanelWidget(Widget):
                   padding: 0 1; height: 5; width: 1fr; }
     """
 
-    def __init__(self, builder: Callable[[WatchView, int], RenderableType], title: str | None,
-                 **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, builder: Callable[[WatchView, int], RenderableType], title: str | None, *,
+                 id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.builder = builder
         if title:
             self.border_title = title
 
     def render(self) -> RenderableType:
-        view = self.app.view  # type: ignore[attr-defined]
-        return self.builder(view, max(10, self.content_size.width))
+        app = self.app
+        if not isinstance(app, WatchApp):
+            raise TypeError("PanelWidget draws the view of the WatchApp it is mounted in")
+        return self.builder(app.view, max(10, self.content_size.width))
 
 
 class WatchApp(App[None]):
