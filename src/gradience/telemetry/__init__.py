@@ -14,6 +14,17 @@ from .schema import (
     TaskProfile,
     TrainingConfig,
 )
+from .sections import (
+    AuditIssue,
+    AuditSummary,
+    GradNormSummary,
+    GuardSummary,
+    LayerShare,
+    LossSummary,
+    LrSummary,
+    SpectralSummary,
+    TypeSummary,
+)
 from .snapshot import SignalSnapshot
 from .writer import TelemetryWriter
 
@@ -21,16 +32,25 @@ __all__ = [
     "ENVELOPE_KEYS",
     "EVENT_NAMES",
     "SCHEMA_ID",
+    "AuditIssue",
+    "AuditSummary",
     "ConfigSnapshot",
     "Event",
+    "GradNormSummary",
+    "GuardSummary",
+    "LayerShare",
     "LoRAConfig",
+    "LossSummary",
+    "LrSummary",
     "OptimizerConfig",
     "Recommendation",
     "Severity",
     "SignalSnapshot",
+    "SpectralSummary",
     "TaskProfile",
     "TelemetryIssue",
     "TelemetryReader",
     "TelemetryWriter",
     "TrainingConfig",
+    "TypeSummary",
 ]
