@@ -7,7 +7,7 @@ scripts/system-deps.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 echo "==> ruff" >&2
 "$BIN/ruff" check src tests benchmarks $( [ -d examples ] && echo examples )
-echo "==> mypy (core)" >&2
+echo "==> mypy (all of src)" >&2
 "$BIN/mypy"
 echo "==> pytest" >&2
 "$BIN/python" -m pytest "$@"
