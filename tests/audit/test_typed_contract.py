@@ -93,6 +93,9 @@ def test_a_field_set_after_reading_serialises_its_new_value():
 def test_a_nested_block_of_another_shape_is_kept_as_recorded():
     payload = {"by_type": {"attn": 0.3}, "issues": ["free text"], "top_layers": [{"layer": "0", "energy_share": 1.0}]}
     s = AuditSummary.from_dict(payload)
-    assert s.by_type is None and s.issues is None
+    assert s.by_type == {} and s.issues == []  # entries that are not objects are left out ...
     assert s.top_layers == [LayerShare(layer="0", energy_share=1.0)]
-    assert s.to_dict() == payload
+    assert s.to_dict() == payload  # ... and the blocks serialise as recorded
+    mixed = AuditSummary.from_dict({"by_type": {"attn": 0.3, "mlp": {"utilization_mean": 0.05}}})
+    assert mixed.type_utilization("mlp") == 0.05 and mixed.type_utilization("attn") is None
+    assert mixed.to_dict() == {"by_type": {"attn": 0.3, "mlp": {"utilization_mean": 0.05}}}

@@ -86,15 +86,18 @@ def _conform(annotation: str, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def _nested(sub: type[Record], value: Any, strict: bool) -> tuple[bool, Any]:
-    """A conforming container of objects read as records of ``sub``; any entry that is not an
-    object makes the whole value ill-typed (kept as recorded)."""
-    entries = value.values() if isinstance(value, dict) else value
-    if not all(isinstance(v, Mapping) for v in entries):
-        return False, value
+def _nested(sub: type[Record], value: Any, strict: bool) -> tuple[Any, bool]:
+    """``(records, exact)``: the objects of a conforming container read as records of ``sub``.
+    An entry that is not an object is left out (``exact`` is then false: the container as
+    recorded is what serialises)."""
     if isinstance(value, dict):
-        return True, {k: sub.from_dict(v, strict=strict) for k, v in value.items()}
-    return True, [sub.from_dict(v, strict=strict) for v in value]
+        out: Any = {k: sub.from_dict(v, strict=strict) for k, v in value.items() if isinstance(v, Mapping)}
+    else:
+        out = [sub.from_dict(v, strict=strict) for v in value if isinstance(v, Mapping)]
+    exact = len(out) == len(value)
+    if strict and not exact:
+        raise ValueError(f"{sub.__name__}: an entry is not an object")
+    return out, exact
 
 
 @dataclass(eq=False)
@@ -178,15 +181,16 @@ class Record:
                 extras[key] = raw
                 continue
             ok, value = _conform(annotation, raw)
+            exact = True
             if ok and key in cls.NESTED and value is not None:
-                ok, value = _nested(cls.NESTED[key], value, strict)
+                value, exact = _nested(cls.NESTED[key], value, strict)
             if not ok:
                 if strict:
                     raise ValueError(f"{cls.__name__}.{key}: {raw!r} is not {annotation}")
                 recorded[key] = raw
                 continue
             values[key] = value
-            if type(value) is not type(raw):
+            if type(value) is not type(raw) or not exact:
                 recorded[key] = raw
         out = cls(**values, extras=extras, key_order=tuple(data.keys()))
         out.recorded = {key: (raw, getattr(out, key)) for key, raw in recorded.items()}
