@@ -18,7 +18,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +110,8 @@ def audit_probe(adapter_dir: Path, cfg: BenchConfig) -> dict[str, Any]:
     from ..errors import UsageError
 
     first = audit_adapter(str(adapter_dir), udr=False)
-    summary = first.summary.to_dict()
-    total = first.summary.total_lora_params or 0
+    summary = first.summary
+    total = summary.total_lora_params or 0
     budget = max(1, int(cfg.compression.budget_fraction * total))
     note = None
     try:
@@ -126,14 +126,15 @@ def audit_probe(adapter_dir: Path, cfg: BenchConfig) -> dict[str, Any]:
     allowed = sorted(cfg.compression.allowed_ranks)
     if tuple(allowed) != tuple(ALLOWED_RANKS):
         measured = [r.to_dict() for r in result.layers if (r.frob_sq or 0) > 0]
-        per_module = per_module_suggestion(measured, bool(first.summary.use_rslora), allowed=allowed)
+        per_module = per_module_suggestion(measured, bool(summary.use_rslora), allowed=allowed)
         r_max = max(r.r or 0 for r in result.layers)
-        summary["suggested_r_global_median"] = round_up_rank(first.summary.energy_rank_90_p50, r_max, allowed)
-        summary["suggested_r_global_90"] = round_up_rank(first.summary.energy_rank_90_p90, r_max, allowed)
+        summary = replace(
+            summary, suggested_r_global_median=round_up_rank(summary.energy_rank_90_p50, r_max, allowed),
+            suggested_r_global_90=round_up_rank(summary.energy_rank_90_p90, r_max, allowed))
     alloc = dict(result.allocation or {})
     if note:
         alloc["note"] = note
-    return {"summary": summary, "per_module": per_module, "budget": alloc, "budget_params": budget}
+    return {"summary": summary.to_dict(), "per_module": per_module, "budget": alloc, "budget_params": budget}
 
 
 class _Runner:

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..numfmt import pct as _pct
 from ..telemetry.encoding import write_json_atomic as _write_json
+from ..telemetry.sections import AuditSummary
 from .verdicts import Policy, Score, SeedResult, delta_points, judge
 
 __all__ = ["BENCH_SCHEMA", "aggregate", "build_bench", "load_bench", "render_aggregate_md", "render_md",
@@ -119,10 +120,13 @@ def build_bench(cfg: Any, records: Mapping[int, Mapping[str, Mapping[str, Any]]]
                 variants.setdefault(name, {})[str(seed)] = _row(rec, p)
     audit_out = {}
     for seed, a in sorted(audits.items()):
-        s = a.get("summary", {})
-        audit_out[str(seed)] = {k: s.get(k) for k in (
-            "total_lora_params", "n_layers", "suggested_r_global_median", "suggested_r_global_90",
-            "energy_rank_90_p50", "energy_rank_90_p90", "stable_rank_mean", "utilization_mean")}
+        s = AuditSummary.from_dict(a.get("summary"))
+        audit_out[str(seed)] = {
+            "total_lora_params": s.total_lora_params, "n_layers": s.n_layers,
+            "suggested_r_global_median": s.suggested_r_global_median, "suggested_r_global_90": s.suggested_r_global_90,
+            "energy_rank_90_p50": s.energy_rank_90_p50, "energy_rank_90_p90": s.energy_rank_90_p90,
+            "stable_rank_mean": s.stable_rank_mean, "utilization_mean": s.utilization_mean,
+        }
         audit_out[str(seed)]["budget_params"] = a.get("budget_params")
         audit_out[str(seed)]["per_layer_ranks"] = (a.get("per_module") or {}).get("ranks")
         audit_out[str(seed)]["budget_ranks"] = (a.get("budget") or {}).get("ranks")
