@@ -183,7 +183,7 @@ def r_factors_from_gram(g: np.ndarray, factors: Callable[[np.ndarray], np.ndarra
             Q[i] = q
             R[i] = rr
         else:
-            R[i] = np.linalg.qr(xi, mode="r")  # type: ignore[assignment]
+            R[i] = np.linalg.qr(xi, mode="r")
     if bad.any():
         R[bad] = np.nan
     return R, Q, slow

@@ -38,7 +38,7 @@ class LazyGroup(click.Group):
         if entry is None:
             return super().get_command(ctx, cmd_name)
         module, attr, _ = entry
-        return getattr(import_module(module), attr)  # type: ignore[no-any-return]
+        return getattr(import_module(module), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

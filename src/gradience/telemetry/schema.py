@@ -185,7 +185,7 @@ class OptimizerConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> OptimizerConfig:
-        return _from_dict(cls, data)  # type: ignore[no-any-return]
+        return _from_dict(cls, data)
 
 
 @dataclass
@@ -211,7 +211,7 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> LoRAConfig:
-        return _from_dict(cls, data)  # type: ignore[no-any-return]
+        return _from_dict(cls, data)
 
 
 @dataclass
@@ -227,7 +227,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> TrainingConfig:
-        return _from_dict(cls, data)  # type: ignore[no-any-return]
+        return _from_dict(cls, data)
 
 
 @dataclass

@@ -168,7 +168,7 @@ class TelemetryWriter:
             self._ended = False
         elif name == Event.RUN_END.value:
             self._ended = True
-        return clean  # type: ignore[no-any-return]
+        return clean
 
     # -- helpers with the signatures of earlier releases -------------------------------
     def run_start(
