@@ -8,7 +8,8 @@ Framework-neutral; the HF callback and the plain-PyTorch controller drive it:
 2. ``guard.check(step, loss, grad_norm)`` *before* the optimizer step, on values already
    fetched to the host: non-finite loss, non-finite gradients (the total norm is NaN/Inf
    iff one gradient is), loss above ``violation_threshold``, a loss spike against a robust
-   running baseline, or a gradient-norm explosion. Under DDP/FSDP the trigger bits are
+   running baseline, or a gradient-norm explosion (these rules live torch-free in
+   :mod:`gradience.training.detect`, replayable offline). Under DDP/FSDP the trigger bits are
    all-reduced (MAX) so every rank takes the same decision at the same step.
 3. On a trigger the caller drops the gradients (``guard.drop_grads()``: the optimizer skips
    parameters without a gradient, so the poisoned update is never applied) and calls
@@ -21,7 +22,6 @@ Every decision is returned as events for the caller's telemetry writer.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ..telemetry.health import SpikeDetector
 from .config import GuardConfig
+from .detect import GuardDetector
 from .gradnorm import total_grad_norm
 from .snapshots import Snapshot, SnapshotRing
 
@@ -87,7 +87,7 @@ class TrainingGuard:
         self.scaler = scaler
         self.save_fn, self.load_fn, self.get_lr, self.set_lr = save_fn, load_fn, get_lr, set_lr
         self.ring = SnapshotRing(config.ring_size)
-        self.spikes = SpikeDetector(ratio=config.spike_ratio, k=config.spike_k, warmup=config.spike_warmup)
+        self.detector = GuardDetector(config)
         self.base_lrs = list(getattr(scheduler, "base_lrs", []) or [])
         self.lr_scale = 1.0
         self.rollbacks = 0
@@ -102,8 +102,11 @@ class TrainingGuard:
         self._awaiting_recovery = False
         self.trigger_counts: dict[str, int] = {}
         self.decisions: list[GuardDecision] = []
-        self.amp_overflows = 0  # steps left to the AMP scaler (non-finite grads, finite loss)
-        self._amp_streak = 0
+
+    @property
+    def amp_overflows(self) -> int:
+        """Steps left to the AMP scaler (non-finite gradients, finite loss; not faults)."""
+        return self.detector.amp_overflows
 
     # -- snapshots -----------------------------------------------------------------------
     def weights_finite(self) -> bool:
@@ -130,31 +133,16 @@ class TrainingGuard:
 
     # -- detection --------------------------------------------------------------------------
     def check(self, step: int, loss: float | None, grad_norm: float | None) -> list[str]:
-        """Trigger names for this step (empty = healthy). Same answer on every rank."""
+        """Trigger names for this step (empty = healthy). Same answer on every rank.
+
+        The loss/gradient-norm rules are :class:`~gradience.training.detect.GuardDetector`'s
+        (replayable offline); the guard adds the weight check and the all-reduce.
+        """
         cfg = self.config
-        flags = [False] * len(TRIGGERS)
-        if loss is not None and not math.isfinite(loss):
-            flags[0] = True
-        if grad_norm is not None and not math.isfinite(grad_norm):
-            flags[1] = True
-            if self._amp_scaler_enabled() and loss is not None and math.isfinite(loss):
-                # An fp16 overflow: the scaler skips this step and lowers its scale. The
-                # gradients stay as they are (the scaler must see the Inf), nothing is rolled
-                # back; only a streak longer than the tolerance is a fault.
-                self._amp_streak += 1
-                flags[1] = self._amp_streak > cfg.amp_overflow_tolerance
-                self.amp_overflows += not flags[1]
-        elif grad_norm is not None:
-            self._amp_streak = 0
+        found = self.detector.detect(step, loss, grad_norm, amp=self._amp_scaler_enabled())
+        flags = [name in found for name in TRIGGERS]
         if cfg.weight_check_interval and step % cfg.weight_check_interval == 0 and not self.weights_finite():
-            flags[2] = True
-        if loss is not None and math.isfinite(loss):
-            if loss > cfg.violation_threshold:
-                flags[3] = True
-            elif self.spikes.is_spike(loss):
-                flags[4] = True
-        if grad_norm is not None and math.isfinite(grad_norm) and grad_norm > cfg.grad_explosion_threshold:
-            flags[5] = True
+            flags[TRIGGERS.index("nonfinite_weights")] = True
         if _distributed():
             import torch.distributed as dist
 
@@ -168,8 +156,7 @@ class TrainingGuard:
             for t_name in triggers:
                 self.trigger_counts[t_name] = self.trigger_counts.get(t_name, 0) + 1
         else:
-            if loss is not None and math.isfinite(loss):
-                self.spikes.update(loss)
+            self.detector.accept(loss)
             if self._awaiting_recovery:  # the first healthy step after a rollback
                 self.recoveries += 1
                 self._awaiting_recovery = False
