@@ -58,7 +58,7 @@ EXPECTED_ACTIONS = {
     "healthy": ["config_ok"],
     "memorising": ["memorization_detected", "lower_lr"],
     "diverging_nan": ["investigate_nonfinite", "investigate_run_error", "stabilize_gradients"],
-    "guard_rollbacks": ["review_guard_rollbacks", "review_spectral_risk"],
+    "guard_rollbacks": ["review_guard_rollbacks", "investigate_loss_spikes"],  # κ̃ DANGER: info only
     "oversized_rank": ["compress_rank", "low_utilization", "compress_mlp_targets"],
 }
 

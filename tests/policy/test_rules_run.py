@@ -72,9 +72,10 @@ CASES: list[tuple[str, SignalSnapshot, tuple[str, float], SignalSnapshot]] = [
      ("warning", 0.7), snap(guard={"enabled": True, "rollbacks": 0})),
     ("guard_aborted_run", snap(guard={"enabled": True, "rollbacks": 3, "aborts": 1, "lockout": True}),
      ("error", 0.9), snap(guard={"enabled": True, "rollbacks": 3})),
-    ("review_spectral_risk", snap(spectral={"risk_level": "DANGER", "n": 3}), ("warning", 0.5),
+    # κ̃ is a neutral diagnostic (docs/guard.md#why-the-levels-are-a-neutral-diagnostic): info only.
+    ("review_spectral_risk", snap(spectral={"risk_level": "DANGER", "n": 3}), ("info", 0.3),
      snap(spectral={"risk_level": "WARNING", "n": 3})),
-    ("review_spectral_risk", snap(spectral={"risk_level": "INSTABILITY", "n": 3}), ("warning", 0.6),
+    ("review_spectral_risk", snap(spectral={"risk_level": "INSTABILITY", "n": 3}), ("info", 0.3),
      snap(spectral={"risk_level": "LEARNING", "n": 3})),
     ("investigate_run_error", snap(status="error", reason="RuntimeError: boom"), ("error", 0.8),
      snap(status="aborted")),

@@ -235,10 +235,11 @@ def _spectral_run(tmp_path, tok, monkeypatch, actions):
 
 def test_spectral_actions_snapshot_back_off_and_roll_back(tmp_path, tiny_tokenizer, monkeypatch):
     cb, events, levels, alerts, guard, steps = _spectral_run(tmp_path, tiny_tokenizer, monkeypatch, True)
-    assert levels == [(2, "STABLE"), (4, "WARNING"), (6, "WARNING"), (8, "WARNING"), (10, "WARNING"),
+    # No level before a full window (5 samples): WARMUP.
+    assert levels == [(2, "WARMUP"), (4, "WARMUP"), (6, "WARMUP"), (8, "WARMUP"), (10, "WARNING"),
                       (12, "DANGER"), (14, "INSTABILITY"),
                       # the rollback reset the window: the restored trajectory starts a new one
-                      (16, "STABLE"), (18, "STABLE"), (20, "STABLE")]
+                      (16, "WARMUP"), (18, "WARMUP"), (20, "WARMUP")]
     # WARNING (window full from step 10 only): snapshot + dense telemetry for one interval;
     # DANGER: snapshot + LR backoff; INSTABILITY: rollback to the newest snapshot (step 12).
     assert guard == [(0, "snapshot"), (10, "snapshot"), (12, "snapshot"), (12, "backoff"), (14, "rollback")]
@@ -252,8 +253,10 @@ def test_spectral_actions_snapshot_back_off_and_roll_back(tmp_path, tiny_tokeniz
 
 def test_spectral_risk_without_actions_is_telemetry_only(tmp_path, tiny_tokenizer, monkeypatch):
     cb, events, levels, alerts, guard, steps = _spectral_run(tmp_path, tiny_tokenizer, monkeypatch, False)
-    assert [lv for _, lv in levels] == ["STABLE"] + ["WARNING"] * 4 + ["DANGER"] + ["INSTABILITY"] * 4
+    assert [lv for _, lv in levels] == ["WARMUP"] * 4 + ["WARNING", "DANGER"] + ["INSTABILITY"] * 4
     assert alerts == [(12, "SPECTRAL_DANGER"), (14, "SPECTRAL_INSTABILITY")]
+    # κ̃ levels are a neutral diagnostic: their alerts are information, not warnings.
+    assert {e["severity"] for e in events if e["event"] == "alert" and e["code"].startswith("SPECTRAL_")} == {"info"}
     assert guard == [(0, "snapshot")] and steps == [1, 20]
     assert cb.guard.lr_scale == 1.0 and cb.guard.rollbacks == 0 and cb.guard.backoffs == 0
     assert events[-1]["summary"]["spectral"]["final_risk_level"] == "INSTABILITY"

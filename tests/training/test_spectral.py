@@ -55,3 +55,15 @@ def test_monitor_samples_on_interval_only():
     assert [s for s in range(1, 16) if mon.due(s)] == [5, 10, 15]
     payload = mon.observe(5, model)
     assert payload["method"] == "lora_exact" and payload["n_modules"] == 1 and payload["kappa_tilde"] >= 1
+
+
+def test_no_level_before_a_full_window():
+    from gradience.training.spectral import WARMUP
+
+    obs = [(0, 100.0), (5, 110.0)]  # +2 % per step: DANGER by the rates, but only 2 of 5 samples
+    level, slope, vol = risk_level(obs, window=5)
+    assert level == WARMUP and slope == pytest.approx(0.02) and vol == 0.0
+    assert risk_level(obs)[0] == "DANGER"  # without a window: any two samples give a level
+    model = torch.nn.Linear(4, 3)
+    mon = SpectralMonitor(interval=1, window=3)
+    assert [mon.observe(s, model)["risk_level"] for s in (1, 2, 3)] == [WARMUP, WARMUP, "STABLE"]

@@ -140,13 +140,30 @@ def test_banner_waits_for_missing_file_and_missing_run(tmp_path: Path) -> None:
     assert "for run 'run-Q'" in plain(banner(v, 76))
 
 
-def test_health_is_the_worst_of_grad_level_and_spectral_risk() -> None:
+def test_health_is_the_grad_level_and_ignores_the_spectral_risk() -> None:
+    # κ̃ levels fire in healthy early training and did not lead a blow-up: never health (docs/guard.md).
     assert overall_health("healthy", "STABLE")[0] == "OK"
-    assert overall_health("healthy", "DANGER")[0] == "BAD"
+    assert overall_health("healthy", "DANGER")[0] == "OK"
+    assert overall_health("healthy", "INSTABILITY")[0] == "OK"
     assert overall_health("critical", "STABLE")[0] == "BAD"
     assert overall_health("nonfinite", None)[0] == "CRITICAL"
     assert overall_health("vanishing", "LEARNING")[0] == "WATCH"
     assert overall_health(None, None)[0] == "—"
+    assert overall_health(None, "DANGER")[0] == "—"
+
+
+def test_kappa_is_shown_as_a_neutral_diagnostic(tmp_path: Path) -> None:
+    v = view_of(tmp_path, [
+        run_start(),
+        line("train_step", 10, T0 + 10, loss=0.5, lr=1e-4, grad_norm=0.8),
+        line("metrics", 20, T0 + 20, kind="spectral", metrics={"kappa_tilde": 40.0, "risk_level": "INSTABILITY"}),
+    ])
+    head = plain(banner(v, 76))
+    assert "health OK" in head and "INSTABILITY" not in head and "κ̃" not in head
+    body = plain(guard_panel(v, 76))
+    assert "κ̃ 40  volatile @20 · 1 samples · diagnostic" in body and "INSTABILITY" not in body
+    styles = {str(span.style) for span in guard_panel(v, 76).renderables[-1].spans}
+    assert not any("red" in st for st in styles), styles
 
 
 def test_guard_panel_lockout(tmp_path: Path) -> None:

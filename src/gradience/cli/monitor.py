@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..numfmt import pct as _pct
+from ..training.kappa_risk import neutral_word
 from ._output import console, err_console, fmt_num, print_json
 from .check import FAIL_ON, _wrapped, fails, render_recommendations
 
@@ -199,8 +200,10 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         say("not active in this run (no guard events)")
     section("Spectral")
     if spc.get("n"):
-        say(f"κ̃ {fmt_num(spc.get('kappa'))} · risk {spc.get('risk_level') or '—'} (step {fmt_num(spc.get('step'))}, "
-            f"{spc['n']} sample{'s' if spc['n'] != 1 else ''})")
+        level = spc.get("risk_level")
+        word = f"{neutral_word(level)} (level {level}; " if level else "("
+        say(f"κ̃ {fmt_num(spc.get('kappa'))} · {word}step {fmt_num(spc.get('step'))}, "
+            f"{spc['n']} sample{'s' if spc['n'] != 1 else ''}) · a diagnostic, not an alarm")
     else:
         say("no spectral samples")
 

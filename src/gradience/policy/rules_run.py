@@ -256,15 +256,21 @@ def guard(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 def spectral_risk(ctx: RunContext) -> Iterable[Recommendation]:
+    """κ̃ as a neutral diagnostic: information only, never a warning (docs/policy.md#core-rules).
+
+    Measured, κ̃ levels fire during healthy early training and did not lead a loss blow-up
+    (docs/guard.md#why-the-levels-are-a-neutral-diagnostic), so none of them is an alarm
+    (``gradience.training.kappa_risk.ALARM_LEVELS`` is empty)."""
     sp = ctx.snap.spectral
     risk = (sp.risk_level or "").upper()
     if risk not in ("DANGER", "INSTABILITY"):
         return
-    yield _rec("warning", "review_spectral_risk",
-               f"The last spectral risk level is {risk} (κ̃={_fmt_g(sp.kappa)} at step {sp.step}): "
-               "check the loss curve and eval around that step; lower the LR if they also degraded.",
-               "κ̃ trends flag a fast-changing update spectrum; it is a proxy for instability, never a predictor "
-               "of accuracy, so confirm with the loss and eval.", 0.6 if risk == "INSTABILITY" else 0.5,
+    word = "changing fast" if risk == "DANGER" else "volatile"
+    yield _rec("info", "review_spectral_risk",
+               f"κ̃ was {word} at the last sample (κ̃={_fmt_g(sp.kappa)} at step {sp.step}, recorded level {risk}); "
+               "a diagnostic only: look at the loss curve and eval if they also degraded.",
+               "κ̃ tracks the conditioning of the adapter's update; its levels fire in healthy early training and "
+               "did not lead a loss blow-up when measured, so they are information, not an alarm.", 0.3,
                {"risk_level": risk, "kappa": sp.kappa, "step": sp.step})
 
 

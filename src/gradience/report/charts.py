@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
+from ..training.kappa_risk import neutral_word
 from .audit_view import AuditView
 from .collect import RISK_LEVELS, BucketSeries, Curves
 from .svg import Band, Marker, Series, VLine, bar_chart, heatmap, line_chart, timeline
@@ -26,8 +27,10 @@ __all__ = [
     "util_heatmaps",
 ]
 
-RISK_COLORS = {"STABLE": "#16a34a", "LEARNING": "#0891b2", "WARNING": "#d97706", "DANGER": "#dc2626",
-               "INSTABILITY": "#7f1d1d"}
+# κ̃ levels are a neutral diagnostic (docs/guard.md#why-the-levels-are-a-neutral-diagnostic): shades of one
+# neutral hue by how fast κ̃ changes, never an alarm colour.
+RISK_COLORS = {"STABLE": "#cbd5e1", "LEARNING": "#94a3b8", "WARNING": "#64748b", "DANGER": "#475569",
+               "INSTABILITY": "#1e293b"}
 GUARD_ROWS = (  # action → (label, colour); anything else goes to "other"
     ("snapshot", "snapshot", "#64748b"),
     ("trigger", "trigger", "#d97706"),
@@ -185,7 +188,7 @@ def guard_timeline(curves: Curves, x_range: tuple[float, float]) -> str:
 
 
 def kappa_chart(curves: Curves) -> str:
-    """κ̃ over steps; each point coloured by the worst risk level seen in its bucket."""
+    """κ̃ over steps; each point shaded by how fast κ̃ changed in its bucket (a neutral diagnostic)."""
     s = curves.kappa
     if not s.count:
         return ""
@@ -196,9 +199,9 @@ def kappa_chart(curves: Curves) -> str:
         if 0 <= p["level"] < len(RISK_LEVELS) and math.isfinite(p["mean"]):
             level = RISK_LEVELS[p["level"]]
             markers.append(Marker(float(p["step"]), p["mean"], "circle", RISK_COLORS[level],
-                                  f"κ̃ {p['mean']:.4g} — {level} at {_where(p)}"))
+                                  f"κ̃ {p['mean']:.4g} — {neutral_word(level)} ({level}) at {_where(p)}"))
     seen = sorted({m.color for m in markers})
-    legend = [(lvl, c, "marker") for lvl, c in RISK_COLORS.items() if c in seen]
+    legend = [(neutral_word(lvl), c, "marker") for lvl, c in RISK_COLORS.items() if c in seen]
     positive = [v for v in ys if math.isfinite(v) and v > 0]
     y_log = bool(positive) and len(positive) == len([v for v in ys if math.isfinite(v)]) and \
         max(positive) / min(positive) > 30

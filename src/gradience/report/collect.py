@@ -21,6 +21,7 @@ from typing import Any
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector
 from ..telemetry.reader import TelemetryIssue, TelemetryReader
 from ..telemetry.snapshot import RunAccumulator, SignalSnapshot, normalize_split
+from ..training.kappa_risk import RISK_LEVELS
 
 __all__ = [
     "DEFAULT_MAX_POINTS",
@@ -35,7 +36,6 @@ __all__ = [
 DEFAULT_MAX_POINTS = 400
 MAX_GUARD_EVENTS = 200  # detailed guard decisions kept for the table; counts are exact
 MAX_EVAL_METRICS = 6  # per split; the spine (loss, ppl, accuracy) first
-RISK_LEVELS = ("STABLE", "LEARNING", "WARNING", "DANGER", "INSTABILITY")
 _RISK_RANK = {name: i for i, name in enumerate(RISK_LEVELS)}
 _SPINE = ("loss", "ppl", "accuracy")
 _GAP_KEYS = {"ppl": "ppl_gap", "loss": "loss_gap", "accuracy": "acc_gap"}

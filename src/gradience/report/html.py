@@ -11,6 +11,7 @@ from typing import Any
 
 from .._version import __version__
 from ..telemetry.sections import AuditIssue
+from ..training.kappa_risk import neutral_word
 from . import _fmt as F
 from . import charts
 from .audit_view import AUDIT_COMMAND, AuditView, percentile
@@ -264,13 +265,15 @@ def _spectral(rep: Report) -> str:
         return _empty("no spectral (κ̃) samples in this run")
     kp = _kpis([
         ("last κ̃", F.num(sp.kappa)),
-        ("risk level", str(sp.risk_level or F.DASH)),
+        ("κ̃ change", f"{neutral_word(sp.risk_level)} ({sp.risk_level})" if sp.risk_level else F.DASH),
         ("at step", F.num(sp.step)),
         ("samples", F.num(sp.n)),
     ])
-    counts = ", ".join(f"{lvl}: {curves.risk_counts[lvl]}" for lvl in charts.RISK_COLORS if curves.risk_counts.get(lvl))
-    note = (f'<p class="note">Risk levels seen — {esc(counts)}. κ̃ is a diagnostic of the update\'s conditioning; '
-            "it is not claimed to predict accuracy.</p>") if counts else ""
+    counts = ", ".join(f"{neutral_word(lvl)} ({lvl}): {curves.risk_counts[lvl]}" for lvl in charts.RISK_COLORS
+                       if curves.risk_counts.get(lvl))
+    note = (f'<p class="note">κ̃ levels seen — {esc(counts)}. κ̃ is a neutral diagnostic of the update\'s '
+            "conditioning, not an alarm: its levels fire in healthy early training and did not lead a loss blow-up "
+            "when measured; it is not claimed to predict accuracy.</p>") if counts else ""
     return kp + _fig(charts.kappa_chart(curves)) + note
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..telemetry.health import sparkline
+from ..training.kappa_risk import neutral_word
 from . import _fmt as F
 from .audit_view import AUDIT_COMMAND
 from .build import Report
@@ -100,9 +101,10 @@ def render_markdown(rep: Report) -> str:
     if sp.n:
         L += ["### Spectral κ̃", ""]
         seen = ", ".join(f"{k} {v}" for k, v in sorted(curves.risk_counts.items()))
-        L += [f"Last κ̃ **{F.num(sp.kappa)}** ({sp.risk_level or F.DASH}) at step "
-              f"{F.num(sp.step)}; {F.num(sp.n)} samples" + (f"; levels seen: {seen}" if seen else "") + ".",
-              ""]
+        level = f"{neutral_word(sp.risk_level)}, level {sp.risk_level}" if sp.risk_level else F.DASH
+        L += [f"Last κ̃ **{F.num(sp.kappa)}** ({level}) at step "
+              f"{F.num(sp.step)}; {F.num(sp.n)} samples" + (f"; levels seen: {seen}" if seen else "")
+              + ". A neutral diagnostic, not an alarm.", ""]
 
     view = rep.audit
     if view is not None:

@@ -13,13 +13,14 @@ Definitions (see ``docs/guard.md``):
 Risk from the last ``window`` observations (default 5): per-step relative changes
 rᵢ = (κ̃ᵢ − κ̃ᵢ₋₁) / κ̃ᵢ₋₁ / Δstepᵢ (scale-free); slope = mean(rᵢ), volatility = std(rᵢ).
 INSTABILITY when volatility > 0.003; else DANGER when |slope| > 0.004; WARNING > 0.002;
-LEARNING > 0.0005; else STABLE. κ̃ is a diagnostic: that it leads a loss blow-up is a
-claim to measure (``benchmarks/kappa_lead_time.py``), not to assume.
+LEARNING > 0.0005; else STABLE; WARMUP until the window is full. The level rule is the torch-free
+:mod:`gradience.training.kappa_risk` (replayable offline). κ̃ is a neutral diagnostic: measured,
+its levels fire in healthy early training and did not lead a loss blow-up
+(``benchmarks/kappa_lead_time.py``, docs/guard.md), so no view presents them as an alarm.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections import deque
@@ -28,34 +29,9 @@ from typing import Any
 import torch
 
 from .config import RiskThresholds
+from .kappa_risk import ALARM_LEVELS, RISK_LEVELS, WARMUP, risk_level
 
-__all__ = ["RISK_LEVELS", "RiskThresholds", "SpectralMonitor", "kappa_tilde", "risk_level"]
-
-RISK_LEVELS = ("STABLE", "LEARNING", "WARNING", "DANGER", "INSTABILITY")
-
-
-def risk_level(observations: list[tuple[int, float]], thresholds: RiskThresholds = RiskThresholds()) -> tuple[
-        str, float | None, float | None]:
-    """(level, slope, volatility) from (step, κ̃) observations, oldest first."""
-    rel = []
-    for (s0, k0), (s1, k1) in itertools.pairwise(observations):
-        if s1 > s0 and k0 > 0 and math.isfinite(k0) and math.isfinite(k1):
-            rel.append((k1 - k0) / k0 / (s1 - s0))
-    if not rel:
-        return "STABLE", None, None
-    slope = statistics.fmean(rel)
-    vol = statistics.pstdev(rel) if len(rel) > 1 else 0.0
-    t = thresholds
-    if vol > t.instability_volatility:
-        return "INSTABILITY", slope, vol
-    a = abs(slope)
-    if a > t.danger_slope:
-        return "DANGER", slope, vol
-    if a > t.warning_slope:
-        return "WARNING", slope, vol
-    if a > t.learning_slope:
-        return "LEARNING", slope, vol
-    return "STABLE", slope, vol
+__all__ = ["ALARM_LEVELS", "RISK_LEVELS", "WARMUP", "RiskThresholds", "SpectralMonitor", "kappa_tilde", "risk_level"]
 
 
 def _lora_pairs(model: Any) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -154,7 +130,7 @@ class SpectralMonitor:
         if kappa is None:
             return None
         self.obs.append((step, kappa))
-        level, slope, vol = risk_level(list(self.obs), self.thresholds)
+        level, slope, vol = risk_level(list(self.obs), self.thresholds, window=self.obs.maxlen)
         self.last_kappa, self.last_level = kappa, level
         self.n += 1
         return {"kappa_tilde": kappa, "risk_level": level, "slope": slope, "volatility": vol,

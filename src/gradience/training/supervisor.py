@@ -42,6 +42,7 @@ from ..telemetry.schema import ConfigSnapshot
 from .config import GradienceConfig
 from .config_snapshot import is_causal_lm, unwrap_model
 from .gradnorm import collect_grads, total_grad_norm
+from .kappa_risk import neutral_word
 from .recorder import RunRecorder
 
 require("torch", "hf", "RunSupervisor")
@@ -306,8 +307,11 @@ class RunSupervisor:
         rec.writer.metrics("spectral", payload, step=step)
         level = payload["risk_level"]
         if level in ("DANGER", "INSTABILITY") and level != previous:
-            rec.writer.alert("warning", f"SPECTRAL_{level}", f"κ̃ risk {level} (κ̃ {payload['kappa_tilde']:.4g})",
-                             step=step, context=payload)
+            # Information, not a warning: κ̃ levels fire in healthy early training and did not lead
+            # a loss blow-up (docs/guard.md#why-the-levels-are-a-neutral-diagnostic); kappa_risk.ALARM_LEVELS is empty.
+            rec.writer.alert("info", f"SPECTRAL_{level}",
+                             f"κ̃ {payload['kappa_tilde']:.4g}: {neutral_word(level)} (level {level}; a diagnostic, "
+                             "not an alarm)", step=step, context=payload)
         full = payload["window"] >= (self.spectral.obs.maxlen or 0)
         if self.guard is None or not spec.actions or not full or self.guard.locked_out:
             return

@@ -21,6 +21,7 @@ from rich.text import Text
 from ..numfmt import num as _num
 from ..telemetry.health import downsample, sparkline
 from ..telemetry.sections import GradNormSummary, GuardSummary, SpectralSummary
+from ..training.kappa_risk import neutral_word
 from .tail import WatchView
 
 __all__ = [
@@ -38,12 +39,15 @@ GRAD_STYLES = {
     "critical": "bold red",
     "nonfinite": "bold red reverse",
 }
+# κ̃ levels are a neutral diagnostic (docs/guard.md#why-the-levels-are-a-neutral-diagnostic): no level is
+# coloured as an alarm and none enters the health word.
 RISK_STYLES = {
-    "STABLE": "green",
-    "LEARNING": "cyan",
-    "WARNING": "yellow",
-    "DANGER": "bold red",
-    "INSTABILITY": "bold red reverse",
+    "WARMUP": "dim",
+    "STABLE": "",
+    "LEARNING": "",
+    "WARNING": "",
+    "DANGER": "",
+    "INSTABILITY": "",
 }
 SEVERITY_STYLES = {"info": "cyan", "warning": "yellow", "error": "red", "critical": "bold red"}
 SEVERITY_TAGS = {"info": "INFO", "warning": "WARN", "error": "ERR ", "critical": "CRIT"}
@@ -53,9 +57,8 @@ STATES = {
     "aborted": ("ABORTED", "bold yellow"),
     "error": ("ERROR", "bold red"),
 }
-# How bad each grad level / risk level is, to colour the overall health word.
+# How bad each grad level is, to colour the overall health word.
 _GRAD_RANK = {"healthy": 0, "vanishing": 1, "warning": 1, "critical": 2, "nonfinite": 3}
-_RISK_RANK = {"STABLE": 0, "LEARNING": 0, "WARNING": 1, "DANGER": 2, "INSTABILITY": 3}
 _HEALTH_WORDS = {0: ("OK", "green"), 1: ("WATCH", "yellow"), 2: ("BAD", "bold red"), 3: ("CRITICAL", "bold red reverse")}
 # A running run whose last event is older than this is called out as possibly stalled.
 STALE_AFTER_S = 30.0
@@ -126,12 +129,15 @@ def _spark(values: list[float], width: int) -> str:
     return sparkline(points)
 
 
-def overall_health(grad_level: str | None, risk_level: str | None) -> tuple[str, str]:
-    """Worst of the grad-norm level and the spectral risk, as a word and a style."""
-    rank = max(_GRAD_RANK.get(grad_level or "", 0), _RISK_RANK.get(str(risk_level or "").upper(), 0))
-    if grad_level is None and risk_level is None:
+def overall_health(grad_level: str | None, risk_level: str | None = None) -> tuple[str, str]:
+    """The health word and its style, from the grad-norm level.
+
+    ``risk_level`` (κ̃) is accepted and ignored: κ̃ levels fire in healthy early training and did
+    not lead a loss blow-up, so they are shown as a neutral diagnostic, never as health
+    (``gradience.training.kappa_risk.ALARM_LEVELS`` is empty)."""
+    if grad_level is None:
         return "—", "dim"
-    return _HEALTH_WORDS[rank]
+    return _HEALTH_WORDS[_GRAD_RANK.get(grad_level, 0)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,12 +181,9 @@ def banner(v: WatchView, width: int) -> RenderableType:
     first = _line(*paused, *parts)
 
     level = s.grad_norm.level
-    risk = s.spectral.risk_level
-    word, hstyle = overall_health(level, risk)
+    word, hstyle = overall_health(level)
     second_parts: list[str | tuple[str, str]] = ["health ", (word, hstyle), _dim(" (grad "),
                                                  (level or "—", GRAD_STYLES.get(level or "", "dim")),
-                                                 _dim(" · κ̃ "),
-                                                 (str(risk or "—"), RISK_STYLES.get(str(risk or "").upper(), "dim")),
                                                  _dim(")")]
     which = ""
     if len(v.run_ids) > 1 and s.run_id in v.run_ids:
@@ -313,10 +316,11 @@ def guard_panel(v: WatchView, width: int) -> RenderableType:
         lines.append(_line(*detail))
     sp = s.spectral if s is not None else SpectralSummary.empty()
     if sp.n:
-        risk = sp.risk_level or "—"
+        risk = str(sp.risk_level or "")
         at = f" @{sp.step}" if sp.step is not None else ""
-        lines.append(_line("κ̃ ", (num(sp.kappa), "bold"), "  ", (risk, RISK_STYLES.get(risk.upper(), "")),
-                           _dim(f"{at} · {sp.n} samples")))
+        # A neutral diagnostic: the level in words that do not sound like an alarm, no alarm colour.
+        lines.append(_line("κ̃ ", (num(sp.kappa), "bold"), "  ", (neutral_word(risk), RISK_STYLES.get(risk.upper(), "")),
+                           _dim(f"{at} · {sp.n} samples · diagnostic")))
     else:
         lines.append(_line(_dim("κ̃: no spectral events")))
     return Group(*lines)
