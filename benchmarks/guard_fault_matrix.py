@@ -14,8 +14,10 @@ Per scenario it injects one fault (``gradience.training.faults``) and counts:
   final weights or saved adapter are non-finite (must be 0).
 
 Guard settings: snapshot every 2 steps, cooldown 2, at most 3 rollbacks, weight check every
-step, loss-spike warm-up 2 steps (so a spike at step 1 or 2 has no baseline yet and is not
-expected to be caught; ``gradience demo`` keeps the default warm-up of 20).
+step, loss-spike warm-up 2 steps (``gradience demo`` keeps the default warm-up of 20); the
+spike floor and limit keep their defaults, against the reference loss the run derives from the
+model (ln 2 for this binary classifier), so a spike at step 1, before any baseline, is caught by
+the limit. The ×100 spike's losses are printed against that reference (the margin).
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def _guard_config() -> Any:
 
     return GuardConfig(snapshot_interval=2, cooldown=2, max_rollbacks=3, weight_check_interval=1,
                        spike_warmup=SPIKE_WARMUP)
+
+
+def _recorded(path: Path, steps: list[int]) -> tuple[list[float], float | None]:
+    """The recorded losses at ``steps`` and the run's reference loss (run_start.meta.loss_prior)."""
+    from gradience.telemetry.reader import TelemetryReader
+
+    events = list(TelemetryReader(path).iter_events())
+    prior = next((e.get("meta", {}).get("loss_prior") for e in events if e.get("event") == "run_start"), None)
+    losses = [e["loss"] for e in events if e.get("event") == "train_step" and e.get("step") in steps
+              and isinstance(e.get("loss"), (int, float))]
+    return losses, prior
 
 
 def _finite(model: Any) -> bool:
@@ -105,9 +118,10 @@ def run_callback(tok: Any, tmp: Path, kind: str, factor: float, step: int, persi
     trainer.train()
     adapter = tmp / "run" / "peft" / "adapter_model.safetensors"
     adapter_ok = adapter.exists() and all(bool(torch.isfinite(t).all()) for t in load_file(str(adapter)).values())
+    assert cb.path is not None
     return {"injected": list(inj.injected_steps), "decisions": cb.guard.decisions, "report": cb.guard_report,
             "status": "aborted" if cb.stop_reason else "ok", "poisoned": len(poisoned),
-            "final_ok": _finite(model) and adapter_ok}
+            "final_ok": _finite(model) and adapter_ok, "recorded": _recorded(cb.path, list(inj.injected_steps))}
 
 
 def run_controller(tok: Any, tmp: Path, kind: str, factor: float, step: int, persistent: bool) -> dict[str, Any]:
@@ -141,7 +155,8 @@ def run_controller(tok: Any, tmp: Path, kind: str, factor: float, step: int, per
         poisoned += not _finite(model)
     summary = ctl.finalize(recommend=False)
     return {"injected": list(inj.injected_steps), "decisions": ctl.guard.decisions, "report": ctl.guard.summary(),
-            "status": summary["status"], "poisoned": poisoned, "final_ok": _finite(model)}
+            "status": summary["status"], "poisoned": poisoned, "final_ok": _finite(model),
+            "recorded": _recorded(ctl.path, list(inj.injected_steps))}
 
 
 def main() -> None:
@@ -166,6 +181,8 @@ def main() -> None:
     tok = _tokenizer(root)
     t0 = time.perf_counter()
     misses: list[str] = []
+    spiked: list[float] = []  # the losses of the ×100 loss-spike firings
+    reference: float | None = None
     print(f"{'integration':<11} {'mode':<10} {'scenarios':>9} {'injected':>8} {'detected':>8} {'recovered':>9} "
           f"{'locked out':>10} {'poisoned':>8}")
     for name, runner in runners.items():
@@ -186,6 +203,10 @@ def main() -> None:
                     if persistent and r["status"] == "aborted" and rep["lockout"]:
                         locked += 1
                     poisoned += r["poisoned"] + (not r["final_ok"])
+                    if case == "loss_spike":
+                        losses, prior = r["recorded"]
+                        spiked += losses
+                        reference = prior if prior is not None else reference
                     if len(hits) != len(r["injected"]):
                         label = f"{name} {'persistent' if persistent else 'transient'} {case}@{step}"
                         misses.append(f"{label}: {len(r['injected']) - len(hits)} of {len(r['injected'])} "
@@ -195,6 +216,13 @@ def main() -> None:
                   f"{poisoned:>8}")
     print(f"\n{len(FAULT_CASES)} fault cases × steps {steps}; {time.perf_counter() - t0:.0f} s on "
           f"{torch.get_num_threads()} thread(s)")
+    if spiked and reference:
+        from gradience.training.guard import GuardConfig
+
+        cfg = GuardConfig()
+        print(f"×100 loss-spike firings: loss {min(spiked):.3g}–{max(spiked):.3g} = "
+              f"{min(spiked) / reference:.0f}–{max(spiked) / reference:.0f} × the reference loss "
+              f"{reference:.3g} (spike_limit {cfg.spike_limit:g} ×, spike_floor {cfg.spike_floor:g} ×)")
     for m in misses:
         print("  not detected:", m)
 

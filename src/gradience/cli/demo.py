@@ -52,8 +52,7 @@ def _run_view(title: str, argv: list[str]) -> None:
 @click.option("--guard", is_flag=True, help="Enable the training guard (snapshots, rollback, LR backoff).")
 @click.option("--inject-nan", is_flag=True, help="Inject NaN into a LoRA weight at --inject-step.")
 @click.option("--inject-inf", is_flag=True, help="Inject +Inf into a LoRA weight at --inject-step.")
-@click.option("--inject-spike", is_flag=True, help="Multiply the loss by 100 at --inject-step (with --guard: after its first 20 steps, "
-                   "which form the spike baseline).")
+@click.option("--inject-spike", is_flag=True, help="Multiply the loss by 100 at --inject-step.")
 @click.option("--inject-grad-explosion", is_flag=True, help="Multiply every gradient by 1e6 at --inject-step.")
 @click.option("--persistent", is_flag=True, help="Repeat the injected fault at every step from --inject-step on.")
 @click.option("--inject-step", type=click.IntRange(min=1), default=50, show_default=True,

@@ -51,11 +51,28 @@ class GuardConfig:
     grad_explosion_threshold: float = field(default=1e4, metadata=_help(
         "A pre-clip total gradient L2 norm above this is a fault (grad_explosion)."))
     spike_ratio: float = field(default=3.0, metadata=_help(
-        "Loss spike: loss > spike_ratio × baseline (an EMA of healthy losses) ..."))
+        "Loss spike (after spike_warmup healthy steps): loss > spike_ratio × baseline (an EMA of healthy "
+        "losses) ..."))
     spike_k: float = field(default=8.0, metadata=_help(
-        "... and loss > baseline + spike_k × deviation (an EMA of absolute deviations)."))
+        "... and loss > baseline + spike_k × deviation (an EMA of absolute deviations) ..."))
+    spike_floor: float = field(default=4.0, metadata=_help(
+        "... and loss > spike_floor × the reference loss (loss_prior, else the mean of the first 5 healthy "
+        "losses). The absolute floor: on a well-trained run (loss ≈ 0.02) a batch of rare examples "
+        "(loss 0.9–1.8 on a binary classifier, reference ln 2 = 0.69) is far above the baseline but is not "
+        "a divergence. 0 = no floor. Ratio."))
+    spike_limit: float = field(default=10.0, metadata=_help(
+        "A loss > spike_limit × the reference loss is a spike at any step, baseline or not (so also in the "
+        "first steps, before a baseline exists): ten times the loss of guessing is no hard batch. 0 = off. "
+        "Ratio."))
     spike_warmup: int = field(default=20, metadata=_help(
-        "Healthy steps observed before a loss spike can be detected. Steps."))
+        "Healthy steps observed before the baseline rule (spike_ratio, spike_k) applies; spike_limit needs "
+        "none. Steps."))
+    loss_prior: float | None = field(default=None, metadata=_help(
+        "The loss of an untrained model on this task, the reference of spike_floor and spike_limit: "
+        "ln(num_labels) for a classifier, ln(vocab_size) for a language model (cross-entropy of a uniform "
+        "guess). None: derived from the model's config when the run starts (recorded as "
+        "run_start.meta.loss_prior); where it cannot be (a regression head, a custom model), the mean of the "
+        "first 5 healthy losses is the reference. Loss units."))
     max_rollbacks: int = field(default=3, metadata=_help(
         "Rollbacks allowed inside `window` steps; one more trigger locks out (restores the newest good "
         "snapshot and asks training to stop)."))
@@ -79,6 +96,10 @@ class GuardConfig:
                 or self.amp_overflow_tolerance < 0:
             raise ValueError("window must be >= 1; cooldown, weight_check_interval, spike_warmup and "
                              "amp_overflow_tolerance >= 0")
+        if not (self.spike_floor >= 0 and self.spike_limit >= 0):
+            raise ValueError("spike_floor and spike_limit must be >= 0")
+        if self.loss_prior is not None and not (math.isfinite(self.loss_prior) and self.loss_prior > 0):
+            raise ValueError(f"loss_prior must be a positive number or None, got {self.loss_prior!r}")
 
 
 @dataclass(frozen=True)

@@ -100,15 +100,6 @@ def validate_options(opts: DemoOptions) -> None:
         raise UsageError("--steps must be >= 1")
     if opts.inject is not None and not 1 <= opts.inject_step <= opts.steps:
         raise UsageError(f"--inject-step {opts.inject_step} is outside the run (1..{opts.steps})")
-    if opts.inject == "loss_spike" and opts.guard:
-        from .guard import GuardConfig
-
-        warmup = GuardConfig().spike_warmup
-        if opts.inject_step <= warmup:
-            # A spike is judged against a running baseline of healthy losses; injected earlier
-            # it would pass unnoticed and the demo would show nothing.
-            raise UsageError(f"--inject-step {opts.inject_step}: the guard judges a loss spike against a baseline "
-                             f"of {warmup} healthy steps", hint=f"use --inject-step {warmup + 1} or later")
     if opts.rank < 1:
         raise UsageError("--rank must be >= 1")
 

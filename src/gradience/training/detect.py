@@ -25,10 +25,70 @@ from typing import Any
 from ..telemetry.health import SpikeDetector
 from .config import GuardConfig
 
-__all__ = ["DETECTED", "GuardDetector", "replay_guard"]
+__all__ = ["DETECTED", "REFERENCE_STEPS", "GuardDetector", "loss_prior", "model_loss_prior", "replay_guard"]
 
 # The trigger names a GuardDetector can return, in the guard's trigger order.
 DETECTED = ("nonfinite_loss", "nonfinite_grad", "loss_violation", "loss_spike", "grad_explosion")
+# Without a loss prior, the mean of this many first healthy losses is the reference loss.
+REFERENCE_STEPS = 5
+
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForImageClassification",
+                        "ForAudioClassification", "ForMultipleChoice")
+_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForPreTraining")
+
+
+def loss_prior(*, n_labels: int | None = None, vocab_size: int | None = None,
+               multi_label: bool = False) -> float | None:
+    """The cross-entropy of a uniform guess: ln(vocab_size) for a language model, ln(n_labels)
+    for a classifier (ln 2 per label for a multi-label one); None when neither applies
+    (regression: fewer than 2 labels)."""
+    if vocab_size is not None and vocab_size >= 2:
+        return math.log(vocab_size)
+    if multi_label:
+        return math.log(2)
+    if n_labels is not None and n_labels >= 2:
+        return math.log(n_labels)
+    return None
+
+
+def model_loss_prior(model: Any, *, causal_lm: bool = False) -> tuple[float, str] | None:
+    """``(prior, how)`` for a Hugging Face model (PEFT-wrapped or not), from its config; None
+    when the task's untrained loss cannot be told (regression, a custom model or loss).
+
+    ``causal_lm``: the caller already knows the model is a causal LM
+    (:func:`~gradience.training.config_snapshot.is_causal_lm`). Torch-free: reads attributes only.
+    """
+    base = model
+    for _ in range(4):  # DDP/FSDP .module, PEFT .get_base_model()
+        inner = getattr(base, "module", None)
+        if inner is not None and inner is not base:
+            base = inner
+            continue
+        get_base = getattr(base, "get_base_model", None)
+        if callable(get_base):
+            nxt = get_base()
+            if nxt is not base:
+                base = nxt
+                continue
+        break
+    config = getattr(base, "config", None)
+    if config is None:
+        return None
+    names = [type(base).__name__, *(str(a) for a in (getattr(config, "architectures", None) or []))]
+    vocab = getattr(config, "vocab_size", None)
+    if causal_lm or any(n.endswith(_LM_SUFFIXES) for n in names):
+        prior = loss_prior(vocab_size=vocab if isinstance(vocab, int) else None)
+        return None if prior is None else (prior, f"ln(vocab_size={vocab})")
+    if any(n.endswith(_CLASSIFIER_SUFFIXES) for n in names):
+        problem = getattr(config, "problem_type", None)
+        if problem == "regression":
+            return None
+        if problem == "multi_label_classification":
+            return (math.log(2), "ln(2) per label (multi-label)")
+        n = getattr(config, "num_labels", None)
+        prior = loss_prior(n_labels=n if isinstance(n, int) else None)
+        return None if prior is None else (prior, f"ln(num_labels={n})")
+    return None
 
 
 def _finite(value: float | None) -> bool:
@@ -45,11 +105,24 @@ class GuardDetector:
     never hides the next one) and the current streak of AMP overflows.
     """
 
-    def __init__(self, config: GuardConfig) -> None:
+    def __init__(self, config: GuardConfig, *, loss_prior: float | None = None) -> None:
         self.config = config
+        self.loss_prior = loss_prior if loss_prior is not None else config.loss_prior
         self.spikes = SpikeDetector(ratio=config.spike_ratio, k=config.spike_k, warmup=config.spike_warmup)
         self.amp_overflows = 0  # steps left to the AMP scaler (non-finite grads, finite loss)
         self._amp_streak = 0
+        self._first: list[float] = []  # the first REFERENCE_STEPS healthy losses (no prior)
+
+    @property
+    def reference(self) -> float | None:
+        """The reference loss of ``spike_floor`` / ``spike_limit``: the prior, else the mean of the
+        first :data:`REFERENCE_STEPS` healthy losses (so far); None while unknown or not positive."""
+        if self.loss_prior is not None:
+            return self.loss_prior
+        if not self._first:
+            return None
+        ref = sum(self._first) / len(self._first)
+        return ref if ref > 0 else None
 
     def detect(self, step: int, loss: float | None, grad_norm: float | None, *, amp: bool = False) -> list[str]:
         """The triggers for ``step`` (names from :data:`DETECTED`; empty = healthy).
@@ -85,13 +158,26 @@ class GuardDetector:
         return [name for name in DETECTED if name in found]
 
     def is_spike(self, loss: float) -> bool:
-        """Is this finite loss a spike against the healthy baseline? (No state change.)"""
-        return self.spikes.is_spike(loss)
+        """Is this finite loss a spike? (No state change.) With R the :attr:`reference`:
+
+        * loss > ``spike_limit`` × R, at any step (no baseline needed); or
+        * after ``spike_warmup`` healthy steps: loss > ``spike_ratio`` × baseline, and
+          > baseline + ``spike_k`` × deviation, and > ``spike_floor`` × R.
+        """
+        cfg = self.config
+        ref = self.reference
+        if ref is not None and cfg.spike_limit and loss > cfg.spike_limit * ref:
+            return True
+        if not self.spikes.is_spike(loss):
+            return False
+        return not cfg.spike_floor or ref is None or loss > cfg.spike_floor * ref
 
     def accept(self, loss: float | None) -> None:
         """A healthy step (no trigger after every check): its loss feeds the baseline."""
         if loss is not None and math.isfinite(loss):
             self.spikes.update(loss)
+            if len(self._first) < REFERENCE_STEPS:
+                self._first.append(loss)
 
     def check(self, step: int, loss: float | None, grad_norm: float | None, *, amp: bool = False) -> list[str]:
         """:meth:`detect`, then :meth:`accept` when nothing fired (what a replay does per step)."""
@@ -111,7 +197,7 @@ def _value(v: Any) -> float | None:
 
 
 def replay_guard(series: Iterable[tuple[int, float | None, float | None]], config: GuardConfig | None = None, *,
-                 amp: bool = False) -> list[tuple[int, list[str]]]:
+                 amp: bool = False, loss_prior: float | None = None) -> list[tuple[int, list[str]]]:
     """Replay the guard's detection over a recorded run.
 
     Args:
@@ -122,13 +208,16 @@ def replay_guard(series: Iterable[tuple[int, float | None, float | None]], confi
         config: the :class:`GuardConfig` (default: the defaults).
         amp: the run had an enabled AMP grad scaler (overflows within the tolerance are not
             faults).
+        loss_prior: the task's untrained loss (overrides ``config.loss_prior``); a run records
+            the one it derived as ``run_start.meta.loss_prior``, and :func:`loss_prior` computes
+            it from a label or vocabulary count. Without one, the first healthy losses stand in.
 
     Returns:
         ``(step, triggers)`` for every step where a rule fired, in step order. The run is
         replayed as recorded (no rollback changes what follows), so a persistent fault fires
         at each of its steps; the weight check (which needs the weights) is not replayed.
     """
-    det = GuardDetector(config or GuardConfig())
+    det = GuardDetector(config or GuardConfig(), loss_prior=loss_prior)
     out: list[tuple[int, list[str]]] = []
     for step, loss, grad_norm in series:
         found = det.check(int(step), _value(loss), _value(grad_norm), amp=amp)

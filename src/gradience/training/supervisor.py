@@ -31,6 +31,7 @@ framework's moments into these; neither holds policy. The rules are documented i
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from ..errors import GradienceError, require
 from ..telemetry.schema import ConfigSnapshot
 from .config import GradienceConfig
 from .config_snapshot import is_causal_lm, unwrap_model
+from .detect import model_loss_prior
 from .gradnorm import collect_grads, total_grad_norm
 from .kappa_risk import neutral_word
 from .recorder import RunRecorder
@@ -165,8 +167,17 @@ class RunSupervisor:
         rec.samples_per_step = samples_per_step
         self.recorder = rec
         self.max_steps = max_steps
+        causal_lm = is_causal_lm(model)
+        # The task's untrained loss (ln of the label or vocabulary count): the reference of the
+        # guard's loss-spike floor and limit, recorded so a run can be replayed offline.
+        prior = cfg.guard.loss_prior if cfg.guard is not None and cfg.guard.loss_prior is not None else None
+        if prior is None:
+            derived = model_loss_prior(unwrap_model(model), causal_lm=causal_lm)
+            prior = derived[0] if derived is not None else None
+        if prior is not None:
+            meta = {**meta, "loss_prior": prior}
         rec.start(run_config, meta, step=resumed_from_step)
-        rec.causal_lm = is_causal_lm(model)
+        rec.causal_lm = causal_lm
         self._model = unwrap_model(model)
         named = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
         self._params = list(named.values())
@@ -174,7 +185,8 @@ class RunSupervisor:
         if cfg.guard is not None:
             from .guard import TrainingGuard
 
-            self.guard = TrainingGuard(cfg.guard, named, optimizer, scheduler, scaler, save_fn=save_fn,
+            guard_cfg = cfg.guard if prior is None else dataclasses.replace(cfg.guard, loss_prior=prior)
+            self.guard = TrainingGuard(guard_cfg, named, optimizer, scheduler, scaler, save_fn=save_fn,
                                        load_fn=load_fn, get_lr=get_lr, set_lr=set_lr)
             # The state handed over is the first good snapshot, taken before anything can touch
             # the weights; it is labelled (and recorded) at the first step as "step before it".
