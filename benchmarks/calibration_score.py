@@ -54,6 +54,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -297,12 +298,35 @@ def load_corpus(corpus: Path) -> tuple[dict[str, Any], list[Run]]:
 # =====================================================================================================
 # replays of the product's rules
 # =====================================================================================================
-def replay_guard(series: Sequence[tuple[int, float | None, float | None]], *, amp: bool) -> list[tuple[int, list[str]]]:
+def replay_guard(series: Sequence[tuple[int, float | None, float | None]], *, amp: bool,
+                 loss_prior: float | None = None) -> list[tuple[int, list[str]]]:
     """The guard's detection over one process's (step, loss, pre-clip grad norm) series: (step, triggers)
     for every step where a rule fired (the guard module's own replay: the same detector as the guard)."""
+    import inspect
+
     from gradience.training.detect import replay_guard as replay
 
+    if "loss_prior" in inspect.signature(replay).parameters:
+        return replay(series, amp=amp, loss_prior=loss_prior)
     return replay(series, amp=amp)
+
+
+def run_loss_prior(run: Run) -> float | None:
+    """The task's untrained loss the guard uses: as the run recorded it (``run_start.meta.loss_prior``),
+    else what the guard derives from the held-out set's label count (the manifest's ``n_labels``)."""
+    for ev in run.events:
+        if ev["event"] == "run_start":
+            prior = _num((ev.get("meta") or {}).get("loss_prior"))
+            if prior is not None:
+                return prior
+    n = (run.entry.get("labels") or {}).get("n_labels")
+    if isinstance(n, int) and n >= 2:
+        try:
+            from gradience.training.detect import loss_prior
+        except ImportError:
+            return None
+        return loss_prior(n_labels=n)
+    return None
 
 
 class _CaptureWriter:
@@ -626,6 +650,7 @@ class Firing:
     final: bool = False  # an alarm at the end of the run (monitor, watch, report)
     items: dict[str, str] = field(default_factory=dict)  # what fired: key -> text
     raw_steps: list[int] = field(default_factory=list)  # κ̃: steps whose raw level is >= WARNING
+    final_items: dict[str, str] = field(default_factory=dict)  # what fired at the end of the run
 
     @property
     def fired(self) -> bool:
@@ -642,9 +667,11 @@ class Firing:
     def topics(self) -> set[str]:
         return {t for t, rx in TOPICS.items() if any(rx.search(f"{k} {v}") for k, v in self.items.items())}
 
-    def off_topic(self, topics: Iterable[str]) -> list[str]:
+    def off_topic(self, topics: Iterable[str], *, at_end: bool = False) -> list[str]:
+        """The alarms that are not about ``topics`` (all of them when there is nothing to say)."""
         want = [TOPICS[t] for t in topics]
-        return [v for k, v in self.items.items() if not any(rx.search(f"{k} {v}") for rx in want)]
+        items = self.final_items if at_end else self.items
+        return [v for k, v in items.items() if not any(rx.search(f"{k} {v}") for rx in want)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"fired": self.fired, "first_step": self.first_step, "steps": self.steps[:50], "final": self.final,
@@ -669,11 +696,12 @@ def score_run(run: Run, tmp: Path, *, live_stride: int = 5) -> RunScore:
     fire = {s: Firing() for s in SOURCES}
     segments = run.segments()
     amp = run.amp_scaler()
+    prior = run_loss_prior(run)
 
     # guard: one detector per process
     for seg in segments:
         series = [(ev["step"], _num(ev.get("loss")), _num(ev.get("grad_norm"))) for ev in seg]
-        for step, triggers in replay_guard(series, amp=amp):
+        for step, triggers in replay_guard(series, amp=amp, loss_prior=prior):
             fire["guard"].steps.append(step)
             fire["guard"].add(",".join(triggers), f"{','.join(triggers)} (first at step {step})")
 
@@ -715,19 +743,15 @@ def score_run(run: Run, tmp: Path, *, live_stride: int = 5) -> RunScore:
             fire["watch"].steps.append(step)
             fire["watch"].add(word, f"health {word} (first at step {step})")
         last_word = word
-    items = monitor_final(derived)
-    fire["monitor"].final = bool(items)
-    for k, v in items.items():
-        fire["monitor"].add(k, v)
     last_ts = max((t for t in (_num(e.get("ts")) for e in events) if t is not None), default=time.time())
     word = watch_final(derived, last_ts + 1.0)
-    fire["watch"].final = word not in _QUIET_WORDS
-    if fire["watch"].final:
-        fire["watch"].add(word, f"health {word} (end of run)")
-    items = report_final(derived)
-    fire["report"].final = bool(items)
-    for k, v in items.items():
-        fire["report"].add(k, v)
+    finals = {"monitor": monitor_final(derived), "report": report_final(derived),
+              "watch": {word: f"health {word} (end of run)"} if word not in _QUIET_WORDS else {}}
+    for src, items in finals.items():
+        fire[src].final = bool(items)
+        fire[src].final_items = items
+        for k, v in items.items():
+            fire[src].add(k, v)
     for f in fire.values():
         f.steps = sorted(set(f.steps))
     return RunScore(run, truth, fire)
@@ -796,6 +820,9 @@ def summarize(scores: Sequence[RunScore], demoted: Iterable[str] = ()) -> dict[s
     for src in SOURCES:
         fa_h = [rs.run.name for rs in healthy if rs.sources[src].fired]
         fa_w = [rs.run.name for rs in worth if rs.sources[src].off_topic(rs.truth.worth)]
+        # the same, counting only what the run's final view says (monitor, watch, report)
+        fa_end = [rs.run.name for rs in healthy if rs.sources[src].final] + \
+                 [rs.run.name for rs in worth if rs.sources[src].off_topic(rs.truth.worth, at_end=True)]
         said = [rs.run.name for rs in worth
                 if src in CAN_SAY and set(rs.truth.worth) <= rs.sources[src].topics()]
         caught = [f"{rs.run.name}@{s}" for rs, s in faults if s in rs.sources[src].steps]
@@ -814,7 +841,8 @@ def summarize(scores: Sequence[RunScore], demoted: Iterable[str] = ()) -> dict[s
         per[src] = {
             "demoted": src in demoted,
             "false_alarms": {"healthy": len(fa_h), "healthy_total": len(healthy), "worth_off_topic": len(fa_w),
-                             "worth_total": len(worth), "runs": fa_h + fa_w},
+                             "worth_total": len(worth), "runs": fa_h + fa_w,
+                             "at_end": len(fa_end) if src not in STEPWISE or src in CAN_SAY else None},
             "worth_said": {"said": len(said), "total": len(worth) if src in CAN_SAY else 0, "runs": said},
             "injected": {"at_step": len(caught), "total": len(faults), "before_fault": len(pre)},
             "diverged": {"in_time": len(in_time), "flagged": len(flagged), "total": len(diverged), "leads": leads,
@@ -920,10 +948,27 @@ def _fmt_lead(x: float | None) -> str:
     return "–" if x is None else f"{x:+.0f}" if x != int(x) or True else str(x)
 
 
+def _ljust(text: str, width: int) -> str:
+    """Left-justify by display columns (a combining mark such as the tilde of κ̃ takes none)."""
+    shown = sum(not unicodedata.combining(ch) for ch in text)
+    return text + " " * max(0, width - shown)
+
+
+LEGEND = ("false alarms: healthy runs with any warning-or-worse alarm, at any step; worth said: "
+          "worth-saying runs (collapsed / not learned, memorisation) where the source says so (only sources "
+          "that speak in words can); off-topic: worth-saying runs with an alarm about something else; "
+          "faults @step: injected faults with an alarm onset at the injected step; div in time: divergences "
+          "whose first alarm is no later than the blow-up step (report: read at the end, flagged at all); "
+          "lead: blow-up step − first alarm step (negative = late); recall: all of these hits over their "
+          "totals; (d): demoted, never presented as an alarm.")
+
+
 def render_table(result: Result, split: str | None = None, runs: bool = False) -> str:
     """The plain-text table (fits 100 columns)."""
     lines: list[str] = []
-    w = lines.append
+
+    def w(text: str) -> None:
+        lines.extend(textwrap.wrap(text, 100, subsequent_indent="  ", break_on_hyphens=False) or [""])
     splits = [split] if split else ["fit", "test", None]
     for s in splits:
         sel = result.select(s)
@@ -940,11 +985,18 @@ def render_table(result: Result, split: str | None = None, runs: bool = False) -
             lead = "–" if dv["median_lead"] is None else f"{dv['median_lead']:+g}/{dv['min_lead']:+d}"
             in_time = _cell(dv["in_time"] if src in STEPWISE else dv["flagged"], dv["total"])
             recall = "–" if p["recall"] is None else f"{100 * p['recall']:.0f}%"
-            w(f"{name:<18}{_cell(fa['healthy'], fa['healthy_total']):>13}{_cell(ws['said'], ws['total']):>11}"
+            w(f"{_ljust(name, 18)}{_cell(fa['healthy'], fa['healthy_total']):>13}{_cell(ws['said'], ws['total']):>11}"
               f"{_cell(fa['worth_off_topic'], fa['worth_total']):>10}{_cell(inj['at_step'], inj['total']):>13}"
               f"{in_time:>12}{lead:>13}{recall:>8}")
         w("")
+    w(LEGEND)
+    w("")
     sel = result.select(split)
+    summ = summarize(sel, result.demoted)["sources"]
+    w("false alarms counting only the end-of-run view (healthy + off-topic): "
+      + ", ".join(f"{_LABELS[src]} {summ[src]['false_alarms']['at_end']}" for src in CAN_SAY))
+    w("alarms before an injected fault (its run was healthy until then): "
+      + ", ".join(f"{_LABELS[src]} {summ[src]['injected']['before_fault']}" for src in SOURCES))
     kr = kappa_raw(sel)
     w(f"κ̃ raw levels >= WARNING (whatever is shown): {kr['healthy_runs_raw']}/{kr['healthy_runs']} non-failing runs, "
       f"{kr['healthy_samples_raw']}/{kr['healthy_samples']} of their samples;")
