@@ -186,16 +186,19 @@ class Truth:
     injected: list[dict[str, Any]]
     worth: list[str]
     facts: dict[str, Any]
+    cause_step: int | None = None  # a diverged run: the step its cause began (an LR raised), when known
 
     def to_dict(self) -> dict[str, Any]:
         return {"category": self.category, "divergence_step": self.divergence_step, "injected": self.injected,
-                "worth": self.worth, "facts": self.facts}
+                "worth": self.worth, "facts": self.facts, "cause_step": self.cause_step}
 
 
 def ground_truth(losses: Sequence[tuple[int, float | None]], evals: dict[str, dict[str, Any]],
-                 labels: dict[str, Any] | None, injected: Sequence[dict[str, Any]] = ()) -> Truth:
+                 labels: dict[str, Any] | None, injected: Sequence[dict[str, Any]] = (),
+                 cause_step: int | None = None) -> Truth:
     """Category of a run: ``injected`` (the manifest lists fault steps) > ``diverged`` >
-    ``worth_saying`` > ``healthy``."""
+    ``worth_saying`` > ``healthy``. ``cause_step``: where the manifest says a diverging run's cause
+    began (alarms before it were raised on a healthy stretch and lead nothing)."""
     div = divergence_step(losses)
     worth, facts = worth_saying(evals, labels) if div is None else ([], {})
     inj = [dict(i) for i in injected]
@@ -207,7 +210,7 @@ def ground_truth(losses: Sequence[tuple[int, float | None]], evals: dict[str, di
         cat = WORTH
     else:
         cat = HEALTHY
-    return Truth(cat, div, inj, worth if cat == WORTH else [], facts)
+    return Truth(cat, div, inj, worth if cat == WORTH else [], facts, cause_step if cat == DIVERGED else None)
 
 
 # =====================================================================================================
@@ -269,8 +272,15 @@ class Run:
                     return True
         return bool(self.entry.get("amp"))
 
+    def cause_step(self) -> int | None:
+        """Where the manifest says the cause of a divergence began (``lr_boost.step``, ``cause_step``)."""
+        boost = self.entry.get("lr_boost")
+        step = boost.get("step") if isinstance(boost, dict) else self.entry.get("cause_step")
+        return step if isinstance(step, int) else None
+
     def truth(self) -> Truth:
-        return ground_truth(self.losses(), self.last_evals(), self.entry.get("labels"), self.entry.get("injected") or [])
+        return ground_truth(self.losses(), self.last_evals(), self.entry.get("labels"), self.entry.get("injected") or [],
+                            self.cause_step())
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -302,13 +312,9 @@ def replay_guard(series: Sequence[tuple[int, float | None, float | None]], *, am
                  loss_prior: float | None = None) -> list[tuple[int, list[str]]]:
     """The guard's detection over one process's (step, loss, pre-clip grad norm) series: (step, triggers)
     for every step where a rule fired (the guard module's own replay: the same detector as the guard)."""
-    import inspect
-
     from gradience.training.detect import replay_guard as replay
 
-    if "loss_prior" in inspect.signature(replay).parameters:
-        return replay(series, amp=amp, loss_prior=loss_prior)
-    return replay(series, amp=amp)
+    return replay(series, amp=amp, loss_prior=loss_prior)
 
 
 def run_loss_prior(run: Run) -> float | None:
@@ -321,10 +327,8 @@ def run_loss_prior(run: Run) -> float | None:
                 return prior
     n = (run.entry.get("labels") or {}).get("n_labels")
     if isinstance(n, int) and n >= 2:
-        try:
-            from gradience.training.detect import loss_prior
-        except ImportError:
-            return None
+        from gradience.training.detect import loss_prior
+
         return loss_prior(n_labels=n)
     return None
 
@@ -448,10 +452,8 @@ def replay_kappa(run: Run, tmp: Path) -> dict[tuple[int, int], tuple[dict[str, A
 
 def kappa_alarm_levels() -> tuple[frozenset[str], bool]:
     """(the κ̃ levels the product presents as warning-or-worse, demoted?)."""
-    try:
-        from gradience.training import kappa_risk
-    except ImportError:
-        return frozenset({"WARNING", "DANGER", "INSTABILITY"}), False
+    from gradience.training import kappa_risk
+
     levels = frozenset(kappa_risk.ALARM_LEVELS)
     return levels, not levels
 
@@ -660,6 +662,11 @@ class Firing:
     def first_step(self) -> int | None:
         return min(self.steps) if self.steps else None
 
+    def first_from(self, step: int | None) -> int | None:
+        """The first alarm onset at or after ``step`` (None: from the start)."""
+        found = [s for s in self.steps if step is None or s >= step]
+        return min(found) if found else None
+
     def add(self, key: str, text: str) -> None:
         if key not in self.items and len(self.items) < 60:
             self.items[key] = text
@@ -775,12 +782,15 @@ def loss_jumps(losses: Sequence[tuple[int, float | None]], lookback: int = 10, l
 def spike_margin(scores: Sequence[RunScore]) -> dict[str, Any]:
     """The injected loss spikes' size against the largest loss jump of any non-failing run."""
     healthy_max: tuple[float, float, str, int] | None = None
+    strict_max: tuple[float, float, str, int] | None = None  # healthy runs only
     for rs in scores:
         if rs.truth.category not in (HEALTHY, WORTH):
             continue
         for step, (jump, ratio) in loss_jumps(rs.run.losses()).items():
             if healthy_max is None or jump > healthy_max[0]:
                 healthy_max = (jump, ratio, rs.run.name, step)
+            if rs.truth.category == HEALTHY and (strict_max is None or jump > strict_max[0]):
+                strict_max = (jump, ratio, rs.run.name, step)
     spikes = []
     for rs in scores:
         jumps = None
@@ -794,7 +804,10 @@ def spike_margin(scores: Sequence[RunScore]) -> dict[str, Any]:
     finite = [s for s in spikes if s["jump"] is not None and math.isfinite(s["jump"])]
     smallest = min(finite, key=lambda s: s["jump"]) if finite else None
     out: dict[str, Any] = {"healthy_max_jump": None, "injected": spikes, "smallest_injected": smallest,
-                           "margin_ratio": None}
+                           "margin_ratio": None, "healthy_only_max_jump": None}
+    if strict_max is not None:
+        out["healthy_only_max_jump"] = {"jump": strict_max[0], "ratio": strict_max[1], "run": strict_max[2],
+                                        "step": strict_max[3]}
     if healthy_max is not None:
         out["healthy_max_jump"] = {"jump": healthy_max[0], "ratio": healthy_max[1], "run": healthy_max[2],
                                    "step": healthy_max[3]}
@@ -821,18 +834,21 @@ def summarize(scores: Sequence[RunScore], demoted: Iterable[str] = ()) -> dict[s
         fa_h = [rs.run.name for rs in healthy if rs.sources[src].fired]
         fa_w = [rs.run.name for rs in worth if rs.sources[src].off_topic(rs.truth.worth)]
         # the same, counting only what the run's final view says (monitor, watch, report)
-        fa_end = [rs.run.name for rs in healthy if rs.sources[src].final] + \
-                 [rs.run.name for rs in worth if rs.sources[src].off_topic(rs.truth.worth, at_end=True)]
+        fa_end = [rs.run.name for rs in healthy if rs.sources[src].final]
         said = [rs.run.name for rs in worth
                 if src in CAN_SAY and set(rs.truth.worth) <= rs.sources[src].topics()]
         caught = [f"{rs.run.name}@{s}" for rs, s in faults if s in rs.sources[src].steps]
         pre = [rs.run.name for rs, s in faults
                if rs.sources[src].first_step is not None and rs.sources[src].first_step < s]
         leads: dict[str, int | None] = {}
+        before_cause = []
         for rs in diverged:
             f = rs.sources[src]
             assert rs.truth.divergence_step is not None
-            leads[rs.run.name] = None if f.first_step is None else rs.truth.divergence_step - f.first_step
+            first = f.first_from(rs.truth.cause_step)
+            leads[rs.run.name] = None if first is None else rs.truth.divergence_step - first
+            if rs.truth.cause_step is not None and f.first_step is not None and f.first_step < rs.truth.cause_step:
+                before_cause.append(rs.run.name)
         in_time = [n for n, lead in leads.items() if lead is not None and lead >= 0]
         flagged = [n for rs in diverged for n in [rs.run.name] if rs.sources[src].fired]
         n_pos = len(faults) + len(diverged) + (len(worth) if src in CAN_SAY else 0)
@@ -840,12 +856,13 @@ def summarize(scores: Sequence[RunScore], demoted: Iterable[str] = ()) -> dict[s
         known = [v for v in leads.values() if v is not None]
         per[src] = {
             "demoted": src in demoted,
-            "false_alarms": {"healthy": len(fa_h), "healthy_total": len(healthy), "worth_off_topic": len(fa_w),
-                             "worth_total": len(worth), "runs": fa_h + fa_w,
-                             "at_end": len(fa_end) if src not in STEPWISE or src in CAN_SAY else None},
+            "false_alarms": {"healthy": len(fa_h), "healthy_total": len(healthy), "runs": fa_h,
+                             "at_end": len(fa_end) if src in CAN_SAY else None},
+            "worth_off_topic": {"runs": fa_w, "n": len(fa_w), "total": len(worth)},
             "worth_said": {"said": len(said), "total": len(worth) if src in CAN_SAY else 0, "runs": said},
             "injected": {"at_step": len(caught), "total": len(faults), "before_fault": len(pre)},
             "diverged": {"in_time": len(in_time), "flagged": len(flagged), "total": len(diverged), "leads": leads,
+                         "before_cause": len(before_cause),
                          "median_lead": statistics.median(known) if known else None,
                          "min_lead": min(known) if known else None},
             "recall": tp / n_pos if n_pos else None,
@@ -860,9 +877,14 @@ def kappa_raw(scores: Sequence[RunScore]) -> dict[str, Any]:
     div = [rs for rs in scores if rs.truth.category == DIVERGED]
     n_samples = sum(len(kappa_samples(rs.run)) for rs in ok)
     raw_samples = sum(len(rs.sources["kappa"].raw_steps) for rs in ok)
-    led = [rs.run.name for rs in div if any(s <= (rs.truth.divergence_step or 0) for s in rs.sources["kappa"].raw_steps)]
-    leads = {rs.run.name: (rs.truth.divergence_step or 0) - min(rs.sources["kappa"].raw_steps)
-             for rs in div if rs.sources["kappa"].raw_steps}
+    leads: dict[str, int] = {}
+    for rs in div:
+        # raw onsets from the cause on (the LR raise): raised on the healthy stretch before it, they lead nothing
+        cause = rs.truth.cause_step or 0
+        raw = [s for s in rs.sources["kappa"].raw_steps if s >= cause]
+        if raw:
+            leads[rs.run.name] = (rs.truth.divergence_step or 0) - min(raw)
+    led = [n for n, lead in leads.items() if lead >= 0]
     return {"healthy_runs_raw": sum(bool(rs.sources["kappa"].raw_steps) for rs in ok), "healthy_runs": len(ok),
             "healthy_samples_raw": raw_samples, "healthy_samples": n_samples,
             "diverged_led": len(led), "diverged": len(div), "diverged_leads": leads}
@@ -872,9 +894,7 @@ def targets(scores: Sequence[RunScore], demoted: Iterable[str]) -> dict[str, dic
     """The issue's four targets, each with ``ok`` and what misses it."""
     demoted = set(demoted)
     live = [s for s in SOURCES if s not in demoted]
-    fa = {src: [rs.run.name for rs in scores
-                if (rs.truth.category == HEALTHY and rs.sources[src].fired)
-                or (rs.truth.category == WORTH and rs.sources[src].off_topic(rs.truth.worth))]
+    fa = {src: [rs.run.name for rs in scores if rs.truth.category == HEALTHY and rs.sources[src].fired]
           for src in SOURCES}
     missed_faults = [f"{rs.run.name}@{i['step']}" for rs in scores if rs.truth.category == INJECTED
                      for i in rs.truth.injected if not any(int(i["step"]) in rs.sources[s].steps for s in live)]
@@ -882,7 +902,7 @@ def targets(scores: Sequence[RunScore], demoted: Iterable[str]) -> dict[str, dic
     for rs in scores:
         if rs.truth.category != DIVERGED:
             continue
-        firsts = [rs.sources[s].first_step for s in live if s in STEPWISE]
+        firsts = [rs.sources[s].first_from(rs.truth.cause_step) for s in live if s in STEPWISE]
         known = [f for f in firsts if f is not None]
         if not known or min(known) > (rs.truth.divergence_step or 0):
             late.append(f"{rs.run.name} (blow-up {rs.truth.divergence_step}, first alarm "
@@ -917,7 +937,7 @@ class Result:
             "corpus": str(self.corpus), "split": split or "all", "seconds": round(self.seconds, 2),
             "demoted": self.demoted,
             "summary": {s or "all": summarize(self.select(s), self.demoted) for s in splits},
-            "kappa_raw": kappa_raw(sel), "spike_margin": spike_margin(self.scores),
+            "kappa_raw": kappa_raw(sel), "spike_margin": spike_margin(sel),
             "targets": targets(sel, self.demoted), "runs": [rs.to_dict() for rs in sel],
         }
 
@@ -956,11 +976,12 @@ def _ljust(text: str, width: int) -> str:
 
 LEGEND = ("false alarms: healthy runs with any warning-or-worse alarm, at any step; worth said: "
           "worth-saying runs (collapsed / not learned, memorisation) where the source says so (only sources "
-          "that speak in words can); off-topic: worth-saying runs with an alarm about something else; "
-          "faults @step: injected faults with an alarm onset at the injected step; div in time: divergences "
-          "whose first alarm is no later than the blow-up step (report: read at the end, flagged at all); "
-          "lead: blow-up step − first alarm step (negative = late); recall: all of these hits over their "
-          "totals; (d): demoted, never presented as an alarm.")
+          "that speak in words can); off-topic: worth-saying runs with an alarm about something else "
+          "(information, not a target); faults @step: injected faults with an alarm onset at the injected "
+          "step; div in time: divergences whose first alarm from the cause on (the LR raise) is no later than "
+          "the blow-up step (report: read at the end, flagged at all); lead: blow-up step − that first alarm "
+          "step (negative = late); recall: all of these hits over their totals; (d): demoted, never "
+          "presented as an alarm.")
 
 
 def render_table(result: Result, split: str | None = None, runs: bool = False) -> str:
@@ -986,27 +1007,32 @@ def render_table(result: Result, split: str | None = None, runs: bool = False) -
             in_time = _cell(dv["in_time"] if src in STEPWISE else dv["flagged"], dv["total"])
             recall = "–" if p["recall"] is None else f"{100 * p['recall']:.0f}%"
             w(f"{_ljust(name, 18)}{_cell(fa['healthy'], fa['healthy_total']):>13}{_cell(ws['said'], ws['total']):>11}"
-              f"{_cell(fa['worth_off_topic'], fa['worth_total']):>10}{_cell(inj['at_step'], inj['total']):>13}"
+              f"{_cell(p['worth_off_topic']['n'], p['worth_off_topic']['total']):>10}{_cell(inj['at_step'], inj['total']):>13}"
               f"{in_time:>12}{lead:>13}{recall:>8}")
         w("")
     w(LEGEND)
     w("")
     sel = result.select(split)
     summ = summarize(sel, result.demoted)["sources"]
-    w("false alarms counting only the end-of-run view (healthy + off-topic): "
+    w("false alarms on healthy runs counting only the end-of-run view: "
       + ", ".join(f"{_LABELS[src]} {summ[src]['false_alarms']['at_end']}" for src in CAN_SAY))
     w("alarms before an injected fault (its run was healthy until then): "
       + ", ".join(f"{_LABELS[src]} {summ[src]['injected']['before_fault']}" for src in SOURCES))
+    w("alarms before the cause of a divergence (the LR raise; not counted as leads): "
+      + ", ".join(f"{_LABELS[src]} {summ[src]['diverged']['before_cause']}" for src in SOURCES))
     kr = kappa_raw(sel)
     w(f"κ̃ raw levels >= WARNING (whatever is shown): {kr['healthy_runs_raw']}/{kr['healthy_runs']} non-failing runs, "
       f"{kr['healthy_samples_raw']}/{kr['healthy_samples']} of their samples;")
     w(f"  before/at the blow-up of {kr['diverged_led']}/{kr['diverged']} divergences"
       + (f" (leads {', '.join(f'{v:+d}' for v in kr['diverged_leads'].values())})" if kr["diverged_leads"] else ""))
-    m = spike_margin(result.scores)
+    m = spike_margin(sel)
     hm, sm = m["healthy_max_jump"], m["smallest_injected"]
     if hm:
         w(f"largest loss jump of a non-failing run: +{hm['jump']:.3g} (x{hm['ratio']:.3g}) at step {hm['step']} "
           f"of {hm['run']}")
+    ho = m["healthy_only_max_jump"]
+    if ho and ho != hm:
+        w(f"  of a healthy run: +{ho['jump']:.3g} (x{ho['ratio']:.3g}) at step {ho['step']} of {ho['run']}")
     if sm:
         w(f"smallest injected loss spike: +{sm['jump']:.3g} (x{sm['ratio']:.3g}) at step {sm['step']} of {sm['run']}"
           + (f"; margin x{m['margin_ratio']:.3g}" if m["margin_ratio"] is not None else ""))

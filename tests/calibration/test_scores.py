@@ -226,7 +226,7 @@ def _target(result: Any, name: str) -> dict[str, Any]:
 
 def test_corpus_no_false_alarm_on_healthy_runs(corpus: Any) -> None:
     t = _target(corpus, "no_false_alarms")
-    assert t["ok"], "warning-or-worse alarms on healthy runs (or off-topic on worth-saying runs): " + "; ".join(
+    assert t["ok"], "warning-or-worse alarms on healthy runs: " + "; ".join(
         f"{src}: {len(runs)} ({', '.join(runs)})" for src, runs in t["by_source"].items())
 
 
