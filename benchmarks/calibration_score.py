@@ -371,21 +371,54 @@ def _recorder(tmp: Path) -> Any:
     return rec
 
 
-def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path) -> dict[tuple[int, int], list[dict[str, Any]]]:
-    """The recorder's gradient-norm health fed every recorded step (a fresh recorder per process):
-    ``(segment, step) -> alerts`` it writes."""
-    out: dict[tuple[int, int], list[dict[str, Any]]] = {}
+@dataclass
+class GradReplay:
+    """What the recorder's gradient-norm health writes when fed a run's steps: per (segment, step) the
+    calls before that step's ``train_step`` (level-change alerts, running summaries), and per segment
+    the final summary."""
+
+    at: dict[tuple[int, int], list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
+    final: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def alerts(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        for (_, step), calls in sorted(self.at.items()):
+            for kind, c in calls:
+                if kind == "alert":
+                    yield step, c
+
+
+def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path, *, amp: bool) -> GradReplay:
+    """The recorder's ``record_grad`` fed every recorded step (a fresh recorder per process), as the
+    run supervisor calls it (an enabled AMP scaler's overflow: a non-finite norm with a finite loss)."""
+    import inspect
+
+    from gradience.training.recorder import RunRecorder
+
+    takes_amp = "amp_overflow" in inspect.signature(RunRecorder.record_grad).parameters
+    out = GradReplay()
     for k, seg in enumerate(segments):
         rec = _recorder(tmp)
+        last = None
         for ev in seg:
             pre = _num(ev.get("grad_norm"))
             if pre is None:
                 continue
+            loss = _num(ev.get("loss"))
+            overflow = amp and not math.isfinite(pre) and loss is not None and math.isfinite(loss)
             rec.writer.calls.clear()
-            rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")))
-            alerts = [c for kind, c in rec.writer.calls if kind == "alert"]
-            if alerts:
-                out[(k, ev["step"])] = alerts
+            if takes_amp:
+                rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")), amp_overflow=overflow)
+            else:
+                rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")))
+            calls = [(kind, c) for kind, c in rec.writer.calls if kind in ("alert", "metrics")]
+            if calls:
+                out.at[(k, ev["step"])] = calls
+            last = ev["step"]
+        rec.writer.calls.clear()
+        rec.write_grad_summary(last)
+        final = [c for kind, c in rec.writer.calls if kind == "metrics" and c.get("kind") == "grad_norm"]
+        if final:
+            out.final[k] = final[0]
     return out
 
 
@@ -477,12 +510,13 @@ def _write(path: Path, events: Iterable[dict[str, Any]]) -> None:
             f.write(encode_line(sanitize(ev, max_str_len=None)))
 
 
-def derive_events(run: Run, grad: dict[tuple[int, int], list[dict[str, Any]]],
+def derive_events(run: Run, grad: GradReplay,
                   kappa: dict[tuple[int, int], tuple[dict[str, Any], list[dict[str, Any]]]],
                   tmp: Path) -> list[dict[str, Any]]:
     """The run's events as the current code would have written them: re-derived gradient-health and
-    κ̃ alerts in place of the recorded ones, current κ̃ levels in the spectral payloads, and the
-    end-of-run recommendations of the current rules."""
+    κ̃ alerts in place of the recorded ones, the gradient-norm summaries of the current recorder,
+    current κ̃ levels in the spectral payloads, and the end-of-run recommendations of the current
+    rules."""
     from gradience.policy import run_recommendations
     from gradience.telemetry.reader import TelemetryReader
 
@@ -497,10 +531,19 @@ def derive_events(run: Run, grad: dict[tuple[int, int], list[dict[str, Any]]],
         elif name == "alert" and str(ev.get("code", "")).startswith(_REDERIVED_ALERT_PREFIXES):
             continue
         elif name == "train_step":
-            for a in grad.get((max(seg, 0), step), []) if type(step) is int else []:
-                out.append(_event(ev, "alert", a["step"], severity=a["severity"], code=a["code"],
-                                  message=a["message"], context=a["context"]))
+            for kind, c in grad.at.get((max(seg, 0), step), []) if type(step) is int else []:
+                if kind == "alert":
+                    out.append(_event(ev, "alert", c["step"], severity=c["severity"], code=c["code"],
+                                      message=c["message"], context=c["context"]))
+                else:
+                    extra = {k: v for k, v in c.items() if k not in ("kind", "metrics", "step")}
+                    out.append(_event(ev, "metrics", c["step"], kind=c["kind"], metrics=c["metrics"], **extra))
             out.append(ev)
+        elif name == "metrics" and ev.get("kind") == "grad_norm":
+            # A recorded running summary is replaced by the replayed ones; the final one by the replay's.
+            m = ev.get("metrics")
+            if isinstance(m, dict) and m.get("final", True) is not False and max(seg, 0) in grad.final:
+                out.append({**ev, "metrics": grad.final[max(seg, 0)]["metrics"]})
         elif name == "metrics" and ev.get("kind") == "spectral" and type(step) is int:
             found = kappa.get((max(seg, 0), step))
             if found is None:
@@ -713,12 +756,11 @@ def score_run(run: Run, tmp: Path, *, live_stride: int = 5) -> RunScore:
             fire["guard"].add(",".join(triggers), f"{','.join(triggers)} (first at step {step})")
 
     # gradient health
-    grad = replay_grad(segments, tmp)
-    for (_, step), alerts in sorted(grad.items()):
-        for a in alerts:
-            if _warn_or_worse(a["severity"]):
-                fire["grad"].steps.append(step)
-                fire["grad"].add(a["code"], f"{a['severity']} {a['code']} (first at step {step}): {a['message']}")
+    grad = replay_grad(segments, tmp, amp=amp)
+    for step, a in grad.alerts():
+        if _warn_or_worse(a["severity"]):
+            fire["grad"].steps.append(step)
+            fire["grad"].add(a["code"], f"{a['severity']} {a['code']} (first at step {step}): {a['message']}")
 
     # κ̃
     alarm_levels, _ = kappa_alarm_levels()
