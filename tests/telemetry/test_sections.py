@@ -24,7 +24,7 @@ def test_sections_serialise_to_the_documented_keys(tmp_path):
     assert list(d["grad_norm"]) == ["last", "max", "last_clipped", "history", "level", "trend", "sparkline",
                                     "nonfinite_count", "summary"]
     assert list(d["guard"]) == ["enabled", "snapshots", "rollbacks", "lr_backoffs", "aborts", "lockout",
-                                "final_lr_scale", "integrity_status", "last"]
+                                "final_lr_scale", "integrity_status", "last", "amp_overflows"]
     assert d["spectral"] == {"kappa": 3.0, "risk_level": "STABLE", "step": 5, "n": 1}
     assert snap.loss.n == 5 and snap.loss.last == 0.2 and snap.grad_norm.level == "healthy"
     assert snap.guard == GuardSummary() and not snap.guard.enabled

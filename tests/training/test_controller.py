@@ -224,3 +224,15 @@ def test_amp_overflows_are_left_to_the_scaler_until_the_streak_is_too_long(tmp_p
     else:  # the 4th overflow in a row is a fault
         assert guard["total_rollbacks"] == 1 and summary["amp_overflows"] == 3
         assert summary["trigger_counts"] == {"nonfinite_grad": 1}
+    # What the user sees: overflows the scaler handled are information, a fault stays an error.
+    from gradience.cli.monitor import build_monitor_json
+
+    events = read_events(tmp_path / "run.jsonl")
+    assert events[0]["meta"]["amp"] == {"grad_scaler": True}
+    codes = {(e["code"], e["severity"]) for e in events if e["event"] == "alert"}
+    recs = {r["action"]: r["severity"] for r in build_monitor_json(tmp_path / "run.jsonl")["recommendations"]}
+    assert ("AMP_OVERFLOW", "info") in codes and not any(c == "GRAD_NORM_NONFINITE" for c, _ in codes)
+    if streak == 3:
+        assert recs.get("note_amp_overflows") == "info" and "investigate_nonfinite" not in recs
+    else:
+        assert recs.get("investigate_nonfinite") == "error" and "note_amp_overflows" not in recs

@@ -19,7 +19,8 @@ __all__ = ["INFORMATIONAL_ACTIONS", "check_config", "finalize", "is_actionable",
 
 # Advice that does not point at a problem in this configuration or run; it never
 # suppresses ``config_ok``.
-INFORMATIONAL_ACTIONS = frozenset({"config_ok", "calibration_probe", "note_high_udr", "review_spectral_risk"})
+INFORMATIONAL_ACTIONS = frozenset({"config_ok", "calibration_probe", "note_high_udr", "review_spectral_risk",
+                                   "note_amp_overflows"})
 
 C = TypeVar("C")
 

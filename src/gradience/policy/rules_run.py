@@ -161,10 +161,55 @@ def underfitting(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 # -- numerical health ------------------------------------------------------------------
+def _amp_scaler(ctx: RunContext) -> bool:
+    """Whether the run trained with an AMP grad scaler (fp16): recorded in ``run_start.meta``
+    (``amp.grad_scaler``, written by the integrations when an enabled scaler is handed over), an
+    fp16 dtype in the config, or overflows counted by the guard."""
+    meta = ctx.snap.meta or {}
+    amp = meta.get("amp")
+    if (isinstance(amp, dict) and amp.get("grad_scaler") is True) or meta.get("grad_scaler") is True:
+        return True
+    dtype = ctx.cfg.training.dtype
+    if isinstance(dtype, str) and dtype.lower() in ("fp16", "float16", "half"):
+        return True
+    return bool(ctx.snap.guard.amp_overflows)
+
+
+def scaler_handled_overflows(ctx: RunContext) -> int | None:
+    """The number of non-finite gradient norms that were fp16 overflows the AMP grad scaler
+    handled (it skips the step and lowers its scale), or None when they are not all that.
+
+    They are, when the run used a grad scaler and every loss is finite, and either the guard
+    counted them as overflows and rolled nothing back (it checks every step), or, without the
+    guard, the last gradient norm is finite again (the scaler recovered)."""
+    loss, grad, gd = ctx.snap.loss, ctx.snap.grad_norm, ctx.snap.guard
+    if not grad.nonfinite_count or loss.nonfinite_count or not _amp_scaler(ctx):
+        return None
+    if gd.enabled:
+        if gd.rollbacks or gd.aborts or gd.lockout or not gd.amp_overflows:
+            return None  # the guard treated some of them as faults
+        return max(gd.amp_overflows, grad.nonfinite_count)
+    last = _num(grad.last)
+    if last is None or not math.isfinite(last):
+        return None  # still overflowing at the end: the scaler did not recover
+    return grad.nonfinite_count
+
+
 def nonfinite(ctx: RunContext) -> Iterable[Recommendation]:
     loss, grad = ctx.snap.loss, ctx.snap.grad_norm
     n_loss, n_grad = loss.nonfinite_count, grad.nonfinite_count
     if not (n_loss or n_grad):
+        return
+    handled = scaler_handled_overflows(ctx)
+    if handled is not None:
+        # AMP overflows the grad scaler handled are how fp16 training works: information, not an error.
+        yield _rec("info", "note_amp_overflows",
+                   f"The AMP grad scaler skipped {handled} overflow step{'s' if handled != 1 else ''} (non-finite "
+                   "fp16 gradients with a finite loss) and recovered; nothing to fix unless it happens often.",
+                   "With fp16 the grad scaler starts at a large scale and halves it when gradients overflow, "
+                   "skipping that update: the weights are never touched by the non-finite gradients.", 0.7,
+                   {"amp_overflows": handled, "nonfinite_grad_norm": n_grad,
+                    "guard_amp_overflows": ctx.snap.guard.amp_overflows, "guard_enabled": ctx.snap.guard.enabled})
         return
     steps = [s for s in loss.nonfinite_steps if s is not None]
     where = f" (first at step {steps[0]})" if steps else ""

@@ -115,6 +115,8 @@ class GuardSummary(Record):
         final_lr_scale: the LR multiplier the guard left in place (1.0 = untouched), from its summary.
         integrity_status: the guard's snapshot-integrity verdict, from its summary.
         last: the last guard event's payload as recorded, with its ``step`` and ``action``.
+        amp_overflows: fp16 overflow steps the guard left to the AMP grad scaler (skipped by the
+            scaler, not faults), from its summary; ``None`` when not recorded.
     """
 
     enabled: bool = False
@@ -126,6 +128,7 @@ class GuardSummary(Record):
     final_lr_scale: float | None = None
     integrity_status: str | None = None
     last: dict[str, Any] | None = None
+    amp_overflows: int | None = None
 
 
 @dataclass(eq=False)

@@ -372,6 +372,7 @@ class RunAccumulator:
             final_lr_scale=_num(summary.get("final_lr_scale")),
             integrity_status=_text(summary.get("integrity_status")),
             last=self.guard_last,
+            amp_overflows=_count(summary.get("amp_overflows")),
         )
         last_sp = self.spectral_last or {}
         kappa = _num(last_sp.get("kappa_tilde"))

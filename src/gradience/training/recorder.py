@@ -126,13 +126,22 @@ class RunRecorder:
             return True
         return step == 1 or step % self.telemetry_interval == 0
 
-    def record_grad(self, step: int, pre_clip: float | None, post_clip: float | None) -> None:
-        """Feed the gradient-norm monitor (every optimizer step); alerts level changes."""
+    def record_grad(self, step: int, pre_clip: float | None, post_clip: float | None, *,
+                    amp_overflow: bool = False) -> None:
+        """Feed the gradient-norm monitor (every optimizer step); alerts level changes.
+
+        ``amp_overflow``: this step's non-finite norm is an fp16 overflow an enabled AMP grad
+        scaler handles (finite loss; the scaler skips the step): its alert is ``AMP_OVERFLOW``
+        at severity info instead of the critical ``GRAD_NORM_NONFINITE``."""
         if pre_clip is None:
             return
         change = self.grad.update(step, pre_clip, post_clip)
         if change is not None:
-            self.writer.alert(change.severity, change.code, change.message, step=step, context=change.context())
+            severity, code, message = change.severity, change.code, change.message
+            if amp_overflow and change.level == "nonfinite":
+                severity, code = "info", "AMP_OVERFLOW"
+                message += " (an fp16 overflow: the AMP grad scaler skips this step and lowers its scale)"
+            self.writer.alert(severity, code, message, step=step, context=change.context())
 
     def train_step(self, step: int, *, loss: float | None, lr: Any, epoch: float | None = None,
                    grad_norm: float | None = None, grad_norm_clipped: float | None = None,

@@ -105,6 +105,7 @@ class RunSupervisor:
         self.recorder: RunRecorder | None = None
         self.guard: Any = None  # TrainingGuard when the guard is on
         self.spectral: Any = None  # SpectralMonitor when sampling is on
+        self._scaler: Any = None  # the enabled AMP grad scaler handed to start(), if any
         self.guard_report: dict[str, Any] | None = None
         self.stop_reason: str | None = None
         self.max_steps: int | None = None
@@ -176,6 +177,12 @@ class RunSupervisor:
             prior = derived[0] if derived is not None else None
         if prior is not None:
             meta = {**meta, "loss_prior": prior}
+        self._scaler = scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: True)() else None
+        if self._scaler is not None:
+            # An enabled AMP grad scaler: non-finite gradients with a finite loss are fp16 overflows it
+            # skips, which monitor reports as information (docs/policy.md#core-rules).
+            amp = meta.get("amp")
+            meta = {**meta, "amp": {**(amp if isinstance(amp, dict) else {}), "grad_scaler": True}}
         rec.start(run_config, meta, step=resumed_from_step)
         rec.causal_lm = causal_lm
         self._model = unwrap_model(model)
@@ -226,7 +233,10 @@ class RunSupervisor:
             snap.step = step - 1
             self._snapshot_event(step - 1, snap)
         self._values, self._lr = values, lr
-        rec.record_grad(step, values.grad_norm, values.grad_norm_clipped)
+        g, loss = values.grad_norm, values.loss
+        amp_overflow = (self._scaler is not None and g is not None and not math.isfinite(g)
+                        and loss is not None and math.isfinite(loss))
+        rec.record_grad(step, g, values.grad_norm_clipped, amp_overflow=amp_overflow)
         self._triggers = []
         if guard is not None and not guard.locked_out:
             self._triggers = guard.check(step, values.loss, values.grad_norm)
