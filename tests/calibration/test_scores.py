@@ -142,7 +142,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nan_at_7 = list(smooth)
     nan_at_7[6] = NAN
     _run(d / "fault_s0.jsonl", nan_at_7, [1.0] * 40)
-    _run(d / "diverges_s0.jsonl", [1.0] * 30 + [50.0] * 10, [1.0] * 30 + [1e5] * 10)
+    # a gradient-norm excursion at step 2, long before the LR raise (step 25) that causes the blow-up
+    _run(d / "diverges_s0.jsonl", [1.0] * 30 + [50.0] * 10, [1.0, 20.0] + [1.0] * 28 + [1e5] * 10)
     _run(d / "stuck_s1.jsonl", [0.69] * 40, [1.0] * 40, acc=(0.5, 0.5))
     entries = [
         {"file": "healthy_s0.jsonl", "profile": "healthy", "seed": 0, "split": "fit",
@@ -150,7 +151,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"file": "fault_s0.jsonl", "profile": "fault", "seed": 0, "split": "fit",
          "labels": {"n_labels": 2, "majority_rate": 0.5}, "injected": [{"step": 7, "kind": "nan_loss"}]},
         {"file": "diverges_s0.jsonl", "profile": "divergence", "seed": 0, "split": "test",
-         "labels": {"n_labels": 2, "majority_rate": 0.5}, "injected": []},
+         "labels": {"n_labels": 2, "majority_rate": 0.5}, "injected": [], "lr_boost": {"step": 25, "factor": 100}},
         {"file": "stuck_s1.jsonl", "profile": "no_learning", "seed": 1, "split": "test",
          "labels": {"n_labels": 2, "majority_rate": 0.5}, "injected": []},
     ]
@@ -187,6 +188,23 @@ def test_recorded_alerts_are_replaced_by_the_current_rules(scored: Any) -> None:
     # grad norms of 1.0 are healthy today: the recorded GRAD_NORM_CRITICAL is gone from every view
     assert healthy.sources["grad"].steps == []
     assert not any("GRAD_NORM_CRITICAL" in text for text in healthy.sources["monitor"].items.values())
+
+
+def test_kappa_levels_are_replayed_not_read(scored: Any) -> None:
+    # every sample was recorded as DANGER; a constant κ̃ replays as no alarm (and no raw level)
+    healthy = _by_name(scored)["healthy_s0"]
+    assert healthy.sources["kappa"].steps == [] and healthy.sources["kappa"].raw_steps == []
+
+
+def test_alarms_before_the_cause_of_a_divergence_lead_nothing(scored: Any) -> None:
+    div = _by_name(scored)["diverges_s0"]
+    assert div.truth.cause_step == 25
+    grad = div.sources["grad"]
+    assert grad.first_step == 2
+    assert grad.first_from(25) != 2
+    summary = scored.to_dict()["summary"]["all"]["sources"]["grad"]["diverged"]
+    assert summary["before_cause"] == 1
+    assert summary["leads"]["diverges_s0"] is None or summary["leads"]["diverges_s0"] <= 0
 
 
 def test_lead_times_and_the_table(scored: Any) -> None:
