@@ -390,11 +390,6 @@ class GradReplay:
 def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path, *, amp: bool) -> GradReplay:
     """The recorder's ``record_grad`` fed every recorded step (a fresh recorder per process), as the
     run supervisor calls it (an enabled AMP scaler's overflow: a non-finite norm with a finite loss)."""
-    import inspect
-
-    from gradience.training.recorder import RunRecorder
-
-    takes_amp = "amp_overflow" in inspect.signature(RunRecorder.record_grad).parameters
     out = GradReplay()
     for k, seg in enumerate(segments):
         rec = _recorder(tmp)
@@ -406,10 +401,7 @@ def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path, *, amp:
             loss = _num(ev.get("loss"))
             overflow = amp and not math.isfinite(pre) and loss is not None and math.isfinite(loss)
             rec.writer.calls.clear()
-            if takes_amp:
-                rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")), amp_overflow=overflow)
-            else:
-                rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")))
+            rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")), amp_overflow=overflow)
             calls = [(kind, c) for kind, c in rec.writer.calls if kind in ("alert", "metrics")]
             if calls:
                 out.at[(k, ev["step"])] = calls
