@@ -23,6 +23,10 @@ class FakeClock:
         self.now += self.step
         return self.now
 
+    def monotonic(self) -> float:
+        """The same clock read without advancing it (the writer reads it right after ``time``)."""
+        return self.now - 1_600_000_000.0
+
 
 def _cfg(profile: str, dataset: str, *, lr: float, r: int, alpha: float, targets: list[str],
          max_steps: int) -> dict[str, object]:

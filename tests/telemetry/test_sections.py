@@ -22,7 +22,8 @@ def test_sections_serialise_to_the_documented_keys(tmp_path):
                                "spikes", "spike_steps"]
     assert list(d["lr"]) == ["first", "last"]
     assert list(d["grad_norm"]) == ["last", "max", "last_clipped", "history", "level", "trend", "sparkline",
-                                    "nonfinite_count", "summary"]
+                                    "nonfinite_count", "summary", "source", "n_steps", "clipped_steps",
+                                    "record_step"]
     assert list(d["guard"]) == ["enabled", "snapshots", "rollbacks", "lr_backoffs", "aborts", "lockout",
                                 "final_lr_scale", "integrity_status", "last", "amp_overflows"]
     assert d["spectral"] == {"kappa": 3.0, "risk_level": "STABLE", "step": 5, "n": 1}

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..numfmt import pct as _pct
+from ..telemetry.sections import GradNormSummary
+from ..telemetry.snapshot import resume_text
 from ..training.kappa_risk import neutral_word
 from ._output import console, err_console, fmt_num, print_json
 from .check import FAIL_ON, _wrapped, fails, render_recommendations
@@ -20,7 +23,7 @@ MAX_ALERTS_SHOWN = 10
 
 
 def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_threshold: float = 1.5,
-                       strict_schema: bool = False) -> dict[str, Any]:
+                       strict_schema: bool = False, now: float | None = None) -> dict[str, Any]:
     """Read ``path`` once and build the ``monitor --json`` object.
 
     Shape: ``{file, run_id, config, signals, alerts, recommendations, telemetry_issues}``:
@@ -28,7 +31,8 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     (``SignalSnapshot.to_dict()`` without config/alerts, with ``recorded_recommendations``
     (those written into the file during training) and ``runs_in_file``), ``alerts`` the
     last alerts of the run (at most 200), ``recommendations`` the policy output sorted by
-    severity, ``telemetry_issues`` one ``{line, kind, message}`` per bad line.
+    severity, ``telemetry_issues`` one ``{line, kind, message}`` per bad line. ``now`` (unix
+    seconds, default the current time) decides whether a run without ``run_end`` is stalled.
 
     Raises:
         GradienceError: missing file, unknown ``run_id``; TelemetryFormatError with
@@ -46,7 +50,7 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
         raise GradienceError(f"run id {run_id!r} not found", path=path, hint=f"runs in this file: {known}")
     if accs:
         chosen = run_id if run_id is not None else next(reversed(accs))
-        snap = accs[chosen].snapshot()
+        snap = accs[chosen].snapshot(now=time.time() if now is None else now)
     else:
         snap = SignalSnapshot(status="empty")
     recs = run_recommendations(snap, gap_threshold=gap_threshold)
@@ -114,8 +118,13 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         section("Run", f" {obj['run_id']}{note}")
         say(f"file {obj['file']}")
         status_txt = {"running": "running (no run_end yet)"}.get(str(status), str(status))
+        if sig.get("stalled"):
+            status_txt = (f"stalled (no run_end, silent for {_dur(sig.get('silence_s'))}, longer than the "
+                          f"{_dur(sig.get('stall_after_s'))} its cadence allows; the process likely died)")
         if sig.get("reason"):
             status_txt += f": {sig['reason']}"
+        if sig.get("resumed_from_step") is not None:
+            status_txt += f" · {resume_text(sig.get('resumes') or [], sig['resumed_from_step'])}"
         say(f"model {sig.get('model_name') or '—'} · dataset {sig.get('dataset_name') or '—'} · "
             f"profile {sig.get('task_profile')}")
         say(f"LoRA r={fmt_num(sig.get('r'))} α={fmt_num(lora.get('alpha'))} · lr={fmt_num(opt.get('lr'))}")
@@ -174,10 +183,13 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
     con.print()
     section("Gradient health")
     if g.get("last") is not None:
-        clipped = f" · clipped {_g(g['last_clipped'])}" if g.get("last_clipped") is not None else ""
+        gs = GradNormSummary.from_dict(g)
+        clipped = f" · {gs.clipped_text()}" if gs.clipped_text() else ""
         g_nf = f" · non-finite {g['nonfinite_count']}" if g.get("nonfinite_count") else ""
         say(f"last {_g(g.get('last'))} · max {_g(g.get('max'))}{clipped} · {g.get('sparkline') or ''} "
             f"{g.get('trend') or ''} · level {g.get('level') or '—'}{g_nf}")
+        if gs.source_text():
+            say(f"from the {gs.source_text()}")
         if verbose and g.get("history"):
             say(f"last {len(g['history'])}: " + ", ".join(_g(v) for v in g["history"]))
     else:

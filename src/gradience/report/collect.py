@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -344,6 +345,7 @@ def collect_run(
     *,
     max_points: int = DEFAULT_MAX_POINTS,
     thresholds: GradThresholds = DEFAULT_THRESHOLDS,
+    now: float | None = None,
 ) -> RunData:
     """Read ``path`` once and return the snapshot and bounded curves of one run.
 
@@ -351,6 +353,8 @@ def collect_run(
         path: a telemetry v1 JSONL file.
         run_id: the run to report; default the run that started last (as ``monitor``).
         max_points: the most buckets any curve keeps (memory and page size are O(this)).
+        now: unix seconds (default the current time): a run without ``run_end`` silent for long
+            against its own cadence reads as stalled.
 
     Raises:
         GradienceError: missing file, a directory, an empty file, or an unknown ``run_id``.
@@ -382,7 +386,7 @@ def collect_run(
         path=str(reader.path),
         run_id=run_id,
         runs_in_file=list(collectors),
-        snapshot=col.acc.snapshot(),
+        snapshot=col.acc.snapshot(now=time.time() if now is None else now),
         curves=col.curves,
         issues=issues,
         file_bytes=reader.path.stat().st_size,

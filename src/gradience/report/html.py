@@ -11,6 +11,7 @@ from typing import Any
 
 from .._version import __version__
 from ..telemetry.sections import AuditIssue
+from ..telemetry.snapshot import resume_text
 from ..training.kappa_risk import neutral_word
 from . import _fmt as F
 from . import charts
@@ -35,7 +36,7 @@ h3{font-size:15px;margin:18px 0 6px}
 nav{display:flex;flex-wrap:wrap;gap:6px 14px;margin:10px 0 4px;font-size:13px}
 nav a{color:var(--accent);text-decoration:none}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;vertical-align:middle}
-.b-ok{background:#16a34a}.b-running{background:#2563eb}.b-aborted{background:#d97706}.b-error,.b-empty{background:#dc2626}
+.b-ok{background:#16a34a}.b-running{background:#2563eb}.b-aborted,.b-stalled{background:#d97706}.b-error,.b-empty{background:#dc2626}
 .sev{font-size:11px;font-weight:700;text-transform:uppercase;padding:1px 6px;border-radius:4px;color:#fff}
 .sev-info{background:#0891b2}.sev-warning{background:#d97706}.sev-error{background:#dc2626}.sev-critical{background:#7f1d1d}
 .kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;margin:12px 0}
@@ -124,8 +125,15 @@ def _sev(sev: Any) -> _Raw:
 def _overview(rep: Report) -> str:
     snap = rep.snapshot
     status = snap.status or "running"
+    if snap.stalled:
+        status = "stalled"
     badge = f'<span class="badge b-{esc(status)}">{esc(status)}</span>'
     reason = f" — {esc(snap.reason)}" if snap.reason else ""
+    if snap.stalled:
+        reason += (f" — no run_end and silent for {esc(F.duration(snap.silence_s))}, longer than the "
+                   f"{esc(F.duration(snap.stall_after_s))} its cadence allows (the process likely died)")
+    if snap.resumed_from_step is not None:
+        reason += f" — {esc(resume_text(snap.resumes, snap.resumed_from_step))}"
     steps = F.num(snap.last_step)
     if snap.max_steps:
         steps += f" / {F.num(snap.max_steps)}"
@@ -172,8 +180,10 @@ def _training(rep: Report) -> str:
         ("lr first → last", f"{F.num(snap.lr.first)} → {F.num(snap.lr.last)}"),
         ("grad norm last / max", f"{F.num(g.last, 3)} / {F.num(g.max, 3)}"),
         ("grad norm post-clip (last)", F.num(g.last_clipped, 3)),
+        ("grad norm clipping", g.clipped_text() or F.DASH),
         ("grad health (trend)", f"{g.level or F.DASH} {g.trend or ''} {g.sparkline or ''}"),
         ("non-finite grad norms", F.num(g.nonfinite_count)),
+        ("grad health from", g.source_text() or F.DASH),
     ])
     figs = [
         _fig(charts.loss_chart(curves), "▲ loss spike against the robust running baseline; × non-finite loss "

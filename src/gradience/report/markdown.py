@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..telemetry.health import sparkline
+from ..telemetry.snapshot import resume_text
 from ..training.kappa_risk import neutral_word
 from . import _fmt as F
 from .audit_view import AUDIT_COMMAND
@@ -48,7 +49,11 @@ def render_markdown(rep: Report) -> str:
     """GitHub-flavoured Markdown: overview, training, eval + gaps, guard, κ̃, audit, recommendations, alerts."""
     snap, curves = rep.snapshot, rep.run.curves
     L: list[str] = []
-    status = snap.status + (f" — {snap.reason}" if snap.reason else "")
+    status = ("stalled" if snap.stalled else snap.status) + (f" — {snap.reason}" if snap.reason else "")
+    if snap.stalled:
+        status += f" — no run_end, silent for {F.duration(snap.silence_s)}"
+    if snap.resumed_from_step is not None:
+        status += f" — {resume_text(snap.resumes, snap.resumed_from_step)}"
     L += [f"## Gradience report — {snap.model_name or 'run'}", ""]
     steps = F.num(snap.last_step) + (f" / {F.num(snap.max_steps)}" if snap.max_steps else "")
     L += _table(("run", "status", "model", "dataset", "profile", "r", "steps", "duration"), [(
@@ -65,6 +70,8 @@ def render_markdown(rep: Report) -> str:
         ("lr first → last", f"{F.num(lr.first)} → {F.num(lr.last)}"),
         ("grad norm last / max", f"{F.num(g.last, 3)} / {F.num(g.max, 3)}"),
         ("grad health", f"{g.level or F.DASH} {g.trend or ''}".strip()),
+        ("grad norm clipping", g.clipped_text() or F.DASH),
+        ("grad health from", g.source_text() or F.DASH),
     ]
     spark = _spark(curves.loss.points()) if curves.loss.count else ""
     if spark:

@@ -15,6 +15,8 @@ from typing import Any
 SCHEMA_ID = "gradience.vnext.telemetry/v1"
 
 ENVELOPE_KEYS = ("schema", "ts", "run_id", "event", "step")
+# Written by this release's writer; files of earlier releases lack them, so readers treat them as optional.
+OPTIONAL_ENVELOPE_KEYS = ("mono",)
 
 
 class Event(str, Enum):

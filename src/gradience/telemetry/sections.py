@@ -74,20 +74,35 @@ class LrSummary(Record):
 
 @dataclass(eq=False)
 class GradNormSummary(Record):
-    """Global gradient norm (L2 over the trainable parameters) from the ``train_step`` events.
+    """Global gradient norm (L2 over the trainable parameters) of the run.
+
+    From the run's full-run record (the newest ``metrics(kind="grad_norm")`` summary, which
+    the training recorder writes every 50 optimizer steps and at the end, over every step)
+    when there is one (``source == "full_run"``), else from the sampled ``train_step`` events
+    (``source == "sampled"``). A sampled event newer than the record still sets ``last`` and
+    ``level``, and raises ``max`` and ``nonfinite_count`` when it is above them.
 
     Fields:
-        last: last norm logged, before clipping (NaN/Inf included).
-        max: largest finite norm logged, before clipping.
-        last_clipped: last norm after clipping, when the writer logged it.
-        history: the last 10 norms logged (oldest first).
+        last: the newest norm, before clipping (NaN/Inf included).
+        max: largest finite norm, before clipping.
+        last_clipped: the newest norm after clipping, when the writer recorded it.
+        history: the last 10 norms (oldest first): consecutive steps from the record, else the
+            last 10 logged.
         level: the level of ``last``: ``vanishing``, ``healthy``, ``warning``, ``critical`` or
-            ``nonfinite``; ``None`` when no norm was logged.
+            ``nonfinite``; ``None`` when no norm was recorded.
         trend: trend arrow of ``history`` (``↑``, ``↓``, ``→``); ``None`` without history.
         sparkline: ``history`` as one character per value (``""`` without history).
-        nonfinite_count: number of NaN/Inf norms logged.
-        summary: the training recorder's own summary (the last ``metrics(kind="grad_norm")``
-            payload, as recorded), else ``None``.
+        nonfinite_count: number of NaN/Inf norms.
+        summary: the full-run record used (the newest ``metrics(kind="grad_norm")`` payload as
+            recorded; for a resumed run, the record up to the resume merged with the record
+            after it), else ``None``.
+        source: ``full_run`` (from ``summary``), ``sampled`` (from the ``train_step`` events
+            only) or ``None`` (no norm at all).
+        n_steps: steps the numbers cover: steps measured by the record, else sampled events
+            with a norm.
+        clipped_steps: of those, the steps where clipping lowered the norm (sampled: the
+            events whose ``grad_norm_clipped`` is below ``grad_norm``); ``None`` when unknown.
+        record_step: the step of the record used; ``None`` without a record.
     """
 
     last: float | None = None
@@ -99,6 +114,38 @@ class GradNormSummary(Record):
     sparkline: str = ""
     nonfinite_count: int = 0
     summary: dict[str, Any] | None = None
+    source: str | None = None
+    n_steps: int | None = None
+    clipped_steps: int | None = None
+    record_step: int | None = None
+
+    @property
+    def clipped_share(self) -> float | None:
+        """Fraction (0–1) of ``n_steps`` that were clipped; ``None`` when unknown."""
+        if self.clipped_steps is None or not self.n_steps:
+            return None
+        return self.clipped_steps / self.n_steps
+
+    def clipped_text(self) -> str | None:
+        """``clipped 46 % of steps (55/120)`` (``of sampled steps`` without a full-run record);
+        ``None`` when nothing says how many steps were clipped."""
+        share = self.clipped_share
+        if share is None:
+            return None
+        pct = f"{100 * share:.0f}" if share == 0 or share >= 0.01 else f"{100 * share:.1g}"
+        of = "steps" if self.source == "full_run" else "sampled steps"
+        return f"clipped {pct} % of {of} ({self.clipped_steps}/{self.n_steps})"
+
+    def source_text(self) -> str | None:
+        """Where the numbers come from, for people: ``full-run record (120 steps, at step 120)``."""
+        if self.source == "full_run":
+            at = f", at step {self.record_step}" if self.record_step is not None else ""
+            steps = f"{self.n_steps} step{'s' if self.n_steps != 1 else ''}" if self.n_steps is not None else "every step"
+            return f"full-run record ({steps}{at})"
+        if self.source == "sampled":
+            n = self.n_steps or 0
+            return f"{n} sampled train_step value{'s' if n != 1 else ''} (no full-run record)"
+        return None
 
 
 @dataclass(eq=False)

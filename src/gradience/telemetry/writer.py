@@ -18,7 +18,17 @@ from typing import Any
 
 from ..errors import GradienceError
 from .encoding import encode_line, sanitize
-from .schema import EVENT_NAMES, RUN_STATUSES, SCHEMA_ID, ConfigSnapshot, Event, Recommendation, Severity
+from .schema import (
+    ENVELOPE_KEYS,
+    EVENT_NAMES,
+    OPTIONAL_ENVELOPE_KEYS,
+    RUN_STATUSES,
+    SCHEMA_ID,
+    ConfigSnapshot,
+    Event,
+    Recommendation,
+    Severity,
+)
 
 __all__ = ["TelemetryWriter", "global_rank"]
 
@@ -142,7 +152,7 @@ class TelemetryWriter:
         name = event.value if isinstance(event, Event) else str(event)
         if name not in EVENT_NAMES:
             raise ValueError(f"unknown telemetry event {name!r}; stable names: {sorted(EVENT_NAMES)}")
-        for key in ("schema", "ts", "run_id", "event", "step"):
+        for key in (*ENVELOPE_KEYS, *OPTIONAL_ENVELOPE_KEYS):
             if key in payload:
                 raise ValueError(f"payload key {key!r} collides with the envelope")
         if not self.enabled:
@@ -155,6 +165,9 @@ class TelemetryWriter:
             "run_id": self.run_id,
             "event": name,
             "step": None if step is None else int(step),
+            # Seconds on this machine's monotonic clock: durations survive wall-clock steps
+            # (NTP, a changed time zone setting); only differences within one process mean anything.
+            "mono": round(time.monotonic(), 6),
         }
         record.update(payload)
         clean = sanitize(record, max_str_len=self.max_str_len, on_violation=self.on_text_violation)

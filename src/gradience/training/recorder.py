@@ -21,7 +21,10 @@ from ..telemetry.schema import ConfigSnapshot
 from ..telemetry.writer import TelemetryWriter
 from .gradnorm import GradNormMonitor
 
-__all__ = ["RunRecorder", "spine_metrics"]
+__all__ = ["GRAD_SUMMARY_INTERVAL", "RunRecorder", "spine_metrics"]
+
+# Optimizer steps between two running gradient-norm summaries (docs/telemetry.md#metrics).
+GRAD_SUMMARY_INTERVAL = 50
 
 # Framework metric names → spine names (docs/telemetry.md#eval: loss, ppl, accuracy, n).
 _SPINE_ALIASES = {"loss": "loss", "accuracy": "accuracy", "acc": "accuracy", "perplexity": "ppl", "ppl": "ppl"}
@@ -84,13 +87,19 @@ class RunRecorder:
         telemetry_interval: a ``train_step`` event every N optimizer steps (and at step 1).
         grad_thresholds: gradient-norm level boundaries.
         run_id: reuse to resume a run.
+        grad_summary_interval: write the running gradient-norm summary (``metrics(kind="grad_norm")``
+            over every step so far, ``final: false``) every N optimizer steps; 0 writes it only at
+            the end (``final: true``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, is_writer: bool = True, telemetry_interval: int = 10,
                  grad_thresholds: GradThresholds = DEFAULT_THRESHOLDS, alert_cooldown: int = 50,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, grad_summary_interval: int = GRAD_SUMMARY_INTERVAL) -> None:
         if telemetry_interval < 1:
             raise ValueError("telemetry_interval must be >= 1")
+        if grad_summary_interval < 0:
+            raise ValueError("grad_summary_interval must be >= 0")
+        self.grad_summary_interval = int(grad_summary_interval)
         self.path = Path(path)
         self.is_writer = bool(is_writer)
         self.telemetry_interval = int(telemetry_interval)
@@ -142,6 +151,9 @@ class RunRecorder:
                 severity, code = "info", "AMP_OVERFLOW"
                 message += " (an fp16 overflow: the AMP grad scaler skips this step and lowers its scale)"
             self.writer.alert(severity, code, message, step=step, context=change.context())
+        if self.grad_summary_interval and step % self.grad_summary_interval == 0:
+            # The full-run record while the run is live (and if it never reaches its end).
+            self.writer.metrics("grad_norm", {**self.grad.summary(), "final": False}, step=step)
 
     def train_step(self, step: int, *, loss: float | None, lr: Any, epoch: float | None = None,
                    grad_norm: float | None = None, grad_norm_clipped: float | None = None,
@@ -180,9 +192,10 @@ class RunRecorder:
         return path
 
     def write_grad_summary(self, step: int | None) -> None:
-        """``metrics(kind="grad_norm")`` once per run (before recommendations read it)."""
+        """The final ``metrics(kind="grad_norm")`` (``final: true``), once per run (before
+        recommendations read it)."""
         if self.grad.n and not self._grad_summary_written:
-            self.writer.metrics("grad_norm", self.grad.summary(), step=step)
+            self.writer.metrics("grad_norm", {**self.grad.summary(), "final": True}, step=step)
             self._grad_summary_written = True
 
     def append_audit(self, peft_dir: Path, step: int | None) -> dict[str, Any] | None:

@@ -163,19 +163,24 @@ def banner(v: WatchView, width: int) -> RenderableType:
         pct = "" if s.last_step is None else f" ({100 * s.last_step / s.max_steps:.0f}%)"
         step = f"{step}/{s.max_steps:,}{pct}"
     running = s.status == "running"
-    if s.first_ts is None:
-        elapsed = None
-    elif running:
-        elapsed = v.now - s.first_ts
-    else:
-        elapsed = (s.last_ts or s.first_ts) - s.first_ts
+    if s.stalled:
+        label, style = "STALLED", "bold yellow"
+    # The run's own duration (its start and end events, monotonic clock); a live run adds the
+    # time since its last event (never negative, whatever the wall clock did).
+    elapsed = s.duration_s
+    if running and not s.stalled and elapsed is not None and s.last_ts is not None:
+        elapsed += max(v.now - s.last_ts, 0.0)
     parts: list[str | tuple[str, str]] = [(label, style), f"  step {step}", f" · elapsed {fmt_duration(elapsed)}"]
     if v.steps_per_s:
         parts.append(f" · {v.steps_per_s:.3g} step/s")
         if running and s.max_steps and s.last_step is not None and s.last_step < s.max_steps:
             parts.append(f" · ETA {fmt_duration((s.max_steps - s.last_step) / v.steps_per_s)}")
-    if running and s.last_ts is not None and v.now - s.last_ts > STALE_AFTER_S:
+    if s.stalled:
+        parts.append((f" · silent {fmt_duration(s.silence_s)} (no run_end)", "yellow"))
+    elif running and s.last_ts is not None and v.now - s.last_ts > STALE_AFTER_S:
         parts.append((f" · last event {fmt_duration(v.now - s.last_ts)} ago", "yellow"))
+    if s.resumed_from_step is not None:
+        parts.append(f" · resumed from step {s.resumed_from_step:,}")
     if not running and s.reason:
         parts.append(f" · {s.reason}")
     first = _line(*paused, *parts)
@@ -216,11 +221,17 @@ def grad_panel(v: WatchView, width: int) -> RenderableType:
     first = _line("last ", (value, "bold"), "  ", (level, GRAD_STYLES.get(level, "")),
                   _dim(f"  max {num(g.max)}"))
     hist = g.history
-    second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}",
-                   _dim(f"  {_grad_window(len(hist), v.grad_steps)}"))
+    if g.source == "full_run":
+        # The record's history is the last consecutive steps up to the step it was written at.
+        at = g.record_step
+        window = f"last {len(hist)} steps" + (f" to {at:,}" if at is not None else "") + " · full-run record"
+    else:
+        window = f"{_grad_window(len(hist), v.grad_steps)} · sampled"
+    second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}", _dim(f"  {window}"))
     extras = []
-    if g.last_clipped is not None:
-        extras.append(f"clipped {num(g.last_clipped, 3)}")
+    clipped = g.clipped_text()
+    if clipped:
+        extras.append(clipped)
     extras.append(f"non-finite {g.nonfinite_count}")
     return Group(first, second, _line(_dim(" · ".join(extras))))
 

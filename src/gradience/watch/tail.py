@@ -491,7 +491,7 @@ class WatchState:
             partial_age_s=None if f.partial_since is None else time.monotonic() - f.partial_since,
         )
         if acc is not None:
-            v.snapshot = acc.snapshot()
+            v.snapshot = acc.snapshot(now=v.now)
         if hist is not None:
             v.loss_series = hist.loss.values()
             v.lr_series = hist.lr.values()
