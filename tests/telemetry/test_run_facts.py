@@ -219,6 +219,26 @@ def test_views_say_the_run_resumed(tmp_path: Path) -> None:
     assert "resumed from step 8" in render_markdown(build_report(path))
 
 
+def test_the_dashboard_and_report_curves_hold_each_replayed_step_once(tmp_path: Path) -> None:
+    from gradience.report.collect import collect_run
+    from gradience.watch.tail import SeriesBuffer
+
+    path = _resumed(tmp_path / "run.jsonl")
+    v = watch_view(path, T0 + 120)
+    assert v.n_train_steps == 12
+    assert v.loss_series == pytest.approx([1.0 / s for s in range(1, 9)] + [0.2] * 4)
+    curves = collect_run(path, now=T0 + 120).curves
+    assert curves.train_steps == 12
+    assert [(p["step"], p["last"]) for p in curves.loss.points()][-5:] == [(8, 0.125)] + [(s, 0.2) for s in range(9, 13)]
+    assert curves.loss.count == 12
+
+    buf = SeriesBuffer(capacity=4)  # buckets double: 8 values → 2 buckets of 4
+    for x in range(8):
+        buf.append(float(x))
+    buf.drop_last(4)
+    assert buf.values() == [1.5] and len(buf) == 4
+
+
 # -- 3. stalled runs ------------------------------------------------------------------------------
 def _unfinished(path: Path, every_s: float, n: int = 20) -> Path:
     lines = [ev("run_start", None, T0, config={"training": {"max_steps": 1000}}, meta={})]

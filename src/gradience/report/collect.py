@@ -155,6 +155,13 @@ class BucketSeries:
             })
         return out
 
+    def drop_after(self, step: int) -> None:
+        """Forget the values of steps after ``step`` (a resumed run replays them): exact while
+        ``width == 1``; a wider bucket that also holds ``step`` is kept whole."""
+        for idx in [i for i in self.buckets if i * self.width > step]:
+            b = self.buckets.pop(idx)
+            self.count -= b.n + b.nonfinite
+
     def finite_range(self) -> tuple[float, float] | None:
         vals = [v for b in self.buckets.values() if b.n for v in (b.lo, b.hi)]
         return (min(vals), max(vals)) if vals else None
@@ -222,8 +229,16 @@ class _RunCollector:
         return self._seq
 
     def add(self, ev: dict[str, Any]) -> None:
+        n_resumes = len(self.acc.resumes)
         self.acc.add(ev)
         name = ev.get("event")
+        if len(self.acc.resumes) > n_resumes:
+            # A resume from step N: the steps after N are replayed, and the newer values count.
+            resume = self.acc.resumes[-1]
+            c = self.curves
+            for series in (c.loss, c.lr, c.grad_pre, c.grad_post):
+                series.drop_after(resume["from_step"])
+            c.train_steps -= resume["replaced_train_steps"]
         if name == "train_step":
             self._train_step(ev)
         elif name == "eval":

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.reader import LineDecoder, TelemetryIssue
-from ..telemetry.snapshot import GRAD_HISTORY, RunAccumulator, SignalSnapshot
+from ..telemetry.snapshot import GRAD_HISTORY, REPLAY_WINDOW, RunAccumulator, SignalSnapshot
 
 __all__ = ["FileFollower", "FollowResult", "RunHistory", "SeriesBuffer", "WatchState", "WatchView"]
 
@@ -207,6 +207,20 @@ class SeriesBuffer:
             self._buckets = [_mean_finite([b[i], b[i + 1]]) for i in range(0, len(b), 2)]
             self.bucket *= 2
 
+    def drop_last(self, k: int) -> None:
+        """Forget the last ``k`` values (a resumed run replays them). Exact while they lie in the
+        open bucket or in whole buckets; a bucket only partly covered keeps its mean."""
+        k = min(k, self.n)
+        take = min(k, len(self._pending))
+        if take:
+            del self._pending[len(self._pending) - take:]
+            self.n -= take
+            k -= take
+        while k >= self.bucket and self._buckets:
+            self._buckets.pop()
+            self.n -= self.bucket
+            k -= self.bucket
+
     def values(self) -> list[float]:
         """The kept points, oldest first (the last one may cover a partial bucket)."""
         if self._pending:
@@ -231,6 +245,9 @@ class RunHistory:
     def __init__(self, capacity: int = 1024, log_size: int = MAX_KEPT_LOG) -> None:
         self.loss = SeriesBuffer(capacity)
         self.lr = SeriesBuffer(capacity)
+        # The steps of the last values of each series, to drop what a resumed run replays.
+        self._loss_steps: deque[int | None] = deque(maxlen=REPLAY_WINDOW)
+        self._lr_steps: deque[int | None] = deque(maxlen=REPLAY_WINDOW)
         # The step of each value in the snapshot's grad-norm history (same rule, same window).
         self.grad_steps: deque[int | None] = deque(maxlen=GRAD_HISTORY)
         # (event index, entry): entries of one recommendation event share an index, so
@@ -253,11 +270,13 @@ class RunHistory:
             loss = ev.get("loss")
             if type(loss) is float or type(loss) is int:
                 self.loss.append(float(loss))
+                self._loss_steps.append(step)
             lr = ev.get("lr")
             if type(lr) is list:
                 lr = lr[0] if lr else None
             if type(lr) is float or type(lr) is int:
                 self.lr.append(float(lr))
+                self._lr_steps.append(step)
             g = ev.get("grad_norm")
             if type(g) is float or type(g) is int:
                 self.grad_steps.append(step)
@@ -270,6 +289,10 @@ class RunHistory:
         if name == "run_start":
             # A resumed run restarts its clock; a rate across the gap would be meaningless.
             self._rate_first = self._rate_last = None
+            meta = ev.get("meta")
+            resumed = meta.get("resumed_from_step") if isinstance(meta, dict) else None
+            if type(resumed) is int and resumed >= 0:
+                self._drop_after(resumed)
         elif name == "alert":
             self._log({"ts": ts, "step": step, "kind": "alert", "severity": str(ev.get("severity", "info")),
                        "code": str(ev.get("code", "ALERT")), "message": str(ev.get("message") or "")})
@@ -282,6 +305,17 @@ class RunHistory:
                                "code": str(rec.get("action", "recommendation")),
                                "message": str(rec.get("message") or ""),
                                "confidence": _num(rec.get("confidence"))})
+
+    def _drop_after(self, step: int) -> None:
+        """A resume from ``step``: the values of later steps will be replayed; the newer ones count."""
+        for series, steps in ((self.loss, self._loss_steps), (self.lr, self._lr_steps)):
+            k = 0
+            while steps and steps[-1] is not None and steps[-1] > step:
+                steps.pop()
+                k += 1
+            series.drop_last(k)
+        while self.grad_steps and self.grad_steps[-1] is not None and self.grad_steps[-1] > step:
+            self.grad_steps.pop()
 
     def _log(self, entry: dict[str, Any]) -> None:
         self.n_log += 1
