@@ -47,11 +47,14 @@ CASES: list[tuple[str, SignalSnapshot, tuple[str, float], SignalSnapshot]] = [
     ("log_train_test_ppl", snap(gaps=NOGAP), ("info", 0.6), snap()),
     ("memorization_detected", snap("hard_reasoning", gaps={"ppl_gap": 1.5}), ("warning", 0.8),
      snap("hard_reasoning", gaps={"ppl_gap": 1.49})),
-    ("memorization_detected", snap(gaps={"loss_gap": 1.6}), ("warning", 0.7), snap(gaps={"loss_gap": 1.45})),
+    # The loss ratio alone is information only (it explodes as the train loss → 0).
+    ("note_loss_gap", snap(gaps={"loss_gap": 1.6}), ("info", 0.4), snap(gaps={"loss_gap": 1.45})),
+    ("note_loss_gap", snap(gaps={"loss_gap": 97.8, "acc_gap": 0.02}), ("info", 0.4),
+     snap(gaps={"loss_gap": 97.8, "acc_gap": 0.2})),
     ("memorization_detected", snap(gaps={"loss_gap": 1.2, "acc_gap": 0.12}), ("warning", 0.7),
      snap(gaps={"loss_gap": 1.2, "acc_gap": 0.09})),
-    ("lower_lr", snap(lr=1e-4, gaps={"loss_gap": 2.0}), ("warning", 0.8), snap(lr=5e-5, gaps={"loss_gap": 2.0})),
-    ("lower_lr", snap(lr=None, gaps={"loss_gap": 2.0}), ("warning", 0.7), snap(lr=1e-4, gaps={"loss_gap": 1.4})),
+    ("lower_lr", snap(lr=1e-4, gaps={"acc_gap": 0.2}), ("warning", 0.8), snap(lr=5e-5, gaps={"acc_gap": 0.2})),
+    ("lower_lr", snap(lr=None, gaps={"acc_gap": 0.2}), ("warning", 0.7), snap(lr=1e-4, gaps={"loss_gap": 2.0})),
     ("possible_underfitting", snap(loss={"first": 1.0, "min": 0.96, "n": 20}), ("info", 0.4),
      snap(loss={"first": 1.0, "min": 0.94, "n": 20})),
     ("possible_underfitting", snap(loss={"first": 1.0, "min": 0.96, "n": 10}), ("info", 0.4),
@@ -146,7 +149,7 @@ def test_healthy_run_is_ok_and_info_only_udr_does_not_suppress_it() -> None:
 
 
 def test_explicit_config_overrides_recorded_one_without_mutating_it() -> None:
-    s = snap(lr=5e-5, gaps={"loss_gap": 2.0})
+    s = snap(lr=5e-5, gaps={"acc_gap": 0.2})
     given = ConfigSnapshot(task_profile="easy_classification", optimizer=OptimizerConfig(lr=3e-4),
                            lora=LoRAConfig(r=16))
     recs = {r.action: r for r in run_recommendations(s, config=given)}

@@ -59,11 +59,19 @@ def test_event_sequence_config_and_spine(tmp_path, tiny_tokenizer):
 
     evals = [e for e in events if e["event"] == "eval"]
     assert {(e["step"], e["split"]) for e in evals} == {(3, "test"), (3, "train"), (6, "test"), (6, "train")}
+    # The chance level: the classifier's label count and each eval set's majority-class rate.
+    from gradience.training.demo_data import generate_sentiment
+    from gradience.training.label_stats import majority_rate
+
+    train_ex, test_ex = generate_sentiment(n_train=128, n_test=32, seed=0)
+    chance = {"test": majority_rate(e.label for e in test_ex), "train": majority_rate(e.label for e in train_ex[:32])}
+    assert cfg["n_labels"] == 2
     for e in evals:
         m = e["metrics"]
         assert {"loss", "accuracy", "n"} <= set(m)
         assert "ppl" not in m  # a classifier's cross-entropy is not a perplexity
         assert m["n"] == 32
+        assert m["majority_rate"] == pytest.approx(chance[e["split"]])
 
     run_dir = tmp_path / "run"
     assert (run_dir / "peft" / "adapter_config.json").exists()
@@ -219,6 +227,8 @@ def test_causal_lm_records_ppl_on_train_steps_and_evals(tmp_path, tiny_tokenizer
     assert set(evals) == {"test", "train"}
     for m in evals.values():
         assert m["ppl"] == pytest.approx(math.exp(m["loss"]), rel=1e-12)
+        assert "majority_rate" not in m  # no class labels in a language-modelling set
+    assert events[0]["config"]["n_labels"] is None  # GPT-2's default num_labels means nothing here
     assert TelemetryReader(cb.path).summarize().gaps["ppl_gap"] == pytest.approx(
         evals["test"]["ppl"] / evals["train"]["ppl"])
 

@@ -60,7 +60,7 @@ def test_crafted_run_fills_every_panel_within_80x24(tmp_path: Path) -> None:
     # κ̃ is a neutral diagnostic: its WARNING level no longer turns the health word (false alarm gone).
     assert "health OK (grad healthy)" in rows[1] and "κ̃" not in rows[1]
     for expected in ("last 0.500  healthy", "snaps 1 · rollbacks 1 · backoffs 1", "train @120  loss 0.21",
-                     "gap  loss ×1.667 · acc Δ+0.070", "r 16 → suggested 4 median / 8 p90", "147k params · util 0.21 · k90 p50 3", "GUARD_ROLLBACK",
+                     "gap  acc Δ+0.070 · loss ×1.667 info", "r 16 → suggested 4 median / 8 p90", "147k params · util 0.21 · k90 p50 3", "GUARD_ROLLBACK",
                      "GRAD_NORM_WARNING", "compress_rank", "q quit"):
         assert expected in text, expected
     # newest first: the recommendation (step 120) is above the rollback (step 100)

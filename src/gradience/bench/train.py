@@ -264,9 +264,19 @@ def _add_periodic_eval(trainer: Any, cfg: BenchConfig, data: TaskData, tok: Any,
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
             if state.global_step % every == 0 and state.global_step < args.max_steps and model is not None:
                 m = evaluate_model(model, tok, data.eval, cfg)
-                _append_eval(out_dir / "run.jsonl", int(state.global_step), m)
+                _append_eval(out_dir / "run.jsonl", int(state.global_step), {**m, **_chance(cfg, data.eval)})
 
     trainer.add_callback(PeriodicEval())
+
+
+def _chance(cfg: BenchConfig, rows: list[Example]) -> dict[str, Any]:
+    """``{"majority_rate": ...}`` of a classification eval set (the chance level of ``not_learning``)."""
+    if cfg.task.profile != "classification":
+        return {}
+    from ..training.label_stats import majority_rate
+
+    rate = majority_rate(e.label for e in rows)
+    return {} if rate is None else {"majority_rate": rate}
 
 
 def _append_eval(path: Path, step: int | None, metrics: dict[str, Any]) -> None:
@@ -276,7 +286,8 @@ def _append_eval(path: Path, step: int | None, metrics: dict[str, Any]) -> None:
     run_id = TelemetryReader(path).last_run_id() if path.exists() else None
     with TelemetryWriter(path, run_id=run_id) as w:
         w.eval(step, split="test", metrics={k: v for k, v in metrics.items() if k in
-                                            ("loss", "accuracy", "exact_match", "n", "correct", "ppl")})
+                                            ("loss", "accuracy", "exact_match", "n", "correct", "ppl",
+                                             "majority_rate")})
 
 
 def evaluate_model(model: Any, tok: Any, rows: list[Example], cfg: BenchConfig) -> dict[str, Any]:
@@ -345,7 +356,7 @@ def evaluate_adapter(cfg: BenchConfig, data: TaskData, adapter_dir: Path, device
     metrics = evaluate_model(model, tok, data.eval, cfg)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
     if run_jsonl is not None:
-        _append_eval(run_jsonl, None, metrics)
+        _append_eval(run_jsonl, None, {**metrics, **_chance(cfg, data.eval)})
     return metrics
 
 

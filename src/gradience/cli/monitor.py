@@ -31,7 +31,9 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     (``SignalSnapshot.to_dict()`` without config/alerts, with ``recorded_recommendations``
     (those written into the file during training) and ``runs_in_file``), ``alerts`` the
     last alerts of the run (at most 200), ``recommendations`` the policy output sorted by
-    severity, ``telemetry_issues`` one ``{line, kind, message}`` per bad line. ``now`` (unix
+    severity, ``telemetry_issues`` one ``{line, kind, message}`` per bad line. ``signals`` also
+    carries ``generalisation`` (``policy.generalisation_summary``: the task's memorisation signal,
+    the held-out trend and the chance level). ``now`` (unix
     seconds, default the current time) decides whether a run without ``run_end`` is stalled.
 
     Raises:
@@ -39,7 +41,7 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
             ``strict_schema`` on the first bad line.
     """
     from ..errors import GradienceError
-    from ..policy import run_recommendations
+    from ..policy import generalisation_summary, run_recommendations
     from ..telemetry.reader import TelemetryReader
     from ..telemetry.snapshot import SignalSnapshot
 
@@ -60,6 +62,7 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     signals["recorded_recommendations"] = signals.pop("recommendations")
     signals["runs_in_file"] = list(accs)
     signals["gap_threshold"] = gap_threshold
+    signals["generalisation"] = generalisation_summary(snap, gap_threshold=gap_threshold)
     return {
         "file": str(path),
         "run_id": snap.run_id,
@@ -96,6 +99,39 @@ def _steps(xs: list[Any], n: int = 5) -> str:
 
 
 _SPINE = ("loss", "ppl", "accuracy", "n")
+
+
+def _gap_text(gaps: dict[str, Any], gen: dict[str, Any]) -> str:
+    """The task's memorisation signal first (accuracy gap for a classifier, perplexity ratio for a
+    language model), then the loss ratio, information only."""
+    parts = []
+    signal, thr = gen.get("signal"), gen.get("threshold")
+    acc, ppl = gaps.get("acc_gap"), gaps.get("ppl_gap")
+    if signal == "acc_gap" and isinstance(acc, (int, float)):
+        parts.append(f"accuracy {acc * 100:+.1f} pts (train − test; memorisation at ≥ {thr * 100:g} pts)")
+    elif signal == "ppl_gap":
+        parts.append(f"perplexity ×{fmt_num(ppl)} (test/train; memorisation at ≥ {fmt_num(thr)})")
+        if isinstance(acc, (int, float)):
+            parts.append(f"accuracy {acc * 100:+.1f} pts (train − test)")
+    if gaps.get("loss_gap") is not None:
+        parts.append(f"loss ×{fmt_num(gaps.get('loss_gap'))} (test/train, information only)")
+    return " · ".join(parts) or "—"
+
+
+def _held_out_text(gen: dict[str, Any]) -> str:
+    """`` · accuracy rising (0.88, best 0.88 @ 200) · chance 0.51 (majority-class rate ...)``."""
+    out = ""
+    trend = gen.get("held_out_trend") or {}
+    if trend:
+        best_at = f" @ {trend['best_step']}" if trend.get("best_step") is not None else ""
+        word = f"{trend['trend']} " if trend.get("trend") else ""
+        out += (f" · accuracy {word}({fmt_num(trend.get('last'))}, best {fmt_num(trend.get('best'))}{best_at}, "
+                f"{trend.get('n')} eval{'s' if trend.get('n') != 1 else ''})")
+    if gen.get("chance_level") is not None:
+        out += f" · chance {fmt_num(gen['chance_level'])} ({gen.get('chance_source')})"
+        if gen.get("not_learning"):
+            out += ": NOT LEARNING"
+    return out
 
 
 def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = False) -> None:
@@ -152,15 +188,14 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         alias = f" (recorded as {raw!r})" if raw is not None and raw != split else ""
         say(f"{split:<6} step {fmt_num(e.get('step')):>6}  {parts}{alias}", 20)
     gaps = sig.get("gaps") or {}
+    gen = sig.get("generalisation") or {}
     if any(gaps.get(k) is not None for k in ("ppl_gap", "loss_gap", "acc_gap")):
-        acc = gaps.get("acc_gap")
-        acc_txt = f"{acc * 100:+.1f} pts" if isinstance(acc, (int, float)) else "—"
-        say(f"gaps   ppl {fmt_num(gaps.get('ppl_gap'))} · loss {fmt_num(gaps.get('loss_gap'))} (test/train) · "
-            f"accuracy {acc_txt} (train − test)", 9)
-        say(f"       held-out split {gaps.get('held_out_split')} · memorisation threshold "
-            f"{fmt_num(sig.get('gap_threshold'))}", 9)
+        say("gaps   " + _gap_text(gaps, gen), 9)
+        say(f"       held-out split {gaps.get('held_out_split')}" + _held_out_text(gen), 9)
     else:
         say("gaps   not computable: " + ("; ".join(sig.get("gap_missing") or []) or "—"), 9)
+        if gen.get("held_out_trend") or gen.get("chance_level") is not None:
+            say("      " + _held_out_text(gen).lstrip(" ·"), 9)
 
     # training curve
     loss, lr = sig.get("loss") or {}, sig.get("lr") or {}
@@ -279,7 +314,8 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
 @click.argument("run_file", metavar="RUN.jsonl", type=click.Path(path_type=str))
 @click.option("--run-id", help="Summarise this run (default: the last run in the file).")
 @click.option("--gap-threshold", type=click.FloatRange(min=0, min_open=True), default=1.5, show_default=True,
-              help="Test/train perplexity (or loss) ratio at which memorisation is flagged.")
+              help="Test/train perplexity ratio at which memorisation is flagged (language models; "
+                   "classifiers use the accuracy gap, 10 points; the loss ratio is information only).")
 @click.option("--strict-schema", is_flag=True, help="Exit 2 on the first line that violates telemetry v1.")
 @click.option("--verbose", "-v", is_flag=True, help="Why/confidence/evidence, every alert and issue, extra metrics.")
 @click.option("--json", "as_json", is_flag=True,

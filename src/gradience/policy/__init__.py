@@ -8,6 +8,7 @@ from ..telemetry.schema import Recommendation, Severity, TaskProfile
 from .config_parse import load_config
 from .engine import INFORMATIONAL_ACTIONS, check_config, finalize, is_actionable, run_recommendations
 from .profiles import infer_task_profile, resolve_profile
+from .rules_run import generalisation_summary
 from .targets import classify_target, summarize_targets
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "check_config",
     "classify_target",
     "finalize",
+    "generalisation_summary",
     "infer_task_profile",
     "is_actionable",
     "load_config",

@@ -20,7 +20,7 @@ __all__ = ["INFORMATIONAL_ACTIONS", "check_config", "finalize", "is_actionable",
 # Advice that does not point at a problem in this configuration or run; it never
 # suppresses ``config_ok``.
 INFORMATIONAL_ACTIONS = frozenset({"config_ok", "calibration_probe", "note_high_udr", "review_spectral_risk",
-                                   "note_amp_overflows"})
+                                   "note_amp_overflows", "note_loss_gap"})
 
 C = TypeVar("C")
 

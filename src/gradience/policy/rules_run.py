@@ -1,10 +1,14 @@
 """Run rules (``gradience monitor``): small pure functions over a SignalSnapshot.
 
 Each rule takes a :class:`RunContext` and returns zero or more Recommendations. They
-read only what the SignalSnapshot already derived (gaps, curve stats, grad-norm level,
-guard and spectral summaries, the latest ``lora_audit`` block). Units: perplexity and
+read only what the SignalSnapshot already derived (gaps, eval history, curve stats, grad-norm
+level, guard and spectral summaries, the latest ``lora_audit`` block). Units: perplexity and
 loss gaps are ratios test/train; the accuracy gap is train − test in accuracy units
 (0–1); learning rates are peak optimizer LRs.
+
+The generalisation signal depends on the task: a classifier (accuracy on both splits) is judged
+by the accuracy gap, a causal LM by the perplexity ratio; the loss ratio alone is information only
+(it grows without bound as the training loss approaches 0).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from ..telemetry.snapshot import SignalSnapshot
 from .config_parse import coerce_numbers
 from .profiles import resolve_profile
 
-__all__ = ["RUN_RULES", "RunContext"]
+__all__ = ["RUN_RULES", "RunContext", "generalisation_summary"]
 
 DEFAULT_GAP_THRESHOLD = 1.5
 ACC_GAP_THRESHOLD = 0.10  # train accuracy ≥ 10 points above held-out
+CHANCE_MARGIN = 0.01  # held-out accuracy at most 1 point above the chance level: not learning
+NOT_LEARNING_MIN_EVALS = 2  # held-out evals with an accuracy before not_learning can fire
 MEMO_LR_SAFE = 5e-5
 UNDERFIT_MIN_DROP = 0.05  # the training loss fell by less than 5 % ...
 UNDERFIT_MIN_POINTS = 10  # ... over at least this many logged steps
@@ -80,20 +86,96 @@ class RunContext:
                 return int(v)
         return int(self.cfg.lora.r) if self.cfg.lora.r else None
 
-    def memorising(self) -> tuple[str, float, float] | None:
-        """(gap name, value, threshold) of the first gap over its threshold, else None."""
+    def generalisation_signal(self) -> tuple[str, float, float] | None:
+        """(gap name, value, threshold) of the gap that judges memorisation for this task: the
+        perplexity ratio ``ppl_gap`` when measured (causal LMs), else the accuracy gap ``acc_gap``
+        (classifiers); None when neither is there (the loss ratio alone is information only)."""
         gaps = self.snap.gaps or {}
-        for name, thr in (("ppl_gap", self.gap_threshold), ("loss_gap", self.gap_threshold),
-                          ("acc_gap", ACC_GAP_THRESHOLD)):
+        for name, thr in (("ppl_gap", self.gap_threshold), ("acc_gap", ACC_GAP_THRESHOLD)):
             v = _num(gaps.get(name))
-            if v is not None and math.isfinite(v) and v >= thr:
+            if v is not None and math.isfinite(v):
                 return name, v, thr
-            if name == "ppl_gap" and v is not None:
-                return None  # a measured ppl gap below threshold overrides the coarser loss gap
         return None
+
+    def memorising(self) -> tuple[str, float, float] | None:
+        """(gap name, value, threshold) when the task's generalisation gap is at or over its
+        threshold (:meth:`generalisation_signal`), else None."""
+        signal = self.generalisation_signal()
+        return signal if signal is not None and signal[1] >= signal[2] else None
+
+    @property
+    def held_out(self) -> str | None:
+        split = (self.snap.gaps or {}).get("held_out_split")
+        if isinstance(split, str) and split in self.snap.eval_history:
+            return split
+        return next((s for s in ("test", "val") if s in self.snap.eval_history), None)
+
+    def held_out_accuracy(self) -> list[tuple[int | None, float]]:
+        """(step, accuracy) of the held-out evals that recorded an accuracy, oldest first."""
+        hist = self.snap.eval_history.get(self.held_out or "") or {}
+        steps, accs = hist.get("steps") or [], hist.get("accuracy") or []
+        return [(st if type(st) is int else None, float(a)) for st, a in zip(steps, accs, strict=False)
+                if _num(a) is not None and math.isfinite(a)]
+
+    def chance_level(self) -> tuple[float, str] | None:
+        """(held-out chance accuracy, where it comes from): the held-out set's recorded majority-class
+        rate, else 1/n_labels of the configured classifier; None when neither is known."""
+        hist = self.snap.eval_history.get(self.held_out or "") or {}
+        rates = [r for r in hist.get("majority_rate") or [] if _num(r) is not None and 0 < r <= 1]
+        if rates:
+            return float(rates[-1]), "majority-class rate of the held-out set"
+        n = self.cfg.n_labels
+        if isinstance(n, int) and n >= 2:
+            return 1.0 / n, f"1/{n} labels"
+        return None
+
+    def held_out_trend(self) -> dict[str, Any] | None:
+        """The held-out accuracy's course: last, best (and its step), previous, and a word
+        (``rising``, ``falling``, ``flat``); None before one held-out accuracy."""
+        accs = self.held_out_accuracy()
+        if not accs:
+            return None
+        last_step, last = accs[-1]
+        best_step, best = max(accs, key=lambda t: t[1])
+        prev = accs[-2][1] if len(accs) > 1 else None
+        if prev is None:
+            word = None
+        elif last < best - CHANCE_MARGIN:
+            word = "falling"
+        elif last > prev + CHANCE_MARGIN:
+            word = "rising"
+        else:
+            word = "flat"
+        return {"last": last, "last_step": last_step, "best": best, "best_step": best_step, "previous": prev,
+                "n": len(accs), "trend": word}
 
 
 Rule = Callable[[RunContext], Iterable[Recommendation]]
+
+
+def generalisation_summary(snap: SignalSnapshot, *, gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> dict[str, Any]:
+    """What the views show about generalisation, by the rules' own definitions.
+
+    Keys: ``signal`` (``acc_gap`` for a classifier, ``ppl_gap`` for a language model, None when
+    neither is measured), ``value``, ``threshold``, ``memorising`` (value ≥ threshold),
+    ``loss_gap`` (information only), ``held_out_trend`` (see :meth:`RunContext.held_out_trend`),
+    ``chance_level`` and ``chance_source`` (the held-out majority-class rate or 1/n_labels),
+    ``not_learning`` (held-out accuracy within 1 point of the chance level after ≥ 2 evals).
+    """
+    ctx = RunContext.build(snap, gap_threshold=gap_threshold)
+    signal = ctx.generalisation_signal()
+    chance = ctx.chance_level()
+    return {
+        "signal": signal[0] if signal else None,
+        "value": signal[1] if signal else None,
+        "threshold": signal[2] if signal else None,
+        "memorising": bool(signal and signal[1] >= signal[2]),
+        "loss_gap": _num((snap.gaps or {}).get("loss_gap")),
+        "held_out_trend": ctx.held_out_trend(),
+        "chance_level": chance[0] if chance else None,
+        "chance_source": chance[1] if chance else None,
+        "not_learning": any(True for _ in not_learning(ctx)),
+    }
 
 
 def _rec(severity: str, action: str, message: str, why: str, confidence: float,
@@ -116,22 +198,45 @@ def gap_missing(ctx: RunContext) -> Iterable[Recommendation]:
                "learning.", 0.6, {"missing": missing, "splits": sorted(ctx.snap.evals)})
 
 
+def _trend_text(trend: dict[str, Any] | None) -> str:
+    if not trend or trend.get("trend") is None:
+        return ""
+    if trend["trend"] == "falling":
+        at = f" at step {trend['best_step']}" if trend.get("best_step") is not None else ""
+        return (f" Held-out accuracy is falling ({trend['last'] * 100:.1f}% now, best {trend['best'] * 100:.1f}%{at}):"
+                " keep the best checkpoint.")
+    if trend["trend"] == "rising":
+        return f" Held-out accuracy is still rising ({trend['last'] * 100:.1f}%)."
+    return f" Held-out accuracy is flat ({trend['last'] * 100:.1f}%)."
+
+
 def memorization(ctx: RunContext) -> Iterable[Recommendation]:
     hit = ctx.memorising()
     if hit is None:
         return
     name, value, thr = hit
-    label = {"ppl_gap": "test/train perplexity", "loss_gap": "test/train loss",
-             "acc_gap": "train − test accuracy"}[name]
-    shown = f"{value:.3f}" if name != "acc_gap" else f"{value * 100:.1f} points"
-    limit = f"{thr:g}" if name != "acc_gap" else f"{thr * 100:g} points"
-    yield _rec("warning", "memorization_detected",
-               f"The {label} gap is {shown} (threshold {limit}): the adapter is fitting the training set more "
-               "than the task. Stop earlier, lower the LR or rank, and re-check the held-out split.",
+    gaps = ctx.snap.gaps or {}
+    trend = ctx.held_out_trend() if name == "acc_gap" else None
+    if name == "acc_gap":
+        train_acc, test_acc = ctx.snap.eval_metric("train", "accuracy"), ctx.snap.eval_metric(
+            gaps.get("held_out_split") or "test", "accuracy")
+        both = (f" ({train_acc * 100:.1f}% train vs {test_acc * 100:.1f}% held-out)"
+                if train_acc is not None and test_acc is not None else "")
+        msg = (f"Training accuracy is {value * 100:.1f} points above held-out accuracy{both}, threshold "
+               f"{thr * 100:g} points: the adapter is fitting the training set more than the task."
+               + _trend_text(trend) + " Stop earlier, lower the LR or rank, and re-check the held-out split.")
+    else:
+        msg = (f"The test/train perplexity ratio is {value:.3f} (threshold {thr:g}): the adapter is fitting the "
+               "training set more than the task. Stop earlier, lower the LR or rank, and re-check the held-out split.")
+    evidence: dict[str, Any] = {name: value, "threshold": thr, "held_out_split": gaps.get("held_out_split")}
+    if name == "acc_gap":
+        evidence["loss_gap"] = gaps.get("loss_gap")  # information only
+        evidence["held_out_trend"] = trend
+    yield _rec("warning", "memorization_detected", msg,
                "A held-out metric much worse than the same metric on training data is the direct signature of "
-               "memorisation; spectral metrics cannot replace this check.",
-               0.8 if name == "ppl_gap" else 0.7,
-               {name: value, "threshold": thr, "held_out_split": (ctx.snap.gaps or {}).get("held_out_split")})
+               "memorisation (accuracy for a classifier, perplexity for a language model); spectral metrics cannot "
+               "replace this check.", 0.8 if name == "ppl_gap" or (trend or {}).get("trend") == "falling" else 0.7,
+               evidence)
     lr = ctx.lr
     if lr is None or lr > MEMO_LR_SAFE:
         yield _rec("warning", "lower_lr",
@@ -141,6 +246,55 @@ def memorization(ctx: RunContext) -> Iterable[Recommendation]:
                    "Memorisation with a high LR is the most common cause; one run at 5e-5 separates LR from "
                    "data size as the culprit.", 0.8 if lr is not None else 0.7,
                    {"lr": lr, "suggested_lr": MEMO_LR_SAFE, name: value})
+
+
+def loss_gap_note(ctx: RunContext) -> Iterable[Recommendation]:
+    """The test/train loss ratio is information only: it grows without bound as the training loss
+    approaches 0 (97.8 on a memorising run, 2.8 on a healthy one at 88 % test accuracy)."""
+    gaps = ctx.snap.gaps or {}
+    v = _num(gaps.get("loss_gap"))
+    if v is None or not math.isfinite(v) or v < ctx.gap_threshold or ctx.memorising() is not None:
+        return
+    signal = ctx.generalisation_signal()
+    judged = ""
+    if signal is not None:
+        name, value, thr = signal
+        judged = (f"; the accuracy gap, {value * 100:+.1f} points, is below its {thr * 100:g}-point threshold"
+                  if name == "acc_gap" else f"; the perplexity ratio, {value:.3f}, is below its threshold {thr:g}")
+    yield _rec("info", "note_loss_gap",
+               f"The test/train loss ratio is {v:.3f}: information only, not a memorisation signal{judged}.",
+               "As the training loss approaches 0 the ratio grows without bound even on a run that generalises; "
+               "a classifier is judged by its accuracy gap, a language model by its perplexity ratio.", 0.4,
+               {"loss_gap": v, "threshold": ctx.gap_threshold, "signal": signal[0] if signal else None})
+
+
+def not_learning(ctx: RunContext) -> Iterable[Recommendation]:
+    """Held-out accuracy at the chance level (the held-out majority-class rate, else 1/n_labels,
+    + 1 point) at the last eval, after at least two held-out evals."""
+    accs = ctx.held_out_accuracy()
+    if len(accs) < NOT_LEARNING_MIN_EVALS:
+        return
+    chance = ctx.chance_level()
+    if chance is None:
+        return
+    level, source = chance
+    step, last = accs[-1]
+    if last > level + CHANCE_MARGIN:
+        return
+    best = max(a for _, a in accs)
+    history = ("it never rose above it" if best <= level + CHANCE_MARGIN else
+               f"it fell back from {best * 100:.1f}%")
+    at = f" at step {step}" if step is not None else ""
+    yield _rec("warning", "not_learning",
+               f"Held-out accuracy is {last * 100:.1f}%{at}, at the chance level ({level * 100:.1f}%, the "
+               f"{source}) after {len(accs)} evals; {history}: the adapter predicts no better than always "
+               "answering the most frequent class. Check the labels and the data pipeline, then the LR (too high "
+               "collapses to one class, too low never leaves it) and the batch size.",
+               "Accuracy within a point of the majority-class rate means the classifier has not learned the task, "
+               "whatever its loss curve looks like.", 0.8,
+               {"accuracy": last, "step": step, "chance_level": level, "chance_source": source,
+                "margin": CHANCE_MARGIN, "held_out_evals": len(accs), "best_accuracy": best,
+                "held_out_split": ctx.held_out})
 
 
 def underfitting(ctx: RunContext) -> Iterable[Recommendation]:
@@ -402,7 +556,7 @@ def high_udr(ctx: RunContext) -> Iterable[Recommendation]:
 
 
 RUN_RULES: tuple[Rule, ...] = (
-    gap_missing, memorization, underfitting,
+    gap_missing, memorization, loss_gap_note, not_learning, underfitting,
     nonfinite, loss_spikes, grad_health,
     guard, spectral_risk, run_status,
     low_utilization, compress_rank, compress_mlp, high_udr,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ..policy.rules_run import generalisation_summary
 from ..telemetry.sections import AuditIssue
 from ..telemetry.snapshot import resume_text
 from ..training.kappa_risk import neutral_word
@@ -215,15 +216,40 @@ def _eval(rep: Report) -> str:
         e = snap.evals[split]
         rows.append([split, F.num(e.get("step")), *(F.num(e["metrics"].get(k)) for k in keys)])
     latest = _table(["split", "step", *keys], rows, numeric=range(1, len(keys) + 2))
-    gaps = snap.gaps
-    gap_rows = [(name, F.num(gaps.get(name))) for name in ("ppl_gap", "loss_gap", "acc_gap") if gaps.get(name) is not None]
-    gap_html = _kv(gap_rows) if gap_rows else ""
+    gap_html = _kv(gap_rows(snap)) if gap_rows(snap) else ""
     if snap.gap_missing:
         gap_html += '<p class="note">Gap not computable: ' + esc("; ".join(snap.gap_missing)) + "</p>"
     gap_html += ('<p class="note">ppl_gap = test ppl / train ppl; loss_gap = test loss / train loss; '
-                 "acc_gap = train accuracy − test accuracy (latest eval per split).</p>")
+                 "acc_gap = train accuracy − test accuracy (latest eval per split). Memorisation is judged by "
+                 "acc_gap for a classifier (≥ 0.10) and by ppl_gap for a language model; loss_gap is information "
+                 "only (it grows without bound as the training loss approaches 0).</p>")
     figs = "".join(_fig(svg) for _, svg in charts.eval_charts(rep.run.curves))
     return "<h3>Latest eval per split</h3>" + latest + "<h3>Gaps</h3>" + gap_html + figs
+
+
+def gap_rows(snap: Any) -> list[tuple[str, str]]:
+    """The gaps with their role (the task's memorisation signal, or information only), then the
+    held-out chance level and trend (``policy.generalisation_summary``)."""
+    gen = generalisation_summary(snap)
+    rows = []
+    for name in ("ppl_gap", "acc_gap", "loss_gap"):
+        v = snap.gaps.get(name)
+        if v is None:
+            continue
+        if name == gen["signal"]:
+            role = " (memorisation signal" + (": over the threshold)" if gen["memorising"] else ")")
+        elif name == "loss_gap":
+            role = " (information only)"
+        else:
+            role = ""
+        rows.append((name, F.num(v) + role))
+    trend = gen["held_out_trend"]
+    if trend and trend.get("trend"):
+        rows.append(("held-out accuracy", f"{trend['trend']} ({F.num(trend['last'])}, best {F.num(trend['best'])})"))
+    if gen["chance_level"] is not None:
+        rows.append(("chance level", f"{F.num(gen['chance_level'])} ({gen['chance_source']})"
+                     + (" — not learning" if gen["not_learning"] else "")))
+    return rows
 
 
 def _x_range(rep: Report) -> tuple[float, float]:

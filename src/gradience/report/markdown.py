@@ -13,6 +13,7 @@ from . import _fmt as F
 from .audit_view import AUDIT_COMMAND
 from .build import Report
 from .charts import udr_bin_counts
+from .html import gap_rows
 
 __all__ = ["render_markdown"]
 
@@ -85,7 +86,7 @@ def render_markdown(rep: Report) -> str:
         erows = [[split, F.num(e.get("step")), *(F.num(e["metrics"].get(k)) for k in keys)]
                  for split, e in sorted(snap.evals.items(), key=lambda kv: (kv[0] != "train", kv[0]))]
         L += _table(("split", "step", *keys), erows)
-        gaps = [(k, F.num(snap.gaps.get(k))) for k in ("ppl_gap", "loss_gap", "acc_gap") if snap.gaps.get(k) is not None]
+        gaps = gap_rows(snap)
         if gaps:
             L += ["Gaps: " + ", ".join(f"{k} **{v}**" for k, v in gaps), ""]
         if snap.gap_missing:

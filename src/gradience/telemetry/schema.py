@@ -244,6 +244,10 @@ class ConfigSnapshot:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     notes: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # A classifier's number of labels (model.config.num_labels): with the held-out set's
+    # majority-class rate, the chance level a "not learning" run is compared against. None for
+    # other tasks and in files of earlier releases.
+    n_labels: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,6 +274,7 @@ class ConfigSnapshot:
             training=TrainingConfig.from_dict(known.get("training")),
             notes=known.get("notes"),
             extras=extras,
+            n_labels=known.get("n_labels"),
         )
 
     def typed(self) -> ConfigSnapshot:
@@ -292,6 +297,9 @@ class ConfigSnapshot:
             notes=self.notes if top_ok["notes"] else None,
             extras=dict(self.extras) if isinstance(self.extras, dict) else {"_unparsed": self.extras},
         )
+        n_labels = whole_number(self.n_labels)
+        top_ok["n_labels"] = self.n_labels is None or (n_labels is not None and n_labels >= 1)
+        out.n_labels = n_labels if top_ok["n_labels"] else None
         invalid = {name: getattr(self, name) for name, ok in top_ok.items() if not ok}
         if invalid:
             out.extras["_invalid"] = invalid

@@ -23,6 +23,7 @@ from .sections import AuditSummary, GradNormSummary, GuardSummary, LossSummary, 
 
 GRAD_HISTORY = 10
 MAX_KEPT_ALERTS = 200
+MAX_EVAL_HISTORY = 50  # evals kept per split (the held-out trend and the chance level)
 MAX_KEPT_SPIKES = 50
 # A resumed run replays the steps after its checkpoint. To drop the replaced values exactly, the
 # fold keeps the last REPLAY_WINDOW train_step events and a copy of its train_step state every
@@ -169,6 +170,9 @@ class SignalSnapshot:
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> {step, metrics}
     gaps: dict[str, float | None] = field(default_factory=dict)
     gap_missing: list[str] = field(default_factory=list)
+    # split -> {n (evals of the split), steps, accuracy, loss, majority_rate}: the last 50 evals, oldest
+    # first (None where an eval lacks the metric); policy reads the held-out trend and chance level here.
+    eval_history: dict[str, dict[str, Any]] = field(default_factory=dict)
     loss: LossSummary = field(default_factory=LossSummary.empty)
     lr: LrSummary = field(default_factory=LrSummary.empty)
     grad_norm: GradNormSummary = field(default_factory=GradNormSummary.empty)
@@ -246,6 +250,7 @@ class RunAccumulator:
         self.last_ts: float | None = None
         self.last_step: int | None = None
         self.evals: dict[str, dict[str, Any]] = {}
+        self._eval_hist: dict[str, deque[tuple[int | None, float | None, float | None, float | None]]] = {}
         self._reset_train_state()
         self.grad_summary: dict[str, Any] | None = None
         self._grad_records: deque[_Record] = deque(maxlen=MAX_KEPT_RECORDS)
@@ -357,6 +362,11 @@ class RunAccumulator:
             if isinstance(metrics, dict):
                 split = normalize_split(ev.get("split"))
                 self.evals[split] = {"step": step, "metrics": metrics, "split_raw": ev.get("split")}
+                hist = self._eval_hist.setdefault(split, deque(maxlen=MAX_EVAL_HISTORY))
+                while step is not None and hist and hist[-1][0] is not None and hist[-1][0] >= step:
+                    hist.pop()  # a resumed run evaluates those steps again: the newest counts
+                hist.append((step, _num(metrics.get("accuracy")), _num(metrics.get("loss")),
+                             _num(metrics.get("majority_rate"))))
         elif name == "metrics":
             self._metrics(ev, step)
         elif name == "alert":
@@ -672,6 +682,9 @@ class RunAccumulator:
                     m["ppl"] = math.exp(loss)
                     m["ppl_derived"] = True
         snap.evals = evals
+        snap.eval_history = {split: {"n": len(h), "steps": [e[0] for e in h], "accuracy": [e[1] for e in h],
+                                     "loss": [e[2] for e in h], "majority_rate": [e[3] for e in h]}
+                             for split, h in self._eval_hist.items()}
         snap.gaps, snap.gap_missing = _gaps(evals, profile)
         snap.loss = LossSummary(
             first=self.loss_first,

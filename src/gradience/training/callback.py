@@ -18,6 +18,7 @@ from ..errors import require
 from .config import GradienceConfig, resolve_config
 from .config_snapshot import build_config_snapshot, build_meta, unwrap_model
 from .gradnorm import BackwardNormProbe
+from .label_stats import dataset_labels, majority_rate
 from .recorder import RunRecorder, spine_metrics, split_eval_metrics
 from .supervisor import RunSupervisor, optimizer_lr
 
@@ -58,6 +59,7 @@ class GradienceCallback(TrainerCallback):
             settings["out_dir"] = out_dir
         self.config = resolve_config(config, settings, "GradienceCallback")
         self.supervisor: RunSupervisor | None = None
+        self._majority: dict[int, float | None] = {}  # eval dataset id -> majority-class rate
         self.run_dir: Path | None = None
         self._probe: BackwardNormProbe | None = None
         self._hook: Any = None
@@ -164,7 +166,27 @@ class GradienceCallback(TrainerCallback):
         if sup is None or sup.recorder is None or not metrics:
             return
         split, raw = split_eval_metrics(metrics, self.config.test_split)
-        sup.eval(int(state.global_step), split, spine_metrics(raw, causal_lm=sup.recorder.causal_lm))
+        spine = spine_metrics(raw, causal_lm=sup.recorder.causal_lm)
+        if "majority_rate" not in spine and not sup.recorder.causal_lm:
+            rate = self._majority_rate(kwargs.get("eval_dataloader"))
+            if rate is not None:
+                spine["majority_rate"] = rate  # the chance level of this eval set (docs/telemetry.md#eval)
+        sup.eval(int(state.global_step), split, spine)
+
+    def _majority_rate(self, dataloader: Any) -> float | None:
+        """The majority-class rate of the evaluated set's labels (cached per dataset); None when its
+        labels cannot be read cheaply or are not class ids."""
+        dataset = getattr(dataloader, "dataset", None)
+        if dataset is None:
+            return None
+        key = id(dataset)
+        if key not in self._majority:
+            try:
+                labels = dataset_labels(dataset)
+                self._majority[key] = majority_rate(labels) if labels is not None else None
+            except Exception:  # telemetry never breaks training
+                self._majority[key] = None
+        return self._majority[key]
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.supervisor is not None:

@@ -77,6 +77,36 @@ def is_causal_lm(model: Any) -> bool:
     return bool(_causal_lm_class_names().intersection(names))
 
 
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForMultipleChoice",
+                        "ForImageClassification", "ForAudioClassification")
+
+
+def classifier_n_labels(model: Any) -> int | None:
+    """A classifier's number of labels (``config.num_labels``), else None.
+
+    Only for a classification head (the class name or ``config.architectures`` ending in
+    ``ForSequenceClassification``, ``ForTokenClassification``, ...; or a PEFT ``SEQ_CLS`` /
+    ``TOKEN_CLS`` task): every transformers config carries ``num_labels`` (2 by default), so a
+    causal LM's would mean nothing.
+    """
+    inner = unwrap_model(model)
+    peft_config = getattr(inner, "peft_config", None)
+    task = ""
+    if isinstance(peft_config, dict) and peft_config:
+        task = getattr(next(iter(peft_config.values())), "task_type", None)
+        task = str(getattr(task, "value", task) or "")
+    base = inner
+    get_base = getattr(inner, "get_base_model", None)
+    if callable(get_base):
+        base = get_base()
+    config = getattr(base, "config", None)
+    names = [type(base).__name__, *(str(a) for a in (getattr(config, "architectures", None) or []))]
+    if task not in ("SEQ_CLS", "TOKEN_CLS") and not any(n.endswith(_CLASSIFIER_SUFFIXES) for n in names):
+        return None
+    n = getattr(config, "num_labels", None)
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return sorted(str(v) for v in value)
@@ -229,6 +259,7 @@ def build_config_snapshot(
         lora=lora,
         training=training,
         notes=notes,
+        n_labels=classifier_n_labels(model) if model is not None else None,
     )
 
 

@@ -19,6 +19,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from ..numfmt import num as _num
+from ..policy.rules_run import generalisation_summary
 from ..telemetry.health import downsample, sparkline
 from ..telemetry.sections import GradNormSummary, GuardSummary, SpectralSummary
 from ..training.kappa_risk import neutral_word
@@ -284,14 +285,20 @@ def eval_panel(v: WatchView, width: int) -> RenderableType:
     gaps = s.gaps
     gparts: list[str | tuple[str, str]] = [("gap  ", "bold")]
     shown: list[tuple[str, str]] = []
-    ppl_gap = gaps.get("ppl_gap")
+    # The task's memorisation signal first, yellow at `monitor`'s threshold (docs/policy.md#core-rules):
+    # the perplexity ratio for a language model, the accuracy gap for a classifier; the loss ratio is
+    # information only (it explodes as the training loss approaches 0).
+    gen = generalisation_summary(s)
+    flag = "yellow" if gen["memorising"] else ""
+    ppl_gap, acc_gap = gaps.get("ppl_gap"), gaps.get("acc_gap")
     if ppl_gap is not None:
-        # ppl_gap ≥ 1.5 is where `monitor` starts to call memorization (docs/policy.md#core-rules).
-        shown.append((f"ppl ×{ppl_gap:.3f}", "yellow" if ppl_gap >= 1.5 else ""))
+        shown.append((f"ppl ×{ppl_gap:.3f}", flag if gen["signal"] == "ppl_gap" else ""))
+    if acc_gap is not None:
+        shown.append((f"acc Δ{acc_gap:+.3f}", flag if gen["signal"] == "acc_gap" else ""))
     if gaps.get("loss_gap") is not None:
-        shown.append((f"loss ×{gaps['loss_gap']:.3f}", ""))
-    if gaps.get("acc_gap") is not None:
-        shown.append((f"acc Δ{gaps['acc_gap']:+.3f}", ""))
+        shown.append((f"loss ×{gaps['loss_gap']:.3f} info", "dim"))
+    if gen["not_learning"]:
+        shown.append((f"at chance {gen['chance_level']:.3f}", "yellow"))
     for i, item in enumerate(shown):
         gparts.append(item)
         if i < len(shown) - 1:
