@@ -219,6 +219,34 @@ def test_views_say_the_run_resumed(tmp_path: Path) -> None:
     assert "resumed from step 8" in render_markdown(build_report(path))
 
 
+def _grad_record(n: int, mx: float, clipped: int, last: float, final: bool) -> dict[str, Any]:
+    return {"n": n, "last": last, "last_clipped": min(last, 1.0), "max": mx, "min": 0.1, "mean": 0.5,
+            "nonfinite_count": 0, "clipped_steps": clipped, "history": [last] * min(n, 10),
+            "level_counts": {"healthy": n}, "final": final}
+
+
+def test_the_gradient_record_of_a_resumed_run_joins_both_processes(tmp_path: Path) -> None:
+    lines = [ev("run_start", None, T0, config={}, meta={})]
+    lines += [ev("train_step", s, T0 + s, loss=1.0, grad_norm=0.5) for s in range(1, 11)]
+    lines.append(ev("metrics", 8, T0 + 8.5, kind="grad_norm", metrics=_grad_record(8, 2.0, 3, 0.5, False)))
+    lines.append(ev("metrics", 10, T0 + 10.5, kind="grad_norm", metrics=_grad_record(10, 2.5, 4, 0.5, True)))
+    lines.append(ev("run_start", 8, T0 + 100, config={}, meta={"resumed_from_step": 8}))
+    lines += [ev("train_step", s, T0 + 100 + s, loss=1.0, grad_norm=0.7) for s in range(9, 13)]
+    lines.append(ev("metrics", 12, T0 + 113, kind="grad_norm", metrics=_grad_record(4, 1.5, 1, 0.7, True)))
+    g = TelemetryReader(write(tmp_path / "run.jsonl", lines)).summarize().grad_norm
+    # steps 1-8 from the first process's record at step 8 (its step-10 record is replaced), 9-12 from the second
+    assert (g.n_steps, g.clipped_steps, g.max, g.last, g.record_step) == (12, 4, 2.0, 0.7, 12)
+    assert g.summary is not None and g.summary["level_counts"] == {"healthy": 12}
+    assert g.source_text() == "full-run record (12 steps, at step 12)"
+
+    # Without a record of the steps before the resume, the views say how much the record covers.
+    partial = [ln for ln in lines if '"grad_norm", "metrics": {"n": 8' not in ln and '"n": 10,' not in ln]
+    g = TelemetryReader(write(tmp_path / "partial.jsonl", partial)).summarize().grad_norm
+    assert (g.n_steps, g.record_step, g.partial_record) == (4, 12, True)
+    assert g.source_text() == "gradient record of 4 of the run's 12 steps"
+    assert g.clipped_text() == "clipped 25 % of recorded steps (1/4)"
+
+
 def test_the_dashboard_and_report_curves_hold_each_replayed_step_once(tmp_path: Path) -> None:
     from gradience.report.collect import collect_run
     from gradience.watch.tail import SeriesBuffer

@@ -133,11 +133,20 @@ class GradNormSummary(Record):
         if share is None:
             return None
         pct = f"{100 * share:.0f}" if share == 0 or share >= 0.01 else f"{100 * share:.1g}"
-        of = "steps" if self.source == "full_run" else "sampled steps"
+        of = "sampled steps" if self.source != "full_run" else "recorded steps" if self.partial_record else "steps"
         return f"clipped {pct} % of {of} ({self.clipped_steps}/{self.n_steps})"
+
+    @property
+    def partial_record(self) -> bool:
+        """The record covers fewer steps than the run had when it was written (the steps before a
+        resume whose own record was lost, for instance)."""
+        return (self.source == "full_run" and self.n_steps is not None and self.record_step is not None
+                and self.n_steps < self.record_step)
 
     def source_text(self) -> str | None:
         """Where the numbers come from, for people: ``full-run record (120 steps, at step 120)``."""
+        if self.source == "full_run" and self.partial_record:
+            return f"gradient record of {self.n_steps} of the run's {self.record_step} steps"
         if self.source == "full_run":
             at = f", at step {self.record_step}" if self.record_step is not None else ""
             steps = f"{self.n_steps} step{'s' if self.n_steps != 1 else ''}" if self.n_steps is not None else "every step"

@@ -225,7 +225,8 @@ def grad_panel(v: WatchView, width: int) -> RenderableType:
     if g.source == "full_run":
         # The record's history is the last consecutive steps up to the step it was written at.
         at = g.record_step
-        window = f"last {len(hist)} steps" + (f" to {at:,}" if at is not None else "") + " · full-run record"
+        window = (f"last {len(hist)} steps" + (f" to {at:,}" if at is not None else "")
+                  + (" · gradient record (part of the run)" if g.partial_record else " · full-run record"))
     else:
         window = f"{_grad_window(len(hist), v.grad_steps)} · sampled"
     second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}", _dim(f"  {window}"))
