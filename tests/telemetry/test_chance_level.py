@@ -28,7 +28,8 @@ def test_majority_rate_of_labels_and_datasets() -> None:
     assert dataset_labels(rows) == [0, 1, 1]
 
     class Columns:  # a datasets.Dataset: column access
-        column_names = ["text", "label"]
+        def __init__(self) -> None:
+            self.column_names = ["text", "label"]
 
         def __getitem__(self, key: str) -> list[int]:
             assert key == "label"

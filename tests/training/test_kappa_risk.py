@@ -5,7 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gradience.training.kappa_risk import ALARM_LEVELS, LEVEL_WORDS, RISK_LEVELS, WARMUP, neutral_word, risk_level
+from gradience.training.kappa_risk import (
+    ALARM_LEVELS,
+    LEVEL_WORDS,
+    RISK_LEVELS,
+    WARMUP,
+    neutral_word,
+    risk_level,
+)
 
 
 def test_importing_the_rule_does_not_import_torch():

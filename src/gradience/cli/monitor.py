@@ -107,7 +107,7 @@ def _gap_text(gaps: dict[str, Any], gen: dict[str, Any]) -> str:
     parts = []
     signal, thr = gen.get("signal"), gen.get("threshold")
     acc, ppl = gaps.get("acc_gap"), gaps.get("ppl_gap")
-    if signal == "acc_gap" and isinstance(acc, (int, float)):
+    if signal == "acc_gap" and isinstance(acc, (int, float)) and isinstance(thr, (int, float)):
         parts.append(f"accuracy {acc * 100:+.1f} pts (train − test; memorisation at ≥ {thr * 100:g} pts)")
     elif signal == "ppl_gap":
         parts.append(f"perplexity ×{fmt_num(ppl)} (test/train; memorisation at ≥ {fmt_num(thr)})")

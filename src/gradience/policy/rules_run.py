@@ -219,7 +219,7 @@ def memorization(ctx: RunContext) -> Iterable[Recommendation]:
     trend = ctx.held_out_trend() if name == "acc_gap" else None
     if name == "acc_gap":
         train_acc, test_acc = ctx.snap.eval_metric("train", "accuracy"), ctx.snap.eval_metric(
-            gaps.get("held_out_split") or "test", "accuracy")
+            ctx.held_out or "test", "accuracy")
         both = (f" ({train_acc * 100:.1f}% train vs {test_acc * 100:.1f}% held-out)"
                 if train_acc is not None and test_acc is not None else "")
         msg = (f"Training accuracy is {value * 100:.1f} points above held-out accuracy{both}, threshold "

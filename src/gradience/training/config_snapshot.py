@@ -93,8 +93,8 @@ def classifier_n_labels(model: Any) -> int | None:
     peft_config = getattr(inner, "peft_config", None)
     task = ""
     if isinstance(peft_config, dict) and peft_config:
-        task = getattr(next(iter(peft_config.values())), "task_type", None)
-        task = str(getattr(task, "value", task) or "")
+        raw = getattr(next(iter(peft_config.values())), "task_type", None)
+        task = str(getattr(raw, "value", raw) or "")
     base = inner
     get_base = getattr(inner, "get_base_model", None)
     if callable(get_base):
