@@ -98,7 +98,10 @@ def test_views_take_gradient_health_from_the_full_run_record(tmp_path: Path) -> 
     assert "max 1.487 · clipped 0.8 % of steps (1/120)" in text
     assert "from the full-run record (120 steps, at step 120)" in text
     panel = plain(grad_panel(watch_view(path, T0), 100))
-    assert "max 1.487" in panel and "clipped 0.8 % of steps (1/120)" in panel and "full-run record" in panel
+    assert "max 1.487" in panel and "clipped 0.8 % of steps (1/120)" in panel
+    assert "steps 111–120 · full-run record" in panel
+    narrow = plain(grad_panel(watch_view(path, T0), 36), width=40)  # the 80×24 layout's panel
+    assert "steps 111–120\n" in narrow and "clipped 0.8 % (1/120) · non-finite 0" in narrow
     md = render_markdown(build_report(path))
     assert "/ 1.49" in md and "clipped 0.8 % of steps (1/120)" in md and "full-run record" in md
 

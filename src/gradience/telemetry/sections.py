@@ -126,13 +126,15 @@ class GradNormSummary(Record):
             return None
         return self.clipped_steps / self.n_steps
 
-    def clipped_text(self) -> str | None:
+    def clipped_text(self, *, compact: bool = False) -> str | None:
         """``clipped 46 % of steps (55/120)`` (``of sampled steps`` without a full-run record);
-        ``None`` when nothing says how many steps were clipped."""
+        ``compact``: ``clipped 46 % (55/120)``. ``None`` when nothing says how many steps were clipped."""
         share = self.clipped_share
         if share is None:
             return None
         pct = f"{100 * share:.0f}" if share == 0 or share >= 0.01 else f"{100 * share:.1g}"
+        if compact:
+            return f"clipped {pct} % ({self.clipped_steps}/{self.n_steps})"
         of = "sampled steps" if self.source != "full_run" else "recorded steps" if self.partial_record else "steps"
         return f"clipped {pct} % of {of} ({self.clipped_steps}/{self.n_steps})"
 

@@ -225,17 +225,22 @@ def grad_panel(v: WatchView, width: int) -> RenderableType:
     if g.source == "full_run":
         # The record's history is the last consecutive steps up to the step it was written at.
         at = g.record_step
-        window = (f"last {len(hist)} steps" + (f" to {at:,}" if at is not None else "")
-                  + (" · gradient record (part of the run)" if g.partial_record else " · full-run record"))
+        if at is not None and hist:
+            window = f"step {at:,}" if len(hist) == 1 else f"steps {at - len(hist) + 1:,}–{at:,}"
+        else:
+            window = f"last {len(hist)} steps"
+        source = " · part-run record" if g.partial_record else " · full-run record"
     else:
-        window = f"{_grad_window(len(hist), v.grad_steps)} · sampled"
-    second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}", _dim(f"  {window}"))
-    extras = []
-    clipped = g.clipped_text()
-    if clipped:
-        extras.append(clipped)
-    extras.append(f"non-finite {g.nonfinite_count}")
-    return Group(first, second, _line(_dim(" · ".join(extras))))
+        window, source = _grad_window(len(hist), v.grad_steps), " · sampled"
+    base = f"{g.sparkline} {g.trend or ''}  {window}"
+    # In a narrow panel the source goes first, then the words of the clipped share; never the numbers.
+    second = _line((g.sparkline, GRAD_STYLES.get(level, "")), f" {g.trend or ''}",
+                   _dim(f"  {window}" + (source if len(base) + len(source) <= width else "")))
+    tail = f"non-finite {g.nonfinite_count}"
+    third = " · ".join(x for x in (g.clipped_text(), tail) if x)
+    if len(third) > width:
+        third = " · ".join(x for x in (g.clipped_text(compact=True), tail) if x)
+    return Group(first, second, _line(_dim(third)))
 
 
 def curves_panel(v: WatchView, width: int) -> RenderableType:
