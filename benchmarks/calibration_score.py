@@ -502,19 +502,43 @@ def _write(path: Path, events: Iterable[dict[str, Any]]) -> None:
             f.write(encode_line(sanitize(ev, max_str_len=None)))
 
 
+def backfill(run: Run) -> Iterator[dict[str, Any]]:
+    """The run's events with the label facts the integrations record filled in from the manifest where
+    the recording lacks them: ``config.n_labels`` (the classifier's label count) and the held-out
+    evals' ``majority_rate`` (the chance level of the eval set). Sets ``run.entry["_backfilled"]``."""
+    from gradience.telemetry.snapshot import normalize_split
+
+    labels = run.entry.get("labels") or {}
+    n_labels, rate = labels.get("n_labels"), _num(labels.get("majority_rate"))
+    filled: set[str] = set()
+    for ev in run.events:
+        name = ev["event"]
+        if name == "run_start" and isinstance(n_labels, int) and isinstance(ev.get("config"), dict) \
+                and ev["config"].get("n_labels") is None:
+            ev = {**ev, "config": {**ev["config"], "n_labels": n_labels}}
+            filled.add("n_labels")
+        elif name == "eval" and rate is not None and isinstance(ev.get("metrics"), dict) \
+                and normalize_split(ev.get("split")) == "test" and ev["metrics"].get("majority_rate") is None:
+            ev = {**ev, "metrics": {**ev["metrics"], "majority_rate": rate}}
+            filled.add("majority_rate")
+        yield ev
+    run.entry["_backfilled"] = sorted(filled)
+
+
 def derive_events(run: Run, grad: GradReplay,
                   kappa: dict[tuple[int, int], tuple[dict[str, Any], list[dict[str, Any]]]],
                   tmp: Path) -> list[dict[str, Any]]:
     """The run's events as the current code would have written them: re-derived gradient-health and
     κ̃ alerts in place of the recorded ones, the gradient-norm summaries of the current recorder,
     current κ̃ levels in the spectral payloads, and the end-of-run recommendations of the current
-    rules."""
+    rules. Facts the integrations record and a recording may predate are filled in from the manifest
+    where missing (:func:`backfill`)."""
     from gradience.policy import run_recommendations
     from gradience.telemetry.reader import TelemetryReader
 
     out: list[dict[str, Any]] = []
     seg = -1
-    for ev in run.events:
+    for ev in backfill(run):
         name = ev["event"]
         step = ev.get("step")
         if name == "run_start":
@@ -1072,6 +1096,11 @@ def render_table(result: Result, split: str | None = None, runs: bool = False) -
           + (f"; margin x{m['margin_ratio']:.3g}" if m["margin_ratio"] is not None else ""))
     if result.demoted:
         w(f"demoted (never an alarm; raw evidence above): {', '.join(_LABELS[d] for d in result.demoted)}")
+    filled = [rs for rs in sel if rs.run.entry.get("_backfilled")]
+    if filled:
+        what = sorted({k for rs in filled for k in rs.run.entry["_backfilled"]})
+        w(f"label facts filled in from the manifest (recorded before the integrations logged them): "
+          f"{', '.join(what)} in {len(filled)}/{len(sel)} runs")
     w("")
     tg = targets(sel, result.demoted)
     for name, t in tg.items():

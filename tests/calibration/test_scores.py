@@ -207,6 +207,21 @@ def test_alarms_before_the_cause_of_a_divergence_lead_nothing(scored: Any) -> No
     assert summary["leads"]["diverges_s0"] is None or summary["leads"]["diverges_s0"] <= 0
 
 
+def test_label_facts_missing_from_a_recording_come_from_the_manifest(synthetic: Path) -> None:
+    from benchmarks.calibration_score import backfill, load_corpus
+
+    _, runs = load_corpus(synthetic)
+    run = next(r for r in runs if r.name == "stuck_s1")
+    events = list(backfill(run))
+    start = next(e for e in events if e["event"] == "run_start")
+    assert start["config"]["n_labels"] == 2
+    held_out = [e["metrics"] for e in events if e["event"] == "eval" and e["split"] == "test"]
+    train = [e["metrics"] for e in events if e["event"] == "eval" and e["split"] == "train"]
+    assert held_out and all(m["majority_rate"] == 0.5 for m in held_out)
+    assert all("majority_rate" not in m for m in train)
+    assert run.entry["_backfilled"] == ["majority_rate", "n_labels"]
+
+
 def test_lead_times_and_the_table(scored: Any) -> None:
     result = scored
     summary = result.to_dict()["summary"]
