@@ -532,7 +532,8 @@ def derive_events(run: Run, grad: GradReplay,
     κ̃ alerts in place of the recorded ones, the gradient-norm summaries of the current recorder,
     current κ̃ levels in the spectral payloads, and the end-of-run recommendations of the current
     rules. Facts the integrations record and a recording may predate are filled in from the manifest
-    where missing (:func:`backfill`)."""
+    where missing (:func:`backfill`). The fault injector's records (``metrics(kind="fault_injection")``)
+    are left out: a view that only repeats them has detected nothing."""
     from gradience.policy import run_recommendations
     from gradience.telemetry.reader import TelemetryReader
 
@@ -545,6 +546,10 @@ def derive_events(run: Run, grad: GradReplay,
             seg += 1
             out.append(ev)
         elif name == "alert" and str(ev.get("code", "")).startswith(_REDERIVED_ALERT_PREFIXES):
+            continue
+        elif name == "metrics" and ev.get("kind") == "fault_injection":
+            # The injector's own record of a firing: a view that repeats it has not detected anything.
+            # The scorer measures detection from the run's signals, so the views never see it.
             continue
         elif name == "train_step":
             for kind, c in grad.at.get((max(seg, 0), step), []) if type(step) is int else []:
