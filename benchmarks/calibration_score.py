@@ -656,6 +656,8 @@ def report_final(path: Path) -> dict[str, str]:
     items = {}
     if snap.status not in ("ok", "running"):
         items["status"] = f"status {snap.status}: {snap.reason or ''}"
+    elif getattr(snap, "stalled", False):
+        items["status"] = "status stalled"
     items.update(_alarm_items(rep.recommendations, []))
     level = snap.grad_norm.level
     if level and _warn_or_worse(_LEVEL_SEVERITY.get(level)):
