@@ -85,13 +85,14 @@ def test_real_nonfinite_values_stay_errors(tmp_path: Path) -> None:
 
 # -- healthy demo-like run: nothing warning-or-worse from any source ------------------------------
 def _classifier_run(path: Path, *, train: list[tuple[float, float]], test: list[tuple[float, float]],
-                    majority: float | None = 0.51, n_labels: int | None = 2, kappa_danger: bool = False) -> None:
+                    majority: float | None = 0.51, n_labels: int | None = 2, kappa_danger: bool = False,
+                    meta: dict[str, Any] | None = None) -> None:
     """A classifier with one (accuracy, loss) pair per eval and split, evals every 50 steps."""
     cfg = _cfg()
     if n_labels is not None:
         cfg["n_labels"] = n_labels
     with TelemetryWriter(path, run_id="clf") as w:
-        w.run_start(cfg, {"framework": "transformers.Trainer"})
+        w.run_start(cfg, {"framework": "transformers.Trainer", **(meta or {})})
         steps = 50 * len(test)
         for i in range(1, steps + 1):
             w.train_step(i, loss=0.69 * math.exp(-i / 40) + 0.02, lr=5e-4, grad_norm=1.0 + 0.1 * math.sin(i),
@@ -195,3 +196,16 @@ def test_chance_level_from_the_label_count_and_the_nearest_cases(tmp_path: Path)
     path = tmp_path / "unknown_chance.jsonl"
     _classifier_run(path, train=[(0.5, 0.69)] * 2, test=[(0.5, 0.69)] * 2, majority=None, n_labels=None)
     assert "not_learning" not in _recs(path)  # no chance level known: silent
+
+
+def test_chance_level_from_the_recorded_untrained_loss(tmp_path: Path) -> None:
+    """Files written before n_labels: the run's meta.loss_prior = ln K gives 1/K."""
+    path = tmp_path / "prior.jsonl"
+    _classifier_run(path, train=[(0.5, 0.69)] * 3, test=[(0.5, 0.69)] * 3, majority=None, n_labels=None,
+                    meta={"loss_prior": math.log(2)})
+    nl = _recs(path)["not_learning"]
+    assert nl["evidence"]["chance_level"] == pytest.approx(0.5) and "ln 2" in nl["evidence"]["chance_source"]
+    path = tmp_path / "lm_prior.jsonl"  # ln 105 (a vocabulary): 1/105, and 50 % is far above it
+    _classifier_run(path, train=[(0.5, 0.69)] * 3, test=[(0.5, 0.69)] * 3, majority=None, n_labels=None,
+                    meta={"loss_prior": math.log(105)})
+    assert "not_learning" not in _recs(path)

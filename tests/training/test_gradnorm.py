@@ -108,3 +108,16 @@ def test_level_change_alerts_are_rate_limited():
     back = mon.update(15, 1.0)
     assert back is not None and back.level == "healthy" and back.severity == "info"
     assert "1.000" in back.message
+
+
+def test_vanishing_and_scaler_handled_overflows_are_information():
+    from gradience.training.gradnorm import alert_fields
+
+    mon = GradNormMonitor()
+    mon.update(1, 1.0)
+    vanishing = mon.update(2, 0.01)  # a converged run's norms fall below 0.1
+    assert vanishing is not None and vanishing.code == "GRAD_NORM_VANISHING" and vanishing.severity == "info"
+    overflow = mon.update(3, float("inf"))
+    assert alert_fields(overflow)[:2] == ("critical", "GRAD_NORM_NONFINITE")
+    severity, code, message = alert_fields(overflow, amp_overflow=True)
+    assert (severity, code) == ("info", "AMP_OVERFLOW") and "grad scaler skips this step" in message

@@ -119,7 +119,9 @@ class RunContext:
 
     def chance_level(self) -> tuple[float, str] | None:
         """(held-out chance accuracy, where it comes from): the held-out set's recorded majority-class
-        rate, else 1/n_labels of the configured classifier; None when neither is known."""
+        rate, else 1/n_labels of the configured classifier, else 1/K from the run's recorded untrained
+        loss ``meta.loss_prior`` = ln K (K labels; files written before n_labels); None when none of
+        them is known."""
         hist = self.snap.eval_history.get(self.held_out or "") or {}
         rates = [r for r in hist.get("majority_rate") or [] if _num(r) is not None and 0 < r <= 1]
         if rates:
@@ -127,6 +129,11 @@ class RunContext:
         n = self.cfg.n_labels
         if isinstance(n, int) and n >= 2:
             return 1.0 / n, f"1/{n} labels"
+        prior = _num((self.snap.meta or {}).get("loss_prior"))
+        if prior is not None and 0 < prior < 20:
+            k = math.exp(prior)
+            if k >= 2 and abs(k - round(k)) < 1e-6 * k:
+                return 1.0 / round(k), f"1/{round(k)}, from the untrained loss ln {round(k)}"
         return None
 
     def held_out_trend(self) -> dict[str, Any] | None:

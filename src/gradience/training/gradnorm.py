@@ -26,11 +26,14 @@ from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds, grad_level, s
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GradNormMonitor", "LevelChange", "collect_grads", "total_grad_norm", "total_grad_norm_value"]
+__all__ = ["GradNormMonitor", "LevelChange", "alert_fields", "collect_grads", "total_grad_norm",
+           "total_grad_norm_value"]
 
 HISTORY = 10
-# Severity of entering each level; returning to healthy is informational.
-_LEVEL_SEVERITY = {"vanishing": "warning", "healthy": "info", "warning": "warning", "critical": "error",
+# Severity of entering each level; returning to healthy is informational, and so is vanishing: a
+# converged run's norms fall below 0.1 (the calibration corpus: resumed, fp16 and memorising healthy
+# runs), and monitor's check_vanishing_gradients is information too.
+_LEVEL_SEVERITY = {"vanishing": "info", "healthy": "info", "warning": "warning", "critical": "error",
                    "nonfinite": "critical"}
 _LEVEL_CODE = {"vanishing": "GRAD_NORM_VANISHING", "healthy": "GRAD_NORM_HEALTHY", "warning": "GRAD_NORM_WARNING",
                "critical": "GRAD_NORM_CRITICAL", "nonfinite": "GRAD_NORM_NONFINITE"}
@@ -96,6 +99,19 @@ class LevelChange:
 
     def context(self) -> dict[str, Any]:
         return {"previous": self.previous, "level": self.level, "grad_norm": self.value}
+
+
+def alert_fields(change: LevelChange, *, amp_overflow: bool = False) -> tuple[str, str, str]:
+    """``(severity, code, message)`` of the alert for ``change``.
+
+    ``amp_overflow``: the step's non-finite norm is an fp16 overflow an enabled AMP grad scaler
+    handles (finite loss; the scaler skips the step and lowers its scale): ``AMP_OVERFLOW`` at
+    severity info instead of the critical ``GRAD_NORM_NONFINITE``. Torch-free, so offline tools
+    replaying the monitor give the same alerts."""
+    if amp_overflow and change.level == "nonfinite":
+        return ("info", "AMP_OVERFLOW",
+                change.message + " (an fp16 overflow: the AMP grad scaler skips this step and lowers its scale)")
+    return change.severity, change.code, change.message
 
 
 def _fmt(v: float) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.schema import ConfigSnapshot
 from ..telemetry.writer import TelemetryWriter
-from .gradnorm import GradNormMonitor
+from .gradnorm import GradNormMonitor, alert_fields
 
 __all__ = ["GRAD_SUMMARY_INTERVAL", "RunRecorder", "spine_metrics"]
 
@@ -146,10 +146,7 @@ class RunRecorder:
             return
         change = self.grad.update(step, pre_clip, post_clip)
         if change is not None:
-            severity, code, message = change.severity, change.code, change.message
-            if amp_overflow and change.level == "nonfinite":
-                severity, code = "info", "AMP_OVERFLOW"
-                message += " (an fp16 overflow: the AMP grad scaler skips this step and lowers its scale)"
+            severity, code, message = alert_fields(change, amp_overflow=amp_overflow)
             self.writer.alert(severity, code, message, step=step, context=change.context())
         if self.grad_summary_interval and step % self.grad_summary_interval == 0:
             # The full-run record while the run is live (and if it never reaches its end).
