@@ -147,7 +147,8 @@ def test_health_is_the_grad_level_and_ignores_the_spectral_risk() -> None:
     assert overall_health("healthy", "INSTABILITY")[0] == "OK"
     assert overall_health("critical", "STABLE")[0] == "BAD"
     assert overall_health("nonfinite", None)[0] == "CRITICAL"
-    assert overall_health("vanishing", "LEARNING")[0] == "WATCH"
+    assert overall_health("vanishing", "LEARNING")[0] == "OK"  # a converged run: information
+    assert overall_health("warning", None)[0] == "WATCH"
     assert overall_health(None, None)[0] == "—"
     assert overall_health(None, "DANGER")[0] == "—"
 

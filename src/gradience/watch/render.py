@@ -58,8 +58,9 @@ STATES = {
     "aborted": ("ABORTED", "bold yellow"),
     "error": ("ERROR", "bold red"),
 }
-# How bad each grad level is, to colour the overall health word.
-_GRAD_RANK = {"healthy": 0, "vanishing": 1, "warning": 1, "critical": 2, "nonfinite": 3}
+# How bad each grad level is, to colour the overall health word. Vanishing is information (a converged
+# run's norms fall below 0.1; its GRAD_NORM_VANISHING alert is info): shown in the parentheses, health OK.
+_GRAD_RANK = {"healthy": 0, "vanishing": 0, "warning": 1, "critical": 2, "nonfinite": 3}
 _HEALTH_WORDS = {0: ("OK", "green"), 1: ("WATCH", "yellow"), 2: ("BAD", "bold red"), 3: ("CRITICAL", "bold red reverse")}
 # A running run whose last event is older than this is called out as possibly stalled.
 STALE_AFTER_S = 30.0
