@@ -113,7 +113,7 @@ def run_callback(tok: Any, tmp: Path, kind: str, factor: float, step: int, persi
                              learning_rate=1e-3, max_grad_norm=1.0, eval_strategy="no", logging_strategy="no",
                              save_strategy="no", report_to=[], disable_tqdm=True, seed=0, use_cpu=True)
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tok),
-                      callbacks=[cb, inj.callback(), Watch()])
+                      callbacks=[cb, inj.callback(cb), Watch()])
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     adapter = tmp / "run" / "peft" / "adapter_model.safetensors"
@@ -136,7 +136,7 @@ def run_controller(tok: Any, tmp: Path, kind: str, factor: float, step: int, per
     ctl = GradienceController(tmp, guard_enabled=True, guard_config=_guard_config(), telemetry_interval=1,
                               spectral_enabled=False)
     ctl.initialize(model, optimizer=opt)
-    inj = FaultInjector(kind, step, persistent=persistent, factor=factor)
+    inj = FaultInjector(kind, step, persistent=persistent, factor=factor, monitor=ctl)
     inj.attach(model)
     train, _ = generate_sentiment(n_train=8 * (step + 6), n_test=8, seed=0)
     poisoned = 0

@@ -85,6 +85,15 @@ def test_demo_guard_injection_via_python_module(tmp_path):
         assert line in text, line
     snap = TelemetryReader(out / "run.jsonl").summarize()
     assert snap.guard["rollbacks"] == 1 and snap.status == "ok"
+    # Recorded as injected, and `monitor` blames the injection, not fp16 or the weights.
+    assert [(f["step"], f["kind"]) for f in snap.injected_faults] == [(6, "nan_param")]
+    assert "lora_B" in snap.injected_faults[0]["target"]
+    from gradience.policy.engine import run_recommendations
+
+    recs = {r.action: r for r in run_recommendations(snap)}
+    assert "investigate_nonfinite" not in recs and "review_guard_rollbacks" not in recs
+    assert recs["review_injected_faults"].severity == "warning"
+    assert "nan_param" in recs["review_injected_faults"].message
 
 
 def test_demo_rejects_two_faults_and_out_of_range_step(cli, tmp_path):

@@ -275,11 +275,24 @@ def loss_gap_note(ctx: RunContext) -> Iterable[Recommendation]:
                {"loss_gap": v, "threshold": ctx.gap_threshold, "signal": signal[0] if signal else None})
 
 
+def _final_eval(ctx: RunContext, step: int | None) -> bool:
+    """Is the held-out eval at ``step`` the run's last word: the run has ended, or the eval is at
+    (or past) the planned last step?"""
+    snap = ctx.snap
+    if snap.status not in ("running", "empty"):
+        return True
+    return step is not None and snap.max_steps is not None and step >= snap.max_steps
+
+
 def not_learning(ctx: RunContext) -> Iterable[Recommendation]:
     """Held-out accuracy at the chance level (the held-out majority-class rate, else 1/n_labels,
-    + 1 point) at the last eval, after at least two held-out evals."""
+    + 1 point) at the final eval, after at least two held-out evals.
+
+    Only the final eval is judged: healthy runs often sit at the majority class for most of their
+    steps before they learn (the calibration corpus' SST-2 batch-4 runs until step 105 of 120), so a
+    mid-run verdict would be a false alarm."""
     accs = ctx.held_out_accuracy()
-    if len(accs) < NOT_LEARNING_MIN_EVALS:
+    if len(accs) < NOT_LEARNING_MIN_EVALS or not _final_eval(ctx, accs[-1][0]):
         return
     chance = ctx.chance_level()
     if chance is None:
@@ -373,6 +386,10 @@ def nonfinite(ctx: RunContext) -> Iterable[Recommendation]:
                     "guard_amp_overflows": ctx.snap.guard.amp_overflows, "guard_enabled": ctx.snap.guard.enabled})
         return
     steps = [s for s in loss.nonfinite_steps if s is not None]
+    attributed = _injected_nonfinite(ctx, steps)
+    if attributed is not None:
+        yield attributed
+        return
     where = f" (first at step {steps[0]})" if steps else ""
     parts = [f"{n_loss} non-finite loss value{'s' if n_loss != 1 else ''}{where}"] if n_loss else []
     if n_grad:
@@ -394,6 +411,12 @@ def loss_spikes(ctx: RunContext) -> Iterable[Recommendation]:
     if n == 0:
         return
     steps = [s for s in loss.spike_steps if s is not None]
+    injected = _injected_steps(ctx)
+    if injected:  # spikes at steps where a fault was injected are the injection's, not the LR's
+        n -= sum(s in injected for s in steps)
+        steps = [s for s in steps if s not in injected]
+        if n <= 0:
+            return
     many = n >= SPIKES_WARN
     yield _rec("warning" if many else "info", "investigate_loss_spikes",
                f"{n} loss spike{'s' if n != 1 else ''} (steps {', '.join(map(str, steps[:5]))}"
@@ -412,6 +435,9 @@ def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
                 "alerts": {k: v for k, v in counts.items() if k.startswith("GRAD_NORM_")}}
     critical = level == "critical" or counts.get("GRAD_NORM_CRITICAL", 0) > 0
     warning = level == "warning" or counts.get("GRAD_NORM_WARNING", 0) > 0
+    if _alerts_only_at_injections(ctx, "GRAD_NORM_") and (
+            level not in ("critical", "warning") or ctx.snap.last_step in _injected_steps(ctx)):
+        return  # the large norms were an injected gradient explosion's
     if critical or warning:
         where = "ended" if level in ("critical", "warning") else "reached"
         yield _rec("warning" if critical else "info", "stabilize_gradients",
@@ -424,6 +450,60 @@ def grad_health(ctx: RunContext) -> Iterable[Recommendation]:
                    f"The last gradient norm is {_fmt(g.last)} (< 0.1): check that the LoRA parameters "
                    "require grad and the LR schedule has not decayed to zero; if the loss has converged this is "
                    "expected.", "Vanishing gradients mean the adapter has stopped learning.", 0.5, evidence)
+
+
+# -- injected faults (gradience.training.faults) --------------------------------------------
+def _injected(ctx: RunContext) -> list[dict[str, Any]]:
+    """The run's recorded ``metrics(kind="fault_injection")`` firings (each with its ``step``)."""
+    return [f for f in getattr(ctx.snap, "injected_faults", None) or [] if isinstance(f, dict)]
+
+
+def _injected_steps(ctx: RunContext) -> set[int]:
+    return {f["step"] for f in _injected(ctx) if isinstance(f.get("step"), int)}
+
+
+def _describe_injected(faults: list[dict[str, Any]]) -> str:
+    steps = sorted({f["step"] for f in faults if isinstance(f.get("step"), int)})
+    kinds = ", ".join(sorted({str(f.get("kind")) for f in faults}))
+    target = next((str(f["target"]) for f in faults if f.get("target")), None)
+    where = f"step {steps[0]}" if len(steps) == 1 else f"steps {', '.join(map(str, steps[:5]))}" + (
+        ", …" if len(steps) > 5 else "")
+    return f"{kinds}{f' into {target}' if target else ''} at {where}"
+
+
+def _alerts_only_at_injections(ctx: RunContext, prefix: str) -> bool:
+    """Faults were injected and every recorded alert whose code starts with ``prefix`` is at a step
+    where one fired (at least one such alert)."""
+    injected = _injected_steps(ctx)
+    steps = [a.get("step") for a in ctx.snap.alerts if str(a.get("code", "")).startswith(prefix)]
+    return bool(injected and steps) and all(s in injected for s in steps)
+
+
+def _injected_nonfinite(ctx: RunContext, steps: list[int]) -> Recommendation | None:
+    """The non-finite values attributed to injected faults, when a fault was injected at or before
+    the first recorded non-finite loss (or, with finite losses, when any was injected)."""
+    faults = _injected(ctx)
+    injected = _injected_steps(ctx)
+    if not injected or (steps and min(injected) > min(steps)):
+        return None
+    loss, grad, gd = ctx.snap.loss, ctx.snap.grad_norm, ctx.snap.guard
+    recovered = gd.enabled and not (gd.aborts or gd.lockout) and gd.integrity_status in (None, "OK")
+    parts = [f"{loss.nonfinite_count} non-finite loss value{'s' if loss.nonfinite_count != 1 else ''}"] \
+        if loss.nonfinite_count else []
+    if grad.nonfinite_count:
+        parts.append(f"{grad.nonfinite_count} non-finite gradient norm{'s' if grad.nonfinite_count != 1 else ''}")
+    if recovered:
+        after = "the guard rolled each one back and the run recovered"
+    elif gd.enabled:
+        after = "the guard locked out and restored the last good snapshot"
+    else:
+        after = "without the guard the weights are non-finite from there on"
+    return _rec("warning" if recovered else "error", "review_injected_faults",
+                f"The run's {' and '.join(parts)} came from injected faults ({_describe_injected(faults)}); {after}.",
+                "A FaultInjector wrote these values on purpose (metrics kind fault_injection): neither fp16, the LR "
+                "nor the data produced them.", 0.9,
+                {"nonfinite_loss": loss.nonfinite_count, "nonfinite_grad_norm": grad.nonfinite_count,
+                 "nonfinite_steps": steps[:10], "injected_faults": faults[:10], "guard_enabled": gd.enabled})
 
 
 def _fmt_g(x: Any) -> str:
@@ -445,6 +525,17 @@ def guard(ctx: RunContext) -> Iterable[Recommendation]:
     suggested = lr * scale if (lr is not None and scale is not None and 0 < scale < 1) else None
     evidence = {"rollbacks": rollbacks, "aborts": aborts, "lr_backoffs": gd.lr_backoffs,
                 "final_lr_scale": scale, "lr": lr, "suggested_lr": suggested}
+    if (rollbacks or aborts or gd.lockout) and _alerts_only_at_injections(ctx, "GUARD_"):
+        faults = _injected(ctx)
+        yield _rec("error" if aborts or gd.lockout else "warning", "review_injected_faults",
+                   f"The guard acted only where faults were injected ({_describe_injected(faults)}): "
+                   + (f"it locked out after {rollbacks} rollback{'s' if rollbacks != 1 else ''} (a persistent "
+                      "fault) and restored the last good snapshot." if aborts or gd.lockout else
+                      f"{rollbacks} rollback{'s' if rollbacks != 1 else ''}, and the run went on."),
+                   "A FaultInjector corrupted these steps on purpose (metrics kind fault_injection); the training "
+                   "configuration did not produce them, so there is no LR to lower.", 0.9,
+                   {**evidence, "injected_faults": faults[:10]})
+        return
     if aborts or gd.lockout:
         yield _rec("error", "guard_aborted_run",
                    f"The guard stopped the run after {rollbacks} rollback{'s' if rollbacks != 1 else ''} "

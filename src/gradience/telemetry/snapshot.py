@@ -179,6 +179,7 @@ class SignalSnapshot:
     guard: GuardSummary = field(default_factory=GuardSummary.empty)
     spectral: SpectralSummary = field(default_factory=SpectralSummary.empty)
     lora_audit: AuditSummary | None = None
+    injected_faults: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     alert_counts: dict[str, int] = field(default_factory=dict)
     recommendations: list[dict[str, Any]] = field(default_factory=list)
@@ -262,6 +263,7 @@ class RunAccumulator:
         self.spectral_n = 0
         self._spectral: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_RECORDS)
         self.lora_audit: AuditSummary | None = None
+        self.injected: deque[dict[str, Any]] = deque(maxlen=50)  # the last 50 injected faults
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_ALERTS)
         self.alert_counts: Counter[str] = Counter()
         self.recommendations: list[dict[str, Any]] = []
@@ -570,6 +572,8 @@ class RunAccumulator:
             return
         if kind == "lora_audit":
             self.lora_audit = AuditSummary.from_dict(m)
+        elif kind == "fault_injection":
+            self.injected.append({**m, "step": step})
         elif kind == "spectral":
             self.spectral_last = {**m, "step": step}
             self._spectral.append(self.spectral_last)
@@ -732,6 +736,7 @@ class RunAccumulator:
             n=self.spectral_n,
         )
         snap.lora_audit = self.lora_audit
+        snap.injected_faults = [dict(f) for f in self.injected]
         snap.alerts = list(self.alerts)
         snap.alert_counts = dict(self.alert_counts)
         snap.recommendations = list(self.recommendations)

@@ -198,7 +198,7 @@ def run_demo(opts: DemoOptions, *, progress: Callable[[int, int], None] | None =
         factor = 100.0 if opts.inject == "loss_spike" else 1e6
         injector = FaultInjector(opts.inject, opts.inject_step, factor=factor, persistent=opts.persistent,
                                  notify=on_inject)
-        callbacks.append(injector.callback())
+        callbacks.append(injector.callback(cb))  # each firing recorded as metrics(kind="fault_injection")
     if progress is not None:
         report = progress
 

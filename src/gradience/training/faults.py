@@ -12,6 +12,13 @@ Kinds:
 ``persistent=True`` repeats the fault at every step from ``step`` on. Steps are 1-based
 optimizer steps (the step being computed). Use :meth:`FaultInjector.callback` with the HF
 Trainer, or :meth:`attach` + :meth:`begin_step` in a plain loop.
+
+Inside a monitored run, hand the injector the monitor (``callback(monitor=cb)`` with the
+:class:`~gradience.GradienceCallback`, or ``FaultInjector(..., monitor=ctl)`` with a
+:class:`~gradience.GradienceController`, a ``RunSupervisor``, a ``RunRecorder`` or a
+``TelemetryWriter``): every firing is then recorded as
+``metrics(kind="fault_injection", metrics={"kind", "target", "factor", "persistent"})`` at its
+step, so ``monitor`` attributes what follows to the injection (docs/telemetry.md#metrics).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ class FaultInjector:
     injected_steps: list[int] = field(default_factory=list)
     target_name: str | None = None
     notify: Any = None  # called as notify(step, injector) when a fault fires (demo output)
+    monitor: Any = None  # records each firing: a GradienceCallback/-Controller, RunSupervisor, RunRecorder or writer
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -119,9 +127,27 @@ class FaultInjector:
         if self.kind in ("nan_param", "inf_param") and self._target is not None:
             with torch.no_grad():
                 self._target.view(-1)[0] = self.value
+        self._record(step)
         if self.notify is not None:
             self.notify(step, self)
         return True
+
+    def record(self) -> dict[str, Any]:
+        """The ``metrics(kind="fault_injection")`` payload of one firing."""
+        scaled = self.kind in ("loss_spike", "grad_explosion")
+        return {"kind": self.kind, "target": "loss" if self.kind.endswith("_loss") or self.kind == "loss_spike"
+                else self.target_name, "factor": self.factor if scaled else None, "persistent": self.persistent}
+
+    def _record(self, step: int) -> None:
+        """Write the firing through the monitor's telemetry writer (nothing without one, or before
+        the monitored run has started)."""
+        writer = self.monitor
+        for attr in ("supervisor", "recorder", "writer"):
+            if writer is not None and not callable(getattr(writer, "metrics", None)) and hasattr(writer, attr):
+                writer = getattr(writer, attr)
+        metrics = getattr(writer, "metrics", None)
+        if callable(metrics):
+            metrics("fault_injection", self.record(), step=step)
 
     def _on_grad(self, grad: torch.Tensor) -> torch.Tensor | None:
         if not self._active or not self._model.training:
@@ -139,10 +165,16 @@ class FaultInjector:
         output.loss = loss * self.factor if self.kind == "loss_spike" else loss + self.value
         return output
 
-    def callback(self) -> Any:
-        """A ``transformers.TrainerCallback`` that drives this injector."""
+    def callback(self, monitor: Any = None) -> Any:
+        """A ``transformers.TrainerCallback`` that drives this injector.
+
+        ``monitor``: the run's :class:`~gradience.GradienceCallback` (list it before this
+        callback), through which each firing is recorded; sets :attr:`monitor`.
+        """
         from transformers import TrainerCallback
 
+        if monitor is not None:
+            self.monitor = monitor
         injector = self
 
         class _FaultCallback(TrainerCallback):
