@@ -65,6 +65,18 @@ def test_a_spike_at_step_1_is_caught_by_the_limit():
     assert replay_guard(series, GuardConfig(spike_limit=0), loss_prior=LN2) == []
 
 
+def test_without_a_prior_the_limit_stops_once_the_baseline_exists():
+    # A run that starts already good (loss 0.05, no prior): a hard batch of 0.9 later is 18 × the
+    # stand-in reference, but no spike by the limit once the baseline exists (here the baseline
+    # rule, with spike_ratio 20, says no: 0.9 < 20 × 0.05).
+    series = [(s, 0.05, 1.0) for s in range(1, 41)] + [(41, 0.9, 1.0)]
+    assert replay_guard(series, GuardConfig(spike_ratio=20)) == []
+    # Before the baseline exists the limit applies to the stand-in reference too.
+    assert replay_guard([(1, 0.05, 1.0), (2, 0.9, 1.0)], GuardConfig()) == [(2, ["loss_spike"])]
+    # With the prior (ln 2) it applies at every step: 0.9 is far below 10 × ln 2.
+    assert replay_guard(series, GuardConfig(spike_ratio=20), loss_prior=LN2) == []
+
+
 def test_floor_and_limit_thresholds_are_as_documented():
     cfg = GuardConfig(spike_warmup=3)
     det = GuardDetector(cfg, loss_prior=1.0)

@@ -62,8 +62,9 @@ class GuardConfig:
         "a divergence. 0 = no floor. Ratio."))
     spike_limit: float = field(default=10.0, metadata=_help(
         "A loss > spike_limit × the reference loss is a spike at any step, baseline or not (so also in the "
-        "first steps, before a baseline exists): ten times the loss of guessing is no hard batch. 0 = off. "
-        "Ratio."))
+        "first steps, before a baseline exists): ten times the loss of guessing is no hard batch. Without a "
+        "loss_prior (the reference then stands in from the first healthy losses) only until the baseline "
+        "exists. 0 = off. Ratio."))
     spike_warmup: int = field(default=20, metadata=_help(
         "Healthy steps observed before the baseline rule (spike_ratio, spike_k) applies; spike_limit needs "
         "none. Steps."))

@@ -160,13 +160,17 @@ class GuardDetector:
     def is_spike(self, loss: float) -> bool:
         """Is this finite loss a spike? (No state change.) With R the :attr:`reference`:
 
-        * loss > ``spike_limit`` × R, at any step (no baseline needed); or
+        * loss > ``spike_limit`` × R, at any step when R is the loss prior; when R stands in from
+          the first healthy losses (no prior), only until the baseline exists (the first
+          ``spike_warmup`` healthy steps): a run that started already good has a small initial loss,
+          and ten times it is no divergence later on; or
         * after ``spike_warmup`` healthy steps: loss > ``spike_ratio`` × baseline, and
           > baseline + ``spike_k`` × deviation, and > ``spike_floor`` × R.
         """
         cfg = self.config
         ref = self.reference
-        if ref is not None and cfg.spike_limit and loss > cfg.spike_limit * ref:
+        limit_applies = self.loss_prior is not None or self.spikes.seen < cfg.spike_warmup
+        if ref is not None and cfg.spike_limit and limit_applies and loss > cfg.spike_limit * ref:
             return True
         if not self.spikes.is_spike(loss):
             return False
