@@ -209,3 +209,51 @@ def test_chance_level_from_the_recorded_untrained_loss(tmp_path: Path) -> None:
     _classifier_run(path, train=[(0.5, 0.69)] * 3, test=[(0.5, 0.69)] * 3, majority=None, n_labels=None,
                     meta={"loss_prior": math.log(105)})
     assert "not_learning" not in _recs(path)
+
+
+def test_not_learning_waits_for_the_final_eval(tmp_path: Path) -> None:
+    """Healthy runs often sit at the majority class for most of their steps before they learn."""
+    path = tmp_path / "live.jsonl"
+    w = TelemetryWriter(path, run_id="live")  # no context manager: it would write run_end on exit
+    w.run_start(_cfg(max_steps=120), {})
+    for step in (15, 30, 45):
+        w.train_step(step, loss=0.69, lr=5e-4, grad_norm=1.0)
+        w.eval(step, split="test", metrics={"accuracy": 0.578, "majority_rate": 0.578})
+    w.flush()
+    assert "not_learning" not in _recs(path)  # mid-run: not yet a verdict
+    w.run_end("ok", step=45)  # ended early at the chance level: the verdict
+    w.close()
+    assert _recs(path)["not_learning"]["severity"] == "warning"
+
+
+def test_memorisation_is_judged_at_the_final_eval(tmp_path: Path) -> None:
+    """Mid-run the training split is often learned first: a transient gap while held-out catches up."""
+    path = tmp_path / "gap.jsonl"
+    w = TelemetryWriter(path, run_id="gap")
+    w.run_start(_cfg(max_steps=120), {})
+    w.train_step(45, loss=0.4, lr=5e-4, grad_norm=1.0)
+    w.eval(45, split="train", metrics={"accuracy": 0.781})
+    w.eval(45, split="test", metrics={"accuracy": 0.625})
+    w.flush()
+    assert "memorization_detected" not in _recs(path)
+    w.eval(120, split="train", metrics={"accuracy": 1.0})
+    w.eval(120, split="test", metrics={"accuracy": 0.85})  # the planned last step: the final eval
+    w.close()
+    assert _recs(path)["memorization_detected"]["severity"] == "warning"
+
+
+def test_a_live_amp_run_overflowing_now_is_information_and_health_ok(tmp_path: Path) -> None:
+    from gradience.watch.render import banner
+    from gradience.watch.tail import WatchState
+
+    path = tmp_path / "amp_live.jsonl"
+    w = TelemetryWriter(path, run_id="amp")
+    w.run_start(_cfg(), {"amp": {"grad_scaler": True}})
+    w.train_step(1, loss=0.69, lr=5e-4, grad_norm=math.inf)  # the scaler's first steps overflow
+    w.flush()
+    recs = _recs(path)
+    assert recs["note_amp_overflows"]["severity"] == "info" and "investigate_nonfinite" not in recs
+    state = WatchState(path)
+    state.poll()
+    assert "health OK (grad amp overflow)" in banner(state.view(), 80).renderables[1].plain
+    w.close()

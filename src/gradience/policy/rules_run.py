@@ -24,7 +24,7 @@ from ..telemetry.snapshot import SignalSnapshot
 from .config_parse import coerce_numbers
 from .profiles import resolve_profile
 
-__all__ = ["RUN_RULES", "RunContext", "generalisation_summary"]
+__all__ = ["RUN_RULES", "RunContext", "amp_overflows_handled", "generalisation_summary"]
 
 DEFAULT_GAP_THRESHOLD = 1.5
 ACC_GAP_THRESHOLD = 0.10  # train accuracy ≥ 10 points above held-out
@@ -160,6 +160,12 @@ class RunContext:
 Rule = Callable[[RunContext], Iterable[Recommendation]]
 
 
+def amp_overflows_handled(snap: SignalSnapshot) -> bool:
+    """Are the snapshot's non-finite gradient norms all overflows an AMP grad scaler handled
+    (:func:`scaler_handled_overflows`)? The views then show them as information."""
+    return scaler_handled_overflows(RunContext.build(snap)) is not None
+
+
 def generalisation_summary(snap: SignalSnapshot, *, gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> dict[str, Any]:
     """What the views show about generalisation, by the rules' own definitions.
 
@@ -218,8 +224,15 @@ def _trend_text(trend: dict[str, Any] | None) -> str:
 
 
 def memorization(ctx: RunContext) -> Iterable[Recommendation]:
+    """The task's generalisation gap over its threshold at the final held-out eval (mid-run, the
+    training split is often learned first: a transient gap while held-out accuracy catches up)."""
     hit = ctx.memorising()
     if hit is None:
+        return
+    split = (ctx.snap.gaps or {}).get("held_out_split")
+    held = ctx.snap.evals.get(ctx.held_out or (split if isinstance(split, str) else "test")) or {}
+    step = held.get("step")
+    if not _final_eval(ctx, step if type(step) is int else None):
         return
     name, value, thr = hit
     gaps = ctx.snap.gaps or {}
@@ -355,7 +368,8 @@ def scaler_handled_overflows(ctx: RunContext) -> int | None:
 
     They are, when the run used a grad scaler and every loss is finite, and either the guard
     counted them as overflows and rolled nothing back (it checks every step), or, without the
-    guard, the last gradient norm is finite again (the scaler recovered)."""
+    guard, the run is still running or its last gradient norm is finite again (the scaler
+    recovered)."""
     loss, grad, gd = ctx.snap.loss, ctx.snap.grad_norm, ctx.snap.guard
     if not grad.nonfinite_count or loss.nonfinite_count or not _amp_scaler(ctx):
         return None
@@ -364,8 +378,8 @@ def scaler_handled_overflows(ctx: RunContext) -> int | None:
             return None  # the guard treated some of them as faults
         return max(gd.amp_overflows, grad.nonfinite_count)
     last = _num(grad.last)
-    if last is None or not math.isfinite(last):
-        return None  # still overflowing at the end: the scaler did not recover
+    if ctx.snap.status != "running" and (last is None or not math.isfinite(last)):
+        return None  # ended still overflowing: the scaler did not recover
     return grad.nonfinite_count
 
 

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from ..numfmt import num as _num
-from ..policy.rules_run import generalisation_summary
+from ..policy.rules_run import amp_overflows_handled, generalisation_summary
 from ..telemetry.health import downsample, sparkline
 from ..telemetry.sections import GradNormSummary, GuardSummary, SpectralSummary
 from ..training.kappa_risk import neutral_word
@@ -39,6 +39,7 @@ GRAD_STYLES = {
     "warning": "yellow",
     "critical": "bold red",
     "nonfinite": "bold red reverse",
+    "amp overflow": "cyan",
 }
 # κ̃ levels are a neutral diagnostic (docs/guard.md#why-the-levels-are-a-neutral-diagnostic): no level is
 # coloured as an alarm and none enters the health word.
@@ -188,7 +189,10 @@ def banner(v: WatchView, width: int) -> RenderableType:
     first = _line(*paused, *parts)
 
     level = s.grad_norm.level
-    word, hstyle = overall_health(level)
+    if level == "nonfinite" and amp_overflows_handled(s):
+        # An fp16 overflow the AMP grad scaler skips (finite loss): information, not a health problem.
+        level = "amp overflow"
+    word, hstyle = overall_health("healthy" if level == "amp overflow" else level)
     second_parts: list[str | tuple[str, str]] = ["health ", (word, hstyle), _dim(" (grad "),
                                                  (level or "—", GRAD_STYLES.get(level or "", "dim")),
                                                  _dim(")")]
