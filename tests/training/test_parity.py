@@ -134,8 +134,8 @@ def test_callback_and_controller_record_the_same_run(tmp_path, tiny_tokenizer):
     guard_summary = [e for e in hf if e["event"] == "metrics" and e.get("action") == "summary"]
     plain_summary = [e for e in plain if e["event"] == "metrics" and e.get("action") == "summary"]
     strip = {"snapshot_bytes"}  # identical tensors, but keep the comparison to decisions and counts
-    assert {k: v for k, v in plain_summary[0].items() if k not in strip | {"ts", "run_id", "seq"}} == \
-        {k: v for k, v in guard_summary[0].items() if k not in strip | {"ts", "run_id", "seq"}}
+    assert {k: v for k, v in plain_summary[0].items() if k not in strip | {"ts", "mono", "run_id", "seq"}} == \
+        {k: v for k, v in guard_summary[0].items() if k not in strip | {"ts", "mono", "run_id", "seq"}}
 
 
 def test_the_integrations_hold_no_policy():
