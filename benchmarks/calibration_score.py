@@ -234,15 +234,14 @@ class Run:
         return str(self.entry.get("profile") or "?")
 
     def segments(self) -> list[list[dict[str, Any]]]:
-        """The ``train_step`` events of each process (a resumed run has one segment per ``run_start``)."""
-        segs: list[list[dict[str, Any]]] = []
-        for ev in self.events:
-            if ev["event"] == "run_start" or not segs:
-                if ev["event"] == "run_start" and segs and not segs[-1]:
-                    continue
+        """The ``train_step`` events of each process: segment k starts at the (k+1)-th ``run_start``
+        (a resumed run has one per process); events before the first belong to the first."""
+        segs: list[list[dict[str, Any]]] = [[]]
+        for k, ev in with_segments(self.events):
+            while len(segs) <= k:
                 segs.append([])
             if ev["event"] == "train_step" and type(ev.get("step")) is int:
-                segs[-1].append(ev)
+                segs[k].append(ev)
         return segs
 
     def losses(self) -> list[tuple[int, float | None]]:
@@ -281,6 +280,16 @@ class Run:
     def truth(self) -> Truth:
         return ground_truth(self.losses(), self.last_evals(), self.entry.get("labels"), self.entry.get("injected") or [],
                             self.cause_step())
+
+
+def with_segments(events: Iterable[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(segment, event): the segment is the number of ``run_start`` events seen so far, minus one
+    (at least 0) — one segment per process of a resumed run."""
+    starts = 0
+    for ev in events:
+        if ev["event"] == "run_start":
+            starts += 1
+        yield max(starts - 1, 0), ev
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -430,14 +439,11 @@ def _recorded_kappa(value: dict[str, Any]) -> Iterator[None]:
 def kappa_samples(run: Run) -> list[tuple[int, int, dict[str, Any]]]:
     """(segment, step, recorded payload) of every κ̃ sample."""
     out = []
-    seg = -1
-    for ev in run.events:
-        if ev["event"] == "run_start":
-            seg += 1
-        elif ev["event"] == "metrics" and ev.get("kind") == "spectral" and isinstance(ev.get("metrics"), dict):
+    for seg, ev in with_segments(run.events):
+        if ev["event"] == "metrics" and ev.get("kind") == "spectral" and isinstance(ev.get("metrics"), dict):
             k = _num(ev["metrics"].get("kappa_tilde"))
             if k is not None and type(ev.get("step")) is int:
-                out.append((max(seg, 0), ev["step"], ev["metrics"]))
+                out.append((seg, ev["step"], ev["metrics"]))
     return out
 
 
@@ -538,21 +544,17 @@ def derive_events(run: Run, grad: GradReplay,
     from gradience.telemetry.reader import TelemetryReader
 
     out: list[dict[str, Any]] = []
-    seg = -1
-    for ev in backfill(run):
+    for seg, ev in with_segments(backfill(run)):
         name = ev["event"]
         step = ev.get("step")
-        if name == "run_start":
-            seg += 1
-            out.append(ev)
-        elif name == "alert" and str(ev.get("code", "")).startswith(_REDERIVED_ALERT_PREFIXES):
+        if name == "alert" and str(ev.get("code", "")).startswith(_REDERIVED_ALERT_PREFIXES):
             continue
         elif name == "metrics" and ev.get("kind") == "fault_injection":
             # The injector's own record of a firing: a view that repeats it has not detected anything.
             # The scorer measures detection from the run's signals, so the views never see it.
             continue
         elif name == "train_step":
-            for kind, c in grad.at.get((max(seg, 0), step), []) if type(step) is int else []:
+            for kind, c in grad.at.get((seg, step), []) if type(step) is int else []:
                 if kind == "alert":
                     out.append(_event(ev, "alert", c["step"], severity=c["severity"], code=c["code"],
                                       message=c["message"], context=c["context"]))
@@ -563,10 +565,10 @@ def derive_events(run: Run, grad: GradReplay,
         elif name == "metrics" and ev.get("kind") == "grad_norm":
             # A recorded running summary is replaced by the replayed ones; the final one by the replay's.
             m = ev.get("metrics")
-            if isinstance(m, dict) and m.get("final", True) is not False and max(seg, 0) in grad.final:
-                out.append({**ev, "metrics": grad.final[max(seg, 0)]["metrics"]})
+            if isinstance(m, dict) and m.get("final", True) is not False and seg in grad.final:
+                out.append({**ev, "metrics": grad.final[seg]["metrics"]})
         elif name == "metrics" and ev.get("kind") == "spectral" and type(step) is int:
-            found = kappa.get((max(seg, 0), step))
+            found = kappa.get((seg, step))
             if found is None:
                 out.append(ev)
                 continue
