@@ -604,11 +604,12 @@ def _alarm_items(recs: Iterable[Any], alerts: Iterable[dict[str, Any]]) -> dict[
     return items
 
 
-def monitor_final(path: Path) -> dict[str, str]:
-    """``gradience monitor``'s warning-or-worse items for the file (recommendations, alerts)."""
+def monitor_final(path: Path, now: float) -> dict[str, str]:
+    """``gradience monitor``'s warning-or-worse items for the file (recommendations, alerts), read at
+    ``now`` (just after the run's last event)."""
     from gradience.cli.monitor import build_monitor_json
 
-    obj = build_monitor_json(path)
+    obj = build_monitor_json(path, now=now)
     return _alarm_items(obj["recommendations"], obj["alerts"])
 
 
@@ -819,7 +820,7 @@ def score_run(run: Run, tmp: Path, *, live_stride: int = 5) -> RunScore:
         last_word = word
     last_ts = max((t for t in (_num(e.get("ts")) for e in events) if t is not None), default=time.time())
     word = watch_final(derived, last_ts + 1.0)
-    finals = {"monitor": monitor_final(derived), "report": report_final(derived),
+    finals = {"monitor": monitor_final(derived, last_ts + 1.0), "report": report_final(derived),
               "watch": {word: f"health {word} (end of run)"} if word not in _QUIET_WORDS else {}}
     for src, items in finals.items():
         fire[src].final = bool(items)
