@@ -1120,12 +1120,12 @@ def render_table(result: Result, split: str | None = None, runs: bool = False) -
                                for k, v in t["by_source"].items())
         elif name == "injected_detected":
             detail = f"{t['total'] - len(t['missed'])}/{t['total']}" + (
-                f"; missed {', '.join(t['missed'][:4])}{', …' if len(t['missed']) > 4 else ''}" if t["missed"] else "")
+                f"; missed {', '.join(t['missed'][:12])}{', …' if len(t['missed']) > 12 else ''}" if t["missed"] else "")
         elif name == "divergences_in_time":
-            detail = f"{t['total'] - len(t['late'])}/{t['total']}" + (f"; late: {'; '.join(t['late'][:3])}" if t["late"] else "")
+            detail = f"{t['total'] - len(t['late'])}/{t['total']}" + (f"; late: {'; '.join(t['late'])}" if t["late"] else "")
         elif name == "worth_saying_said":
             detail = f"{t['total'] - len(t['unsaid'])}/{t['total']}" + (
-                f"; unsaid: {', '.join(t['unsaid'][:4])}" if t["unsaid"] else "")
+                f"; unsaid: {', '.join(t['unsaid'])}" if t["unsaid"] else "")
         text = f"target {name:<20} {'OK  ' if t['ok'] else 'MISS'} {detail}"
         lines += textwrap.wrap(text, 100, subsequent_indent=" " * 32, break_on_hyphens=False)
     if runs:
