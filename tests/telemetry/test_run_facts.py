@@ -131,7 +131,15 @@ def test_a_newer_sample_than_the_record_sets_last_level_and_max(tmp_path: Path) 
         ev("train_step", 60, T0 + 60, grad_norm=12.0, grad_norm_clipped=1.0),
     ])
     g = TelemetryReader(path).summarize().grad_norm
-    assert (g.source, g.last, g.level, g.max, g.last_clipped) == ("full_run", 12.0, "critical", 12.0, 1.0)
+    # One high sample after a healthy record is not yet a level (the sustained level: median of the
+    # last 5 norms); a non-finite one is at once.
+    assert (g.source, g.last, g.level, g.max, g.last_clipped) == ("full_run", 12.0, "healthy", 12.0, 1.0)
+    path = write(tmp_path / "nan.jsonl", [
+        ev("run_start", None, T0, config={}, meta={}),
+        ev("metrics", 50, T0 + 50, kind="grad_norm", metrics=record),
+        ev("train_step", 60, T0 + 60, grad_norm=float("nan"), grad_norm_clipped=float("nan")),
+    ])
+    assert TelemetryReader(path).summarize().grad_norm.level == "nonfinite"
 
 
 def test_without_a_record_the_samples_are_used_and_the_views_say_so(tmp_path: Path) -> None:

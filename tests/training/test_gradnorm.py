@@ -98,16 +98,32 @@ def test_custom_thresholds():
 def test_level_change_alerts_are_rate_limited():
     mon = GradNormMonitor(alert_cooldown=10)
     assert mon.update(1, 1.0) is None  # starting healthy is not news
-    first = mon.update(2, 20.0)
+    assert mon.update(2, 1.0) is None
+    assert mon.update(3, 20.0) is None  # one hard batch: the median of the recent norms is still 1
+    first = mon.update(4, 20.0)  # most recent norms are now high
     assert first is not None and first.code == "GRAD_NORM_CRITICAL" and first.previous == "healthy"
-    assert mon.update(3, 20.0) is None  # same level
-    assert mon.update(4, 1.0) is None  # back to healthy inside the cooldown: suppressed
+    assert mon.update(5, 20.0) is None  # same level
+    for step in (6, 7, 8):
+        assert mon.update(step, 1.0) is None  # back to healthy (at step 8) inside the cooldown: suppressed
     assert mon.alerts_suppressed == 1
-    nonfinite = mon.update(5, float("inf"))  # never rate-limited
+    nonfinite = mon.update(9, float("inf"))  # never rate-limited, never smoothed
     assert nonfinite is not None and nonfinite.severity == "critical"
-    back = mon.update(15, 1.0)
+    back = mon.update(20, 1.0)
     assert back is not None and back.level == "healthy" and back.severity == "info"
     assert "1.000" in back.message
+
+
+def test_one_hard_batch_is_not_a_level_but_norms_that_stay_high_are():
+    """The calibration corpus's healthy gradient-accumulation run: norms near 1.2 with single clipped
+    batches at 5.0–5.4. Per-step levels called that a warning; the sustained level does not."""
+    mon = GradNormMonitor()
+    alerts = [mon.update(s, v) for s, v in enumerate([1.2, 1.1, 1.3, 5.4, 1.2, 1.0, 5.2, 1.1], start=1)]
+    assert [a for a in alerts if a is not None] == [] and mon.level == "healthy"
+    assert mon.level_counts == {"healthy": 6, "warning": 2}  # every step still counted at its own level
+    rising = [mon.update(s, 7.0) for s in range(9, 12)]
+    # at step 10 most of the last 5 norms (1.0, 5.2, 1.1, 7, 7) are above 5
+    assert rising[0] is None and rising[1] is not None and rising[1].code == "GRAD_NORM_WARNING"
+    assert rising[1].step == 10 and mon.level == "warning"
 
 
 def test_vanishing_and_scaler_handled_overflows_are_information():
@@ -115,9 +131,10 @@ def test_vanishing_and_scaler_handled_overflows_are_information():
 
     mon = GradNormMonitor()
     mon.update(1, 1.0)
-    vanishing = mon.update(2, 0.01)  # a converged run's norms fall below 0.1
+    changes = [mon.update(s, 0.01) for s in (2, 3)]  # a converged run's norms fall below 0.1
+    vanishing = changes[-1]
     assert vanishing is not None and vanishing.code == "GRAD_NORM_VANISHING" and vanishing.severity == "info"
-    overflow = mon.update(3, float("inf"))
+    overflow = mon.update(4, float("inf"))
     assert alert_fields(overflow)[:2] == ("critical", "GRAD_NORM_NONFINITE")
     severity, code, message = alert_fields(overflow, amp_overflow=True)
     assert (severity, code) == ("info", "AMP_OVERFLOW") and "grad scaler skips this step" in message

@@ -61,13 +61,14 @@ def view_of(tmp_path: Path, lines: list[bytes], now: float = T0 + 1000) -> Watch
     (12.3456, "critical", "bold red"),
 ])
 def test_grad_panel_level_word_colour_and_three_decimals(tmp_path: Path, g: float, level: str, style: str) -> None:
-    v = view_of(tmp_path, [run_start(), *(train_step(s, T0 + s, grad_norm=1.0) for s in range(1, 10)),
-                           train_step(10, T0 + 10, grad_norm=g)])
+    # the level is sustained (the median of the last 5 norms): the run has been at g for 5 steps
+    v = view_of(tmp_path, [run_start(), *(train_step(s, T0 + s, grad_norm=1.0) for s in range(1, 6)),
+                           *(train_step(s, T0 + s, grad_norm=g) for s in range(6, 11))])
     body = grad_panel(v, 36)
     text = plain(body)
     assert f"last {g:.3f}" in text and level in text
     assert styled_spans(body)[level] == style
-    # the last value jumps away from a flat history of 1.0: the arrow follows it
+    # the values move away from a flat history of 1.0: the arrow follows them
     assert ("↑" if g > 1 else "↓") in text.splitlines()[1]
 
 

@@ -42,6 +42,33 @@ def grad_level(value: float | None, thresholds: GradThresholds = DEFAULT_THRESHO
     return "critical"
 
 
+# A level holds when the median of this many recent norms is in it (see sustained_level).
+SUSTAIN_WINDOW = 5
+
+
+def sustained_level(values: Sequence[float | None], thresholds: GradThresholds = DEFAULT_THRESHOLDS,
+                    window: int = SUSTAIN_WINDOW) -> str | None:
+    """The gradient-health level a run is in, from its recent norms (oldest first).
+
+    A non-finite newest value is ``"nonfinite"`` at once. Otherwise the level is that of the
+    median of the last ``window`` finite values: a level holds when most recent steps are in
+    it. One hard batch (a pre-clip norm of 5.4 on a run that sits at 1.2, which clipping
+    exists for) is not a warning; norms that stay above 5 are. Measured on the calibration
+    corpus (``docs/calibration.md``): per-step levels raised a warning on a healthy
+    gradient-accumulation run. ``None`` when there is no value.
+    """
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    if not math.isfinite(vals[-1]):
+        return "nonfinite"
+    finite = [v for v in vals if math.isfinite(v)][-max(1, window):]
+    ordered = sorted(finite)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return grad_level(median, thresholds)
+
+
 def trend(values: Sequence[float], rel_tol: float = 0.1) -> str:
     """Trend arrow of a short history: least-squares slope over the window, relative to its mean.
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from math import isfinite
 from typing import Any, NamedTuple
 
-from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, grad_level, sparkline, trend
+from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, sparkline, sustained_level, trend
 from .profiles import resolve_profile
 from .record import plain
 from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile, real_number, whole_number
@@ -613,7 +613,8 @@ class RunAccumulator:
             nonfinite = max(_count(record.get("nonfinite_count")) or 0, self.grad_nonfinite)
             return GradNormSummary(
                 last=last, max=mx, last_clipped=last_clipped, history=hist,
-                level=grad_level(last, self.thresholds), trend=trend(hist) if hist else None,
+                level=sustained_level([*hist, last] if newer or not hist else hist, self.thresholds),
+                trend=trend(hist) if hist else None,
                 sparkline=sparkline(hist) if hist else "", nonfinite_count=nonfinite, summary=record,
                 source="full_run", n_steps=n_record, clipped_steps=_count(record.get("clipped_steps")),
                 record_step=record_step,
@@ -624,7 +625,7 @@ class RunAccumulator:
             max=self.grad_max,
             last_clipped=self.grad_clipped_last,
             history=hist,
-            level=grad_level(self.grad_last, self.thresholds),
+            level=sustained_level(hist if hist else [self.grad_last], self.thresholds),
             trend=trend(hist) if hist else None,
             sparkline=sparkline(hist) if hist else "",
             nonfinite_count=self.grad_nonfinite,

@@ -21,7 +21,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds, grad_level, sparkline, trend
+from ..telemetry.health import (
+    DEFAULT_THRESHOLDS,
+    GradThresholds,
+    grad_level,
+    sparkline,
+    sustained_level,
+    trend,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +158,8 @@ class GradNormMonitor:
 
     @property
     def level(self) -> str | None:
-        return grad_level(self.last, self.thresholds)
+        """The sustained level (:func:`~gradience.telemetry.health.sustained_level`)."""
+        return sustained_level(list(self.history), self.thresholds)
 
     @property
     def trend(self) -> str | None:
@@ -178,9 +186,12 @@ class GradNormMonitor:
             self.min = value if self.min is None else min(self.min, value)
         else:
             self.nonfinite += 1
-        level = grad_level(value, self.thresholds)
+        step_level = grad_level(value, self.thresholds)
+        assert step_level is not None
+        self.level_counts[step_level] = self.level_counts.get(step_level, 0) + 1
+        # Alerts follow the sustained level: one clipped hard batch is not a level change.
+        level = sustained_level(list(self.history), self.thresholds)
         assert level is not None
-        self.level_counts[level] = self.level_counts.get(level, 0) + 1
         return self._maybe_alert(step, level, value)
 
     def _maybe_alert(self, step: int, level: str, value: float) -> LevelChange | None:

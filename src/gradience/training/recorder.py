@@ -21,7 +21,12 @@ from ..telemetry.schema import ConfigSnapshot
 from ..telemetry.writer import TelemetryWriter
 from .gradnorm import GradNormMonitor, alert_fields
 
-__all__ = ["GRAD_SUMMARY_INTERVAL", "RunRecorder", "spine_metrics"]
+__all__ = ["GRAD_SUMMARY_INTERVAL", "LR_JUMP_FACTOR", "RunRecorder", "spine_metrics"]
+
+# A learning rate that rises this many times in one optimizer step is an LR_JUMP alert: no
+# schedule does that (linear warm-up doubles it from step 1 to 2 at most); a wrong scheduler,
+# a resume with another LR or a manual change does, and it precedes a divergence.
+LR_JUMP_FACTOR = 10.0
 
 # Optimizer steps between two running gradient-norm summaries (docs/telemetry.md#metrics).
 GRAD_SUMMARY_INTERVAL = 50
@@ -118,6 +123,7 @@ class RunRecorder:
         # A causal LM: train_step also carries ppl = exp(loss).
         self.causal_lm = False
         self._grad_summary_written = False
+        self._lr_prev: float | None = None
 
     @property
     def run_id(self) -> str:
@@ -151,6 +157,22 @@ class RunRecorder:
         if self.grad_summary_interval and step % self.grad_summary_interval == 0:
             # The full-run record while the run is live (and if it never reaches its end).
             self.writer.metrics("grad_norm", {**self.grad.summary(), "final": False}, step=step)
+
+    def record_lr(self, step: int, lr: Any) -> None:
+        """Feed the learning rate about to be applied at ``step`` (every optimizer step); a rise of
+        at least :data:`LR_JUMP_FACTOR` × in one step is an ``LR_JUMP`` warning. With several
+        param groups the largest LR counts."""
+        values = lr if isinstance(lr, (list, tuple)) else [lr]
+        finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        if not finite:
+            return
+        now, prev = max(finite), self._lr_prev
+        self._lr_prev = now
+        if prev is not None and prev > 0 and now >= LR_JUMP_FACTOR * prev:
+            self.writer.alert("warning", "LR_JUMP",
+                              f"the learning rate rose ×{now / prev:.3g} in one step ({prev:.3g} → {now:.3g}) at "
+                              f"step {step}: no schedule does that; check the scheduler, a resume or a manual change",
+                              step=step, context={"previous_lr": prev, "lr": now, "factor": now / prev})
 
     def train_step(self, step: int, *, loss: float | None, lr: Any, epoch: float | None = None,
                    grad_norm: float | None = None, grad_norm_clipped: float | None = None,

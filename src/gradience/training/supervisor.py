@@ -236,6 +236,7 @@ class RunSupervisor:
         g, loss = values.grad_norm, values.loss
         amp_overflow = (self._scaler is not None and g is not None and not math.isfinite(g)
                         and loss is not None and math.isfinite(loss))
+        rec.record_lr(step, lr)
         rec.record_grad(step, g, values.grad_norm_clipped, amp_overflow=amp_overflow)
         self._triggers = []
         if guard is not None and not guard.locked_out:
