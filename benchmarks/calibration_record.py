@@ -26,14 +26,15 @@ profile was built to be (``healthy``, ``not_learning``, ``memorisation``, ``dive
 in ``docs/calibration.md``. ``observed`` holds a few facts read back from the recorded file
 (final accuracies, the divergence step by the ground-truth rule, non-finite steps).
 
-Profiles (``--list`` prints them with their seeds): healthy ones on the bundled
+Profiles (``--list`` prints them with their seeds, ``intent`` says what each is): on the bundled
 all-MiniLM-L6-v2 (generated sentiment as in ``gradience demo``; real SST-2 from
-``../shared/data/sst2`` at batch 16 and 4; warm-up + cosine + clipping; gradient accumulation)
+``../shared/data/sst2`` at batch 16 and 4; warm-up + cosine + clipping; gradient accumulation;
+a LR 10x too high at batch 4, whose classifier collapses to one class)
 and on tiny models built from a config (a GPT-2 causal LM on generated text, multi-epoch
 memorisation, fp16-style AMP with early overflow steps, a resumed run, a run with LR 0); failing
 ones: every ``FAULT_CASES`` case injected once at steps 1, 5 and 10 on a tiny BERT, and real
-divergences (the LR raised ×100 mid-run, clipping off). ``--quick`` records one seed of every
-profile with fewer steps (``make test-slow`` checks it).
+divergences (the LR raised ×100 once the loss is low, clipping off). ``--quick`` records one seed of every
+profile, and fewer steps for the MiniLM ones (``make test-slow`` checks it).
 """
 
 from __future__ import annotations
@@ -366,6 +367,15 @@ def p_sst2_b4(work: Path, seed: int, quick: bool) -> Recorded:
     return Recorded(labels, notes)
 
 
+def p_collapse(work: Path, seed: int, quick: bool) -> Recorded:
+    steps = 20 if quick else 120
+    r, labels = _minilm_run(seed, sst2=True, steps=steps, batch=4, lr=5e-3, eval_every=10 if quick else 15)
+    notes = (f"MiniLM + LoRA r=8, real SST-2, batch 4, lr 5e-3 constant (10x the sane 5e-4), no clipping, "
+             f"{steps} steps: the classifier collapses to one class")
+    run_trainer(work, r, notes)
+    return Recorded(labels, notes)
+
+
 def p_warmup_cosine(work: Path, seed: int, quick: bool) -> Recorded:
     steps = 20 if quick else 120
     warm = max(1, steps // 10)
@@ -401,7 +411,7 @@ def _tiny_run(seed: int, *, steps: int, n_train: int = 512, n_test: int = 128, b
 
 
 def p_no_learning(work: Path, seed: int, quick: bool) -> Recorded:
-    steps = 30 if quick else 100
+    steps = 100
     r, labels = _tiny_run(seed, steps=steps, lr=0.0, eval_every=10)
     notes = f"tiny BERT + LoRA r=4 (+ word embeddings), generated sentiment, learning rate 0 (nothing is learnt), {steps} steps"
     run_trainer(work, r, notes)
@@ -409,7 +419,7 @@ def p_no_learning(work: Path, seed: int, quick: bool) -> Recorded:
 
 
 def p_memorisation(work: Path, seed: int, quick: bool) -> Recorded:
-    steps = 60 if quick else 160
+    steps = 120
     r, labels = _tiny_run(seed, steps=steps, n_train=16, n_test=64, batch=8, lr=1e-2, eval_every=20)
     r.train_eval = r.train  # all 16 training sentences
     notes = (f"tiny BERT + LoRA r=4 (+ word embeddings), 16 generated training sentences for {steps} steps (batch 8: "
@@ -423,7 +433,7 @@ def p_resume(work: Path, seed: int, quick: bool) -> Recorded:
 
     from gradience import GradienceCallback
 
-    steps, save_at, kill_at = (30, 10, 15) if quick else (90, 40, 50)
+    steps, save_at, kill_at = 90, 40, 50
 
     class Kill(Exception):
         pass
@@ -464,8 +474,9 @@ def p_amp_overflow(work: Path, seed: int, quick: bool) -> Recorded:
 
     from gradience import GradienceConfig, GradienceController, SpectralConfig
     from gradience.training.demo_data import generate_sentiment
+    from gradience.training.label_stats import majority_rate
 
-    steps = 30 if quick else 120
+    steps = 120
     init_scale = 2.0 ** 24
     tok = tiny_tokenizer()
     train_ex, test_ex = generate_sentiment(n_train=512, n_test=128, seed=seed)
@@ -500,7 +511,8 @@ def p_amp_overflow(work: Path, seed: int, quick: bool) -> Recorded:
                     losses.append(float(out.loss.float()) * len(b["labels"]))
                     correct += int((out.logits.argmax(-1) == b["labels"]).sum())
                     n += len(b["labels"])
-            ctl.log_eval(step, split, {"loss": sum(losses) / n, "accuracy": correct / n, "n": n})
+            ctl.log_eval(step, split, {"loss": sum(losses) / n, "accuracy": correct / n, "n": n,
+                                       "majority_rate": majority_rate(rows.labels)})
         model.train()
 
     model.train()
@@ -537,7 +549,7 @@ def p_causal_lm(work: Path, seed: int, quick: bool) -> Recorded:
 
     from gradience.training.demo_data import generate_sentiment, vocabulary
 
-    steps = 40 if quick else 150
+    steps = 120
     vocab = vocabulary()
     ids = {w: i for i, w in enumerate(vocab)}
     pad, eos, unk = ids["[PAD]"], ids["[SEP]"], ids["[UNK]"]
@@ -584,7 +596,7 @@ def p_causal_lm(work: Path, seed: int, quick: bool) -> Recorded:
              f"clipping 1.0, {steps} steps; test = other sentences from the same templates")
     r = TrainerRun(model=model, tokenizer=None, train=LMRows(train_ex), test=LMRows(test_ex),
                    train_eval=LMRows(train_ex[:128]), steps=steps, batch=16, lr=1e-2, seed=seed,
-                   eval_every=10 if quick else 15, max_grad_norm=1.0, scheduler="linear",
+                   eval_every=15, max_grad_norm=1.0, scheduler="linear",
                    warmup_steps=max(1, steps // 10), collator=collate, compute_metrics=None,
                    model_name="tiny-gpt2-2x64 (config)", dataset_name="gradience-synthetic-text",
                    task_profile="generation")
@@ -601,7 +613,7 @@ def fault_run(work: Path, seed: int, case: str, step: int, quick: bool) -> Recor
     from gradience.training.faults import FAULT_CASES, FaultInjector
 
     kind, factor, _ = FAULT_CASES[case]
-    steps = step + (10 if quick else 15)
+    steps = step + 10
     r, labels = _tiny_run(seed, steps=steps, eval_every=10, max_grad_norm=1.0)
     inj = FaultInjector(kind, step, factor=factor)
     notes = (f"tiny BERT + LoRA r=4 (+ word embeddings), generated sentiment, lr 5e-3, clipping 1.0; {case} ({kind}, factor {factor:g}) "
@@ -616,7 +628,7 @@ def p_divergence(work: Path, seed: int, quick: bool) -> Recorded:
     clipping: the loss jumps from ~0.01 to ~1-3 and stays there (the model is destroyed)."""
     from transformers import TrainerCallback
 
-    steps, boost_step, boost, lr = (60, 45, 100.0, 3e-2) if quick else (95, 70, 100.0, 3e-2)
+    steps, boost_step, boost, lr = 115, 90, 100.0, 3e-2
 
     class Boost(TrainerCallback):
         def on_step_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None,
@@ -645,6 +657,8 @@ def profiles() -> list[Profile]:
         Profile("demo", "healthy", p_demo, [0, 1], [2], "gradience demo: MiniLM, generated sentiment", minilm=True),
         Profile("sst2_b16", "healthy", p_sst2_b16, [0, 1], [2], "MiniLM, real SST-2, batch 16", minilm=True),
         Profile("sst2_b4", "healthy", p_sst2_b4, [0], [1], "MiniLM, real SST-2, batch 4", minilm=True),
+        Profile("collapse", "not_learning", p_collapse, [0], [1], "MiniLM, SST-2, batch 4, LR 10x too high",
+                minilm=True),
         Profile("warmup_cosine", "healthy", p_warmup_cosine, [0], [1], "MiniLM, SST-2, warm-up + cosine + clipping",
                 minilm=True),
         Profile("grad_accum", "healthy", p_grad_accum, [0], [1], "MiniLM, SST-2, batch 4 x accumulation 4",
@@ -730,6 +744,10 @@ def main(argv: list[str] | None = None) -> int:
     old: list[dict[str, Any]] = []
     if a.only and manifest_path.exists():
         old = json.loads(manifest_path.read_text())["runs"]
+    elif manifest_path.exists():
+        # A whole corpus replaces the previous one: no file of a run it no longer has stays behind.
+        for e in json.loads(manifest_path.read_text())["runs"]:
+            (out / e["file"]).unlink(missing_ok=True)
     chosen = {prof.name for prof in selected}
     runs = [e for e in old if e.get("variant", e["profile"]) not in chosen]
 
