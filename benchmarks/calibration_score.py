@@ -397,8 +397,8 @@ class GradReplay:
 
 
 def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path, *, amp: bool) -> GradReplay:
-    """The recorder's ``record_grad`` fed every recorded step (a fresh recorder per process), as the
-    run supervisor calls it (an enabled AMP scaler's overflow: a non-finite norm with a finite loss)."""
+    """The recorder's ``record_lr`` and ``record_grad`` fed every recorded step (a fresh recorder per
+    process), as the run supervisor calls them (an enabled AMP scaler's overflow: a non-finite norm with a finite loss)."""
     out = GradReplay()
     for k, seg in enumerate(segments):
         rec = _recorder(tmp)
@@ -410,6 +410,7 @@ def replay_grad(segments: Sequence[Sequence[dict[str, Any]]], tmp: Path, *, amp:
             loss = _num(ev.get("loss"))
             overflow = amp and not math.isfinite(pre) and loss is not None and math.isfinite(loss)
             rec.writer.calls.clear()
+            rec.record_lr(ev["step"], ev.get("lr"))  # as the supervisor does before record_grad
             rec.record_grad(ev["step"], pre, _num(ev.get("grad_norm_clipped")), amp_overflow=overflow)
             calls = [(kind, c) for kind, c in rec.writer.calls if kind in ("alert", "metrics")]
             if calls:

@@ -126,6 +126,15 @@ def test_one_hard_batch_is_not_a_level_but_norms_that_stay_high_are():
     assert rising[1].step == 10 and mon.level == "warning"
 
 
+def test_one_norm_past_the_explosion_bound_is_critical_at_once():
+    mon = GradNormMonitor()
+    for s in range(1, 6):
+        mon.update(s, 1.0)
+    explosion = mon.update(6, 2e5)  # the guard's grad_explosion bound (1e4) is the same
+    assert explosion is not None and explosion.code == "GRAD_NORM_CRITICAL" and explosion.step == 6
+    assert mon.update(7, 9e3) is None and mon.level == "healthy"  # below the bound one high value is not a level
+
+
 def test_vanishing_and_scaler_handled_overflows_are_information():
     from gradience.training.gradnorm import alert_fields
 

@@ -16,11 +16,16 @@ NONFINITE_CHAR = "×"
 
 @dataclass(frozen=True)
 class GradThresholds:
-    """Levels: < vanishing → vanishing; ≤ warning → healthy; ≤ critical → warning; else critical."""
+    """Levels: < vanishing → vanishing; ≤ warning → healthy; ≤ critical → warning; else critical.
+
+    ``explosion``: one norm above it is critical at once, without waiting for the sustained level
+    (:func:`sustained_level`); the guard's default ``grad_explosion_threshold`` is the same bound.
+    """
 
     vanishing: float = 0.1
     warning: float = 5.0
     critical: float = 10.0
+    explosion: float = 1e4
 
 
 DEFAULT_THRESHOLDS = GradThresholds()
@@ -50,7 +55,8 @@ def sustained_level(values: Sequence[float | None], thresholds: GradThresholds =
                     window: int = SUSTAIN_WINDOW) -> str | None:
     """The gradient-health level a run is in, from its recent norms (oldest first).
 
-    A non-finite newest value is ``"nonfinite"`` at once. Otherwise the level is that of the
+    A non-finite newest value is ``"nonfinite"`` at once, one above ``thresholds.explosion``
+    ``"critical"`` at once. Otherwise the level is that of the
     median of the last ``window`` finite values: a level holds when most recent steps are in
     it. One hard batch (a pre-clip norm of 5.4 on a run that sits at 1.2, which clipping
     exists for) is not a warning; norms that stay above 5 are. Measured on the calibration
@@ -62,6 +68,8 @@ def sustained_level(values: Sequence[float | None], thresholds: GradThresholds =
         return None
     if not math.isfinite(vals[-1]):
         return "nonfinite"
+    if vals[-1] > thresholds.explosion:
+        return "critical"
     finite = [v for v in vals if math.isfinite(v)][-max(1, window):]
     ordered = sorted(finite)
     mid = len(ordered) // 2

@@ -48,7 +48,7 @@ class GuardConfig:
     ring_size: int = field(default=5, metadata=_help("Snapshots kept in CPU memory (oldest dropped first)."))
     violation_threshold: float = field(default=1e6, metadata=_help(
         "A finite loss above this is a fault (loss_violation). Loss units."))
-    grad_explosion_threshold: float = field(default=1e4, metadata=_help(
+    grad_explosion_threshold: float = field(default=DEFAULT_THRESHOLDS.explosion, metadata=_help(
         "A pre-clip total gradient L2 norm above this is a fault (grad_explosion)."))
     spike_ratio: float = field(default=3.0, metadata=_help(
         "Loss spike (after spike_warmup healthy steps): loss > spike_ratio × baseline (an EMA of healthy "
