@@ -84,7 +84,10 @@ STEPWISE = ("guard", "kappa", "grad", "monitor", "watch")
 
 _SEV_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 # Re-derived from the replays; the recorded ones were produced by the rules of recording time.
-_REDERIVED_ALERT_PREFIXES = ("GRAD_NORM_", "SPECTRAL_", "GUARD_")
+_REDERIVED_ALERT_PREFIXES = ("GRAD_NORM_", "SPECTRAL_", "GUARD_", "AMP_OVERFLOW", "LR_JUMP")
+# The gradient-health source: the gradient-norm monitor's level alerts (the recorder's other alerts,
+# such as LR_JUMP, reach the views through the derived copy and count there).
+_GRAD_HEALTH_PREFIX = "GRAD_NORM_"
 # Words of the watch banner that are not an alarm.
 _QUIET_WORDS = {"OK", "GOOD", "—", "-", ""}
 # What a warning must be about to *say* a worth-saying case (matched on its code/action and text).
@@ -785,7 +788,7 @@ def score_run(run: Run, tmp: Path, *, live_stride: int = 5) -> RunScore:
     # gradient health
     grad = replay_grad(segments, tmp, amp=amp)
     for step, a in grad.alerts():
-        if _warn_or_worse(a["severity"]):
+        if _warn_or_worse(a["severity"]) and str(a["code"]).startswith(_GRAD_HEALTH_PREFIX):
             fire["grad"].steps.append(step)
             fire["grad"].add(a["code"], f"{a['severity']} {a['code']} (first at step {step}): {a['message']}")
 
@@ -968,14 +971,18 @@ def targets(scores: Sequence[RunScore], demoted: Iterable[str]) -> dict[str, dic
     missed_faults = [f"{rs.run.name}@{i['step']}" for rs in scores if rs.truth.category == INJECTED
                      for i in rs.truth.injected if not any(int(i["step"]) in rs.sources[s].steps for s in live)]
     late = []
+    first_by: dict[str, str] = {}
     for rs in scores:
         if rs.truth.category != DIVERGED:
             continue
-        firsts = [rs.sources[s].first_from(rs.truth.cause_step) for s in live if s in STEPWISE]
-        known = [f for f in firsts if f is not None]
-        if not known or min(known) > (rs.truth.divergence_step or 0):
+        firsts = {s: rs.sources[s].first_from(rs.truth.cause_step) for s in live if s in STEPWISE}
+        known = {s: f for s, f in firsts.items() if f is not None}
+        if known:
+            step = min(known.values())
+            first_by[rs.run.name] = f"{'+'.join(s for s, f in known.items() if f == step)}@{step}"
+        if not known or min(known.values()) > (rs.truth.divergence_step or 0):
             late.append(f"{rs.run.name} (blow-up {rs.truth.divergence_step}, first alarm "
-                        f"{min(known) if known else 'never'})")
+                        f"{min(known.values()) if known else 'never'})")
     unsaid = [rs.run.name for rs in scores if rs.truth.category == WORTH
               and not any(set(rs.truth.worth) <= rs.sources[s].topics() for s in CAN_SAY)]
     n_faults = sum(len(rs.truth.injected) for rs in scores if rs.truth.category == INJECTED)
@@ -984,7 +991,7 @@ def targets(scores: Sequence[RunScore], demoted: Iterable[str]) -> dict[str, dic
     return {
         "no_false_alarms": {"ok": not any(fa.values()), "by_source": {k: v for k, v in fa.items() if v}},
         "injected_detected": {"ok": not missed_faults, "missed": missed_faults, "total": n_faults},
-        "divergences_in_time": {"ok": not late, "late": late, "total": n_div},
+        "divergences_in_time": {"ok": not late, "late": late, "total": n_div, "first_alarm": first_by},
         "worth_saying_said": {"ok": not unsaid, "unsaid": unsaid, "total": n_worth},
     }
 
@@ -1124,6 +1131,9 @@ def render_table(result: Result, split: str | None = None, runs: bool = False) -
                 f"; missed {', '.join(t['missed'][:12])}{', …' if len(t['missed']) > 12 else ''}" if t["missed"] else "")
         elif name == "divergences_in_time":
             detail = f"{t['total'] - len(t['late'])}/{t['total']}" + (f"; late: {'; '.join(t['late'])}" if t["late"] else "")
+            detail += "; first alarms (blow-up step): " + ", ".join(
+                f"{name} {first} ({next(rs.truth.divergence_step for rs in sel if rs.run.name == name)})"
+                for name, first in t["first_alarm"].items())
         elif name == "worth_saying_said":
             detail = f"{t['total'] - len(t['unsaid'])}/{t['total']}" + (
                 f"; unsaid: {', '.join(t['unsaid'])}" if t["unsaid"] else "")
