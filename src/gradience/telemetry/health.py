@@ -175,3 +175,75 @@ class SpikeDetector:
         self.baseline = b + self.alpha * (value - b)
         self.seen += 1
         return False
+
+
+# The loss-spike rule's bounds against the reference loss R (the task's untrained loss, see
+# LossSpikeRule). Defaults of GuardConfig.spike_floor / spike_limit; docs/guard.md#the-loss-spike-rule.
+SPIKE_FLOOR = 4.0
+SPIKE_LIMIT = 10.0
+# Without a loss prior, the mean of this many first healthy losses is the reference loss.
+REFERENCE_STEPS = 5
+
+
+class LossSpikeRule:
+    """The loss-spike rule, one definition for the guard and for the run summary.
+
+    With R the reference loss (``prior``, the task's untrained loss: ln(num_labels) for a
+    classifier, ln(vocab_size) for a language model; without one, the mean of the first
+    :data:`REFERENCE_STEPS` healthy losses), a finite loss L is a spike when
+
+    * L > ``limit`` × R — at any step when R is the prior; when R stands in from the first healthy
+      losses, only until the baseline exists (a run that started already good has a small first
+      loss, and ten times it later on is no divergence); or
+    * after ``warmup`` healthy losses: L > ``ratio`` × baseline and L > baseline + ``k`` ×
+      deviation (:class:`SpikeDetector`) **and** L > ``floor`` × R. The floor tells a hard batch
+      from a divergence: on a binary classifier at loss 0.02, a batch of rare examples at 0.9–1.8
+      (1.3–2.6 × ln 2) is not a spike; a blow-up to ≥ 2.77 is.
+
+    Healthy losses feed the baseline (:meth:`accept`); a spike never does.
+    """
+
+    __slots__ = ("detector", "first", "floor", "limit", "prior")
+
+    def __init__(self, *, ratio: float, k: float, warmup: int, floor: float = SPIKE_FLOOR,
+                 limit: float = SPIKE_LIMIT, prior: float | None = None) -> None:
+        self.detector = SpikeDetector(ratio=ratio, k=k, warmup=warmup)
+        self.floor = floor
+        self.limit = limit
+        self.prior = prior if prior is not None and math.isfinite(prior) and prior > 0 else None
+        self.first: list[float] = []
+
+    @property
+    def reference(self) -> float | None:
+        """R: the prior, else the mean of the first healthy losses so far (None while unknown or ≤ 0)."""
+        if self.prior is not None:
+            return self.prior
+        if not self.first:
+            return None
+        ref = sum(self.first) / len(self.first)
+        return ref if ref > 0 else None
+
+    def is_spike(self, loss: float) -> bool:
+        """Is this finite loss a spike now? (No state change.)"""
+        ref = self.reference
+        d = self.detector
+        if ref is not None and self.limit and (self.prior is not None or d.seen < d.warmup) \
+                and loss > self.limit * ref:
+            return True
+        if not d.is_spike(loss):
+            return False
+        return not self.floor or ref is None or loss > self.floor * ref
+
+    def accept(self, loss: float) -> None:
+        """A healthy loss: it feeds the baseline (and, without a prior, the reference)."""
+        if math.isfinite(loss):
+            self.detector.update(loss)
+            if len(self.first) < REFERENCE_STEPS:
+                self.first.append(loss)
+
+    def update(self, loss: float) -> bool:
+        """Is ``loss`` a spike? A loss that is not feeds the baseline (what a replay does per step)."""
+        if self.is_spike(loss):
+            return True
+        self.accept(loss)
+        return False

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from math import isfinite
 from typing import Any, NamedTuple
 
-from .health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector, sparkline, sustained_level, trend
+from .health import DEFAULT_THRESHOLDS, GradThresholds, LossSpikeRule, sparkline, sustained_level, trend
 from .profiles import resolve_profile
 from .record import plain
 from .schema import HELD_OUT_SPLITS, ConfigSnapshot, TaskProfile, real_number, whole_number
@@ -60,6 +60,13 @@ def _count(x: Any) -> int | None:
 
 def _text(x: Any) -> str | None:
     return x if isinstance(x, str) else None
+
+
+def _summary_spike_rule(prior: float | None) -> LossSpikeRule:
+    """The loss-spike rule over a run's logged losses (``loss.spikes``): the guard's rule
+    (:class:`~gradience.telemetry.health.LossSpikeRule`: floor and limit against the task's untrained
+    loss) with a baseline suited to sampled losses (ratio 2, k 6, after 10 logged values)."""
+    return LossSpikeRule(ratio=2.0, k=6.0, warmup=10, prior=prior)
 
 
 def _first_lr(lr: Any) -> float | None:
@@ -295,7 +302,7 @@ class RunAccumulator:
         self.loss_nonfinite_steps: deque[int | None] = deque(maxlen=MAX_KEPT_SPIKES)
         self.spikes = 0
         self.spike_steps: deque[int | None] = deque(maxlen=MAX_KEPT_SPIKES)
-        self._spike = SpikeDetector()
+        self._spike = _summary_spike_rule(None)
         self.lr_first: float | None = None
         self.lr_last: float | None = None
         self.grad_hist: deque[float] = deque(maxlen=GRAD_HISTORY)
@@ -310,23 +317,26 @@ class RunAccumulator:
         self._train_max_step: int | None = None
 
     def _train_state(self) -> tuple[Any, ...]:
-        sp = self._spike
+        sp = self._spike.detector
         return (self.loss_first, self.loss_last, self.loss_min, self.loss_min_step, self.loss_n,
                 self.loss_nonfinite, tuple(self.loss_nonfinite_steps), self.spikes, tuple(self.spike_steps),
-                sp.baseline, sp.deviation, sp.seen, self.lr_first, self.lr_last, tuple(self.grad_hist),
+                sp.baseline, sp.deviation, sp.seen, tuple(self._spike.first), self._spike.prior, self.lr_first, self.lr_last, tuple(self.grad_hist),
                 self.grad_last, self.grad_last_step, self.grad_max, self.grad_nonfinite, self.grad_clipped_last,
                 self.grad_n, self.grad_clip_n, self.grad_clip_hits, self._train_max_step)
 
     def _set_train_state(self, st: tuple[Any, ...]) -> None:
         (self.loss_first, self.loss_last, self.loss_min, self.loss_min_step, self.loss_n, self.loss_nonfinite,
-         nonfinite_steps, self.spikes, spike_steps, baseline, deviation, seen, self.lr_first, self.lr_last,
+         nonfinite_steps, self.spikes, spike_steps, baseline, deviation, seen, first, prior, self.lr_first,
+         self.lr_last,
          grad_hist, self.grad_last, self.grad_last_step, self.grad_max, self.grad_nonfinite,
          self.grad_clipped_last, self.grad_n, self.grad_clip_n, self.grad_clip_hits, self._train_max_step) = st
         self.loss_nonfinite_steps = deque(nonfinite_steps, maxlen=MAX_KEPT_SPIKES)
         self.spike_steps = deque(spike_steps, maxlen=MAX_KEPT_SPIKES)
         self.grad_hist = deque(grad_hist, maxlen=GRAD_HISTORY)
-        self._spike = SpikeDetector()
-        self._spike.baseline, self._spike.deviation, self._spike.seen = baseline, deviation, seen
+        self._spike = _summary_spike_rule(prior)
+        self._spike.first = list(first)
+        sp = self._spike.detector
+        sp.baseline, sp.deviation, sp.seen = baseline, deviation, seen
 
     # ------------------------------------------------------------------------------
     def add(self, ev: dict[str, Any]) -> None:
@@ -397,6 +407,10 @@ class RunAccumulator:
             meta = ev.get("meta")
             if isinstance(meta, dict):
                 self.meta = meta
+                # The task's untrained loss, recorded by the integrations: the spike rule's reference.
+                prior = _num(meta.get("loss_prior"))
+                if prior is not None and prior != self._spike.prior:
+                    self._spike.prior = prior if isfinite(prior) and prior > 0 else None
             # A resumed run restarts; its end is not known yet.
             self.status = "running"
             self.reason = None

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
+from ..telemetry.health import DEFAULT_THRESHOLDS, SPIKE_FLOOR, SPIKE_LIMIT, GradThresholds
 
 __all__ = ["SHORTHAND", "GradienceConfig", "GuardConfig", "RiskThresholds", "SpectralConfig", "describe",
            "resolve_config"]
@@ -55,12 +55,12 @@ class GuardConfig:
         "losses) ..."))
     spike_k: float = field(default=8.0, metadata=_help(
         "... and loss > baseline + spike_k × deviation (an EMA of absolute deviations) ..."))
-    spike_floor: float = field(default=4.0, metadata=_help(
+    spike_floor: float = field(default=SPIKE_FLOOR, metadata=_help(
         "... and loss > spike_floor × the reference loss (loss_prior, else the mean of the first 5 healthy "
         "losses). The absolute floor: on a well-trained run (loss ≈ 0.02) a batch of rare examples "
         "(loss 0.9–1.8 on a binary classifier, reference ln 2 = 0.69) is far above the baseline but is not "
         "a divergence. 0 = no floor. Ratio."))
-    spike_limit: float = field(default=10.0, metadata=_help(
+    spike_limit: float = field(default=SPIKE_LIMIT, metadata=_help(
         "A loss > spike_limit × the reference loss is a spike at any step, baseline or not (so also in the "
         "first steps, before a baseline exists): ten times the loss of guessing is no hard batch. Without a "
         "loss_prior (the reference then stands in from the first healthy losses) only until the baseline "

@@ -22,16 +22,13 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..telemetry.health import SpikeDetector
+from ..telemetry.health import REFERENCE_STEPS, LossSpikeRule
 from .config import GuardConfig
 
 __all__ = ["DETECTED", "REFERENCE_STEPS", "GuardDetector", "loss_prior", "model_loss_prior", "replay_guard"]
 
 # The trigger names a GuardDetector can return, in the guard's trigger order.
 DETECTED = ("nonfinite_loss", "nonfinite_grad", "loss_violation", "loss_spike", "grad_explosion")
-# Without a loss prior, the mean of this many first healthy losses is the reference loss.
-REFERENCE_STEPS = 5
-
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForImageClassification",
                         "ForAudioClassification", "ForMultipleChoice")
 _LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration", "ForPreTraining")
@@ -108,21 +105,15 @@ class GuardDetector:
     def __init__(self, config: GuardConfig, *, loss_prior: float | None = None) -> None:
         self.config = config
         self.loss_prior = loss_prior if loss_prior is not None else config.loss_prior
-        self.spikes = SpikeDetector(ratio=config.spike_ratio, k=config.spike_k, warmup=config.spike_warmup)
+        self.spike_rule = LossSpikeRule(ratio=config.spike_ratio, k=config.spike_k, warmup=config.spike_warmup,
+                                        floor=config.spike_floor, limit=config.spike_limit, prior=self.loss_prior)
         self.amp_overflows = 0  # steps left to the AMP scaler (non-finite grads, finite loss)
         self._amp_streak = 0
-        self._first: list[float] = []  # the first REFERENCE_STEPS healthy losses (no prior)
 
     @property
     def reference(self) -> float | None:
-        """The reference loss of ``spike_floor`` / ``spike_limit``: the prior, else the mean of the
-        first :data:`REFERENCE_STEPS` healthy losses (so far); None while unknown or not positive."""
-        if self.loss_prior is not None:
-            return self.loss_prior
-        if not self._first:
-            return None
-        ref = sum(self._first) / len(self._first)
-        return ref if ref > 0 else None
+        """The reference loss of ``spike_floor`` / ``spike_limit`` (:class:`LossSpikeRule`)."""
+        return self.spike_rule.reference
 
     def detect(self, step: int, loss: float | None, grad_norm: float | None, *, amp: bool = False) -> list[str]:
         """The triggers for ``step`` (names from :data:`DETECTED`; empty = healthy).
@@ -158,30 +149,13 @@ class GuardDetector:
         return [name for name in DETECTED if name in found]
 
     def is_spike(self, loss: float) -> bool:
-        """Is this finite loss a spike? (No state change.) With R the :attr:`reference`:
-
-        * loss > ``spike_limit`` × R, at any step when R is the loss prior; when R stands in from
-          the first healthy losses (no prior), only until the baseline exists (the first
-          ``spike_warmup`` healthy steps): a run that started already good has a small initial loss,
-          and ten times it is no divergence later on; or
-        * after ``spike_warmup`` healthy steps: loss > ``spike_ratio`` × baseline, and
-          > baseline + ``spike_k`` × deviation, and > ``spike_floor`` × R.
-        """
-        cfg = self.config
-        ref = self.reference
-        limit_applies = self.loss_prior is not None or self.spikes.seen < cfg.spike_warmup
-        if ref is not None and cfg.spike_limit and limit_applies and loss > cfg.spike_limit * ref:
-            return True
-        if not self.spikes.is_spike(loss):
-            return False
-        return not cfg.spike_floor or ref is None or loss > cfg.spike_floor * ref
+        """Is this finite loss a spike? (No state change; the rule: :class:`LossSpikeRule`.)"""
+        return self.spike_rule.is_spike(loss)
 
     def accept(self, loss: float | None) -> None:
         """A healthy step (no trigger after every check): its loss feeds the baseline."""
-        if loss is not None and math.isfinite(loss):
-            self.spikes.update(loss)
-            if len(self._first) < REFERENCE_STEPS:
-                self._first.append(loss)
+        if loss is not None:
+            self.spike_rule.accept(loss)
 
     def check(self, step: int, loss: float | None, grad_norm: float | None, *, amp: bool = False) -> list[str]:
         """:meth:`detect`, then :meth:`accept` when nothing fired (what a replay does per step)."""
