@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from .schema import real_number, whole_number
+from .schema import real_number, typed_value
 
 __all__ = ["Record", "plain"]
 
@@ -58,15 +58,8 @@ def _conform(annotation: str, value: Any) -> tuple[bool, Any]:
     kind = annotation.replace(" | None", "").strip()
     if kind == "Any":
         return True, value
-    if kind == "str":
-        return isinstance(value, str), value
-    if kind == "bool":
-        return isinstance(value, bool), value
-    if kind == "int":
-        n = whole_number(value)
-        return n is not None, n
-    if kind == "float":
-        return real_number(value) is not None, value
+    if kind in ("str", "bool", "int", "float"):
+        return typed_value(kind, value)  # the ConfigSnapshot's rule for scalars
     if kind.startswith("list["):
         if not isinstance(value, list):
             return False, value

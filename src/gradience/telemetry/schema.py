@@ -105,7 +105,7 @@ def whole_number(x: Any) -> int | None:
     return x if -(2**63) <= x < 2**64 else None
 
 
-def _typed_value(annotation: str, value: Any) -> tuple[bool, Any]:
+def typed_value(annotation: str, value: Any) -> tuple[bool, Any]:
     """``(ok, value)``: whether ``value`` fits a field declared ``annotation`` (``None`` always fits)."""
     if value is None:
         return True, None
@@ -137,7 +137,7 @@ def _typed_section(obj: Any) -> Any:
         if f.name == "extras":
             continue
         raw = getattr(obj, f.name)
-        ok, value = _typed_value(str(f.type), raw)
+        ok, value = typed_value(str(f.type), raw)
         if ok:
             values[f.name] = value
         else:
