@@ -40,8 +40,8 @@ def _tokenizer(tmp: Path) -> Any:
 
     from gradience.training.demo_data import vocabulary
 
-    (tmp / "vocab.txt").write_text("\n".join(vocabulary()) + "\n")
-    return BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"), do_lower_case=True)
+    # vocab= (a dict): transformers 5 ignores vocab_file= here and every word would be [UNK].
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocabulary())}, do_lower_case=True)
 
 
 def _model(tok: Any) -> Any:

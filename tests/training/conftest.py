@@ -23,12 +23,14 @@ from gradience.training import demo_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def tiny_tokenizer() -> Any:
     from transformers import BertTokenizerFast
 
-    d = tmp_path_factory.mktemp("tok")
-    (d / "vocab.txt").write_text("\n".join(demo_data.vocabulary()) + "\n")
-    return BertTokenizerFast(vocab_file=str(d / "vocab.txt"), do_lower_case=True)
+    # vocab= (a dict), not vocab_file=: transformers 5 ignores a vocab_file given to the fast
+    # tokenizer's constructor and falls back to a 5-token vocabulary (every word [UNK]).
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(demo_data.vocabulary())}, do_lower_case=True)
+    assert len(tok) == len(demo_data.vocabulary()) and tok.unk_token_id not in tok("brilliant film")["input_ids"]
+    return tok
 
 
 def tiny_model(tokenizer: Any, *, seed: int = 0, rank: int = 4, lora: bool = True) -> Any:
