@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, run_cli, shared_path
 
 README = REPO_ROOT / "README.md"
 FENCE = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
@@ -91,6 +91,7 @@ def test_every_readme_command_runs(workdir: Path) -> None:
 
 
 def test_readme_bench_commands_run(workdir: Path) -> None:
+    shared_path("data", "sst2")  # the bench scores real SST-2: skipped on a clone without ../shared
     bench = [c for c in readme_gradience_commands() if c.startswith("gradience bench")]
     assert bench
     for cmd in bench:
