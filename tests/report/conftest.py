@@ -23,10 +23,11 @@ CONFIG = {
 }
 
 
-def write_healthy(path: Path, steps: int = 300, run_id: str = "healthy-run") -> Path:
+def write_healthy(path: Path, steps: int = 300, run_id: str = "healthy-run",
+                  config: dict[str, Any] | None = None) -> Path:
     rng = random.Random(0)
     with TelemetryWriter(path, run_id=run_id) as w:
-        w.run_start(CONFIG, {"framework": "huggingface", "world_size": 1})
+        w.run_start(config or CONFIG, {"framework": "huggingface", "world_size": 1})
         for s in range(1, steps + 1):
             loss = 0.7 * math.exp(-s / 120) + 0.2 + rng.uniform(-0.01, 0.01)
             g = 1.2 + 0.3 * math.sin(s / 10)

@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -166,3 +167,64 @@ def test_audited_report_draws_heatmaps_spectra_and_udr(healthy_run: Path, audit_
     # UDR histogram: green (< 0.1), cyan (0.1–1), amber (1–3) and red (> 3) bars.
     for rgb in ((0x16, 0xA3, 0x4A), (0x08, 0x91, 0xB2), (0xD9, 0x77, 0x06), (0xDC, 0x26, 0x26)):
         assert _count_color(rows, ch, rgb, tol=30) > 1000, rgb
+
+
+# Layout probe run inside Chromium on a copy of the page (the report itself has no scripts; its CSP
+# forbids them, so the copy drops that one meta tag). It records where the things a person opens the
+# page for are, and every word of an overview card that the browser laid out over two lines.
+_PROBE = """<script>
+(() => {
+const topOf = s => { const e = document.querySelector(s); return e ? e.getBoundingClientRect().top : 1e9; };
+const bottomOf = s => { const e = document.querySelector(s); return e ? e.getBoundingClientRect().bottom : 1e9; };
+const broken = [];
+document.querySelectorAll('.kpi').forEach(card => {
+  const walk = document.createTreeWalker(card, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    for (const m of n.data.matchAll(/\\S+/g)) {
+      const r = document.createRange(); r.setStart(n, m.index); r.setEnd(n, m.index + m[0].length);
+      const lines = new Set([...r.getClientRects()].filter(x => x.width > 0).map(x => Math.round(x.top)));
+      if (lines.size > 1) broken.push(m[0]);
+    }
+  }
+});
+document.body.setAttribute('data-probe', JSON.stringify({status: bottomOf('.badge'), health: bottomOf('#health + .kpis'),
+  loss_top: topOf('svg[data-chart="loss"]'), loss_bottom: bottomOf('svg[data-chart="loss"]'),
+  config: topOf('#configuration'), broken: broken}));
+})();
+</script>"""
+
+
+def _probe(tmp_path: Path, html: str, name: str) -> dict:
+    import json as _json
+
+    page = tmp_path / name
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    page.write_text(html.replace("</body>", _PROBE + "</body>"))
+    r = _chromium(tmp_path, "--window-size=1280,800", "--dump-dom", page.as_uri())
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r'data-probe="([^"]*)"', r.stdout)
+    assert m, "layout probe did not run"
+    return _json.loads(m.group(1).replace("&quot;", '"'))
+
+
+def test_word_break_probe_sees_a_broken_word(tmp_path: Path) -> None:
+    """Control: a card too narrow for its word, with the old anywhere-wrapping, is reported."""
+    html = ('<!DOCTYPE html><html><body><div class="kpi" style="width:60px;overflow-wrap:anywhere">'
+            "easy_classification</div></body></html>")
+    assert _probe(tmp_path, html, "control.html")["broken"] == ["easy_classification"]
+
+
+def test_first_screen_shows_status_loss_curve_and_health(tmp_path: Path) -> None:
+    """At 1280×800 the first screenful holds the status, the health summary and the whole loss curve;
+    the configuration table is below it, and no overview card breaks a word."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import CONFIG, write_healthy
+
+    long_names = {**CONFIG, "model_name": "sentence-transformers/all-MiniLM-L6-v2-finetuned-sst2-long-name",
+                  "dataset_name": "glue_sst2_validation_matched_and_mismatched"}
+    run = write_healthy(tmp_path / "run.jsonl", config=long_names)
+    p = _probe(tmp_path, render_html(build_report(run)), "first.html")
+    assert p["status"] < 800 and p["health"] < 800, p
+    assert p["loss_top"] < p["loss_bottom"] <= 800, p
+    assert p["config"] > 800, p
+    assert p["broken"] == [], p

@@ -39,9 +39,16 @@ def test_healthy_run_html(healthy_run: Path) -> None:
     assert charts["loss"] == 300 and charts["lr"] == 300
     assert charts["grad_norm"] == 600  # pre and post clip
     assert charts["eval_accuracy"] == 6 and charts["eval_loss"] == 6 and charts["kappa"] == 6
+    # acc_gap (a difference, ~0.05) and loss_gap (a ratio, ~1.2) each on their own axis.
+    assert charts["eval_acc_gap"] == 3 and charts["eval_loss_gap"] == 3 and "eval_gaps" not in charts
     ov = _section(html, "overview")
-    assert "tiny-bert" in ov and "sst2" in ov and "easy_classification" in ov and "300 / 300" in ov
+    assert "<h1>Gradience report — tiny-bert</h1>" in html  # the model is the page's title
+    assert "sst2" in ov and "easy_classification" in ov and "300 / 300" in ov
     assert 'class="badge b-ok"' in ov
+    assert "gradient health" in ov and "healthy" in ov and "memorisation" in ov  # health beside the status
+    # Reference tables come last: configuration after the curves, the audit and the alerts.
+    assert html.index('id="configuration"') > html.index('id="alerts"') > html.index('id="training"')
+    assert "max_grad_norm" in _section(html, "configuration") and "max_grad_norm" not in ov
     ev = _section(html, "eval")
     assert "0.855" in ev and "0.045" in ev  # test accuracy and acc_gap = 0.9 - 0.855
     assert "LEARNING" in _section(html, "spectral")
@@ -300,3 +307,11 @@ def test_files_from_earlier_releases_render(compat_dir: Path, name: str) -> None
         # The held-out split these releases called "eval" is shown as "test".
         assert "<td>test</td>" in _section(html, "eval")
     assert render_markdown(rep).startswith("## Gradience report")
+
+
+def test_recommendation_backticks_render_as_code() -> None:
+    from gradience.report.html import _inline_code
+
+    assert _inline_code("run `gradience audit --append` <now>") == (
+        "run <code>gradience audit --append</code> &lt;now&gt;")
+    assert _inline_code("an odd ` backtick") == "an odd ` backtick"  # unpaired: shown as written

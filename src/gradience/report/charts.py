@@ -159,13 +159,16 @@ def eval_charts(curves: Curves) -> list[tuple[str, str]]:
             series.append(Series(split, xs, ys, color=split_colors.get(split, f"#{(i * 0x3a7b5d) % 0xffffff:06x}"),
                                  points=len(xs) <= 60))
         out.append((key, line_chart(f"eval_{key}", series, title=f"Eval {key} by split", y_label=key, height=220)))
-    if curves.gaps:
-        series = []
-        for i, (name, s) in enumerate(sorted(curves.gaps.items())):
-            xs, ys = _xy(s, "last")
-            series.append(Series(name, xs, ys, points=len(xs) <= 60, color=("#9333ea", "#0891b2", "#db2777")[i % 3]))
-        out.append(("gaps", line_chart("eval_gaps", series, title="Train/held-out gaps at shared eval steps",
-                                       y_label="gap", height=200)))
+    # One chart per gap: acc_gap (a difference, ~0.1) and loss_gap / ppl_gap (ratios, ~1-10) on one
+    # axis would flatten the smaller one into a line at zero.
+    gap_titles = {"acc_gap": "acc_gap = train accuracy − held-out accuracy",
+                  "loss_gap": "loss_gap = held-out loss / train loss",
+                  "ppl_gap": "ppl_gap = held-out ppl / train ppl"}
+    for i, (name, s) in enumerate(sorted(curves.gaps.items())):
+        xs, ys = _xy(s, "last")
+        series = [Series(name, xs, ys, points=len(xs) <= 60, color=("#9333ea", "#0891b2", "#db2777")[i % 3])]
+        out.append((f"gap_{name}", line_chart(f"eval_{name}", series, title=gap_titles.get(name, f"{name} at shared eval steps"),
+                                              y_label=name, height=180)))
     return out
 
 

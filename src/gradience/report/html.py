@@ -40,9 +40,9 @@ nav a{color:var(--accent);text-decoration:none}
 .b-ok{background:#16a34a}.b-running{background:#2563eb}.b-aborted,.b-stalled{background:#d97706}.b-error,.b-empty{background:#dc2626}
 .sev{font-size:11px;font-weight:700;text-transform:uppercase;padding:1px 6px;border-radius:4px;color:#fff}
 .sev-info{background:#0891b2}.sev-warning{background:#d97706}.sev-error{background:#dc2626}.sev-critical{background:#7f1d1d}
-.kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;margin:12px 0}
-.kpi{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:8px 10px}
-.kpi .k{color:var(--muted);font-size:12px}.kpi .v{font-size:17px;font-weight:600;overflow-wrap:anywhere}
+.kpis{display:flex;flex-wrap:wrap;gap:8px;margin:12px 0}
+.kpi{flex:1 1 auto;min-width:120px;max-width:100%;background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:5px 10px}
+.kpi .k{color:var(--muted);font-size:12px}.kpi .v{font-size:16px;font-weight:600;white-space:nowrap;overflow-x:auto}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border-bottom:1px solid var(--line);padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 th{color:var(--muted);font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -65,15 +65,18 @@ footer{margin-top:36px;color:var(--muted);font-size:12px;border-top:1px solid va
 }
 """
 
+# What a person opens the page for comes first (status and health, curves, evaluation, what to do,
+# the audit); reference tables (configuration, environment, alert log, unreadable lines) come last.
 SECTIONS = (
     ("overview", "Overview"),
     ("training", "Training curves"),
     ("eval", "Evaluation"),
+    ("recommendations", "Recommendations"),
+    ("audit", "LoRA audit"),
     ("guard", "Guard"),
     ("spectral", "Spectral κ̃"),
-    ("audit", "LoRA audit"),
-    ("recommendations", "Recommendations"),
     ("alerts", "Alerts"),
+    ("configuration", "Configuration"),
     ("issues", "Telemetry issues"),
 )
 
@@ -138,32 +141,61 @@ def _overview(rep: Report) -> str:
     steps = F.num(snap.last_step)
     if snap.max_steps:
         steps += f" / {F.num(snap.max_steps)}"
-    kp = _kpis([
-        ("model", snap.model_name or F.DASH),
+    kp = _kpis([  # the model is the page's title
         ("dataset", snap.dataset_name or F.DASH),
         ("task profile", snap.task_profile),
         ("LoRA r", F.num(snap.r)),
         ("steps", steps),
         ("duration", F.duration(snap.duration_s)),
-        ("events", F.num(snap.n_events)),
-        ("train steps logged", F.num(rep.run.curves.train_steps)),
     ])
-    cfg_rows = [(k, F.value(v)) for k, v in F.flatten(snap.config)]
-    meta_rows = [(k, F.value(v)) for k, v in F.flatten(snap.meta)]
     other_runs = [r for r in rep.run.runs_in_file if r != rep.run.run_id]
     more = ""
     if other_runs:
         shown = ", ".join(other_runs[-5:])
         more = (f'<p class="note">This file holds {len(rep.run.runs_in_file)} runs; showing the latest '
-                f"(others: {esc(shown)}). Pick one with <code>--run-id</code>.</p>")
-    return (
-        f'<p>Status {badge}{reason}</p>{kp}{more}'
-        '<div class="cols"><div><h3>Configuration</h3>'
-        + (_kv(cfg_rows) if cfg_rows else _empty("no run_start config recorded"))
-        + "</div><div><h3>Environment</h3>"
-        + (_kv(meta_rows) if meta_rows else _empty("no meta recorded"))
-        + "</div></div>"
-    )
+                f"(others: {esc(shown)}). Pick one with <code>--run-id</code> (any unique prefix).</p>")
+    return f'<p>Status {badge}{reason}</p>{kp}<h3 id="health">Health</h3>{_health_kpis(rep)}{more}'
+
+
+def _health_kpis(rep: Report) -> str:
+    """The health summary beside the status: gradient health, loss trouble, alerts, guard, memorisation."""
+    snap = rep.snapshot
+    loss, g, gd = snap.loss, snap.grad_norm, snap.guard
+    grad = " ".join(v for v in (g.level, g.trend) if v) or F.DASH
+    trouble = f"{F.num(loss.spikes or 0)} spikes · {F.num(loss.nonfinite_count or 0)} non-finite"
+    n_alerts = sum(snap.alert_counts.values())
+    worst = _worst_severity(snap.alerts)
+    alerts = f"{F.num(n_alerts)}" + (f" (worst {worst})" if worst else "")
+    guard = (f"{F.num(gd.rollbacks or 0)} rollbacks · {F.num(gd.lr_backoffs or 0)} backoffs"
+             if gd.enabled else "off")
+    gen = generalisation_summary(snap)
+    signal = gen["signal"]
+    value = snap.gaps.get(signal) if signal else None
+    memo = (f"{signal} {F.num(value)}" + (" (over the threshold)" if gen["memorising"] else "")
+            if value is not None else F.DASH)
+    return _kpis([("gradient health", grad), ("loss", trouble), ("alerts", alerts), ("guard", guard),
+                  ("memorisation", memo)])
+
+
+_SEVERITY_ORDER = ("info", "warning", "error", "critical")
+
+
+def _worst_severity(alerts: Sequence[dict[str, Any]]) -> str | None:
+    seen = {("warning" if str(a.get("severity")).lower() == "warn" else str(a.get("severity")).lower())
+            for a in alerts}
+    return next((s for s in reversed(_SEVERITY_ORDER) if s in seen), None)
+
+
+def _configuration(rep: Report) -> str:
+    snap = rep.snapshot
+    cfg_rows = [(k, F.value(v)) for k, v in F.flatten(snap.config)]
+    meta_rows = [("events", F.num(snap.n_events)), ("train steps logged", F.num(rep.run.curves.train_steps)),
+                 *((k, F.value(v)) for k, v in F.flatten(snap.meta))]
+    return ('<div class="cols"><div><h3>Configuration</h3>'
+            + (_kv(cfg_rows) if cfg_rows else _empty("no run_start config recorded"))
+            + "</div><div><h3>Environment</h3>"
+            + (_kv(meta_rows) if meta_rows else _empty("no meta recorded"))
+            + "</div></div>")
 
 
 def _training(rep: Report) -> str:
@@ -197,7 +229,7 @@ def _training(rep: Report) -> str:
     body = "".join(figs)
     if not body:
         body = _empty("no train_step events with loss, lr or grad_norm in this run")
-    return note + body + "<h3>Summary</h3>" + stats
+    return body + note + "<h3>Summary</h3>" + stats
 
 
 def _eval(rep: Report) -> str:
@@ -460,10 +492,18 @@ def _recommendations(rep: Report) -> str:
     for r in rep.recommendations:
         conf = r.get("confidence")
         conf_s = f" · confidence {conf:.2f}" if isinstance(conf, (int, float)) else ""
-        why = f'<div class="why">Why: {esc(r.get("rationale"))}</div>' if r.get("rationale") else ""
+        why = f'<div class="why">Why: {_inline_code(r.get("rationale"))}</div>' if r.get("rationale") else ""
         cards.append(f'<div class="rec">{_sev(r.get("severity"))} <code>{esc(r.get("action", ""))}</code>'
-                     f"{esc(conf_s)}<div>{esc(r.get('message', ''))}</div>{why}</div>")
+                     f"{esc(conf_s)}<div>{_inline_code(r.get('message', ''))}</div>{why}</div>")
     return f'<p class="note">Source: {esc(src)}.</p>' + "".join(cards)
+
+
+def _inline_code(text: Any) -> str:
+    """Escape ``text`` and show its `backticked` spans (commands, keys) as code, as the terminal does."""
+    parts = str(text or "").split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: show the text as written
+        return esc(str(text or ""))
+    return "".join(f"<code>{esc(p)}</code>" if i % 2 else esc(p) for i, p in enumerate(parts))
 
 
 def _alerts(rep: Report) -> str:
@@ -498,6 +538,7 @@ _RENDERERS = {
     "audit": _audit,
     "recommendations": _recommendations,
     "alerts": _alerts,
+    "configuration": _configuration,
     "issues": _issues,
 }
 
