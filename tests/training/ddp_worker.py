@@ -39,7 +39,7 @@ def main() -> None:
     model = get_peft_model(BertForSequenceClassification(cfg),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"))
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2,
-                             logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+                             logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
                              disable_tqdm=True, use_cpu=True, ddp_backend="gloo", seed=0)
     callbacks = [GradienceCallback(out, telemetry_interval=1, **options)]
     if fault is not None:
@@ -51,7 +51,8 @@ def main() -> None:
     trainer = Trainer(model=model, args=args, train_dataset=Rows(64, 0), callbacks=callbacks)
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
-    report: dict = {"global_step": trainer.state.global_step, "guard": getattr(callbacks[0], "guard_report", None)}
+    report: dict = {"global_step": trainer.state.global_step, "guard": getattr(callbacks[0], "guard_report", None),
+                    "log_history": trainer.state.log_history}
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -49,6 +49,36 @@ def test_two_ranks_one_writer_and_the_same_guard_decision(tmp_path):
     assert ranks[0]["guard"]["rollbacks"] == 1
     assert [e["step"] for e in events if e["event"] == "alert" and e["code"] == "GUARD_ROLLBACK"] == [3]
 
+    # The recorded loss is the one the Trainer logs (the mean over ranks) at every step, except the
+    # fault's: rank 1's loss is NaN there, which the Trainer's logging_nan_inf_filter replaces and
+    # Gradience records as it is (the guard's trigger).
+    logged = {e["step"]: e["loss"] for e in ranks[0]["log_history"] if "loss" in e}
+    recorded = {e["step"]: e["loss"] for e in events if e["event"] == "train_step"}
+    for step in (1, 2, 4, 5, 6):
+        assert recorded[step] == pytest.approx(logged[step], rel=1e-5), (step, recorded, logged)
+    assert recorded[3] != recorded[3] or recorded[3] in ("nan", "NaN"), recorded[3]
+
     # The flag reduction itself: a trigger seen on rank 1 only is reported by both ranks.
     assert ranks[0]["check"] == ranks[1]["check"] == ["nonfinite_loss"]
     assert ranks[0]["check_healthy"] == ranks[1]["check_healthy"] == []
+
+
+@pytest.mark.slow
+def test_a_loss_spike_on_one_rank_is_the_recorded_loss_and_the_trigger(tmp_path):
+    """×100 on rank 1's loss only: the recorded loss is the Trainer's (the ranks' mean, spike
+    included), the rollback names loss_spike, and monitor counts the spike."""
+    options = {"guard_enabled": True, "guard_snapshot_interval": 2,
+               "fault": {"kind": "loss_spike", "factor": 100.0, "step": 7, "rank": 1}}
+    proc = run_torchrun(tmp_path, "9", json.dumps(options))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_events(tmp_path / "run.jsonl")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    logged = {e["step"]: e["loss"] for e in ranks[0]["log_history"] if "loss" in e}
+    recorded = {e["step"]: e["loss"] for e in events if e["event"] == "train_step"}
+    assert sorted(recorded) == sorted(logged) == list(range(1, 10))
+    for step, value in logged.items():
+        assert recorded[step] == pytest.approx(value, rel=1e-5), (step, recorded, logged)
+    assert recorded[7] > 20 * recorded[6]
+    rollbacks = [e for e in events if e["event"] == "alert" and e["code"] == "GUARD_ROLLBACK"]
+    assert [e["step"] for e in rollbacks] == [7] and "loss_spike" in rollbacks[0]["message"]
+    assert ranks[0]["guard"]["trigger_counts"] == ranks[1]["guard"]["trigger_counts"] == {"loss_spike": 1}

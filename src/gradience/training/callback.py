@@ -4,13 +4,16 @@
 
 A translation layer: the Trainer's events become the moments of a
 :class:`~gradience.training.supervisor.RunSupervisor`, which holds every rule. What only the
-Trainer knows is read here: the loss of each micro-batch (a forward hook), the pre-clip gradient
-norm (the Trainer clips before any callback runs, so it is measured inside backward), the
+Trainer knows is read here: the loss of each micro-batch as the Trainer accumulates it for its
+own log (what ``Trainer.training_step`` returns: already divided by the accumulation steps or
+normalised by the step's token count, label smoothing and custom ``compute_loss`` included), the
+pre-clip gradient norm (the Trainer clips before any callback runs, so it is measured inside backward), the
 epoch, the rank, ``TrainingArguments``, and where to ask training to stop.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,23 @@ from .supervisor import RunSupervisor, optimizer_lr
 
 require("transformers", "hf", "GradienceCallback")
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from transformers import Trainer, TrainerCallback  # noqa: E402
 
 __all__ = ["GradienceCallback"]
+
+
+def find_trainer(trainer_type: type = Trainer, depth: int = 16) -> Any:
+    """The ``Trainer`` whose event is being handled, found on the call stack (a callback is handed
+    the model, optimizer and scheduler but never the Trainer); ``None`` when there is none."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, trainer_type):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 class GradienceCallback(TrainerCallback):
@@ -65,6 +82,9 @@ class GradienceCallback(TrainerCallback):
         self._hook: Any = None
         self._loss_sum: torch.Tensor | None = None
         self._loss_n = 0
+        self._trainer: Any = None  # the Trainer whose training_step is tapped
+        self._wrapped_step: Any = None
+        self._shadowed: Any = None  # an instance-level training_step the tap replaced
 
     # -- what the supervisor owns, for callers and tests --------------------------------------
     @property
@@ -92,18 +112,45 @@ class GradienceCallback(TrainerCallback):
         return self.supervisor.stop_reason if self.supervisor else None
 
     # -- the loss of each training micro-batch ----------------------------------------------
-    def _on_forward(self, module: Any, _inputs: Any, output: Any) -> None:
-        if not module.training:
-            return
-        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) and output[0].ndim == 0:
-            loss = output[0]
+    def _add_loss(self, loss: Any) -> None:
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             detached = loss.detach().reshape(()).to(torch.float64)
             self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
             self._loss_n += 1
 
+    def _tap_training_step(self, trainer: Any) -> None:
+        """Read each micro-batch's loss where the Trainer has it: the value ``training_step``
+        returns is what the Trainer adds up for its logged ``loss`` (per micro-batch: the
+        model's or ``compute_loss``'s loss, divided by the accumulation steps unless already
+        normalised by ``num_items_in_batch``), so the step's sum is the logged loss."""
+        original = trainer.training_step
+        self._shadowed = trainer.__dict__.get("training_step")
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = original(*args, **kwargs)
+            self._add_loss(loss)
+            return loss
+
+        trainer.training_step = training_step
+        self._trainer, self._wrapped_step = trainer, training_step
+
+    def _on_forward(self, module: Any, _inputs: Any, output: Any) -> None:
+        """Fallback outside a ``Trainer`` (no training_step to tap): the model's own loss."""
+        if not module.training:
+            return
+        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) and output[0].ndim == 0:
+            loss = output[0]
+        self._add_loss(loss)
+
     def _cleanup(self) -> None:
+        trainer, self._trainer = self._trainer, None
+        if trainer is not None and trainer.__dict__.get("training_step") is self._wrapped_step:
+            if self._shadowed is not None:
+                trainer.training_step = self._shadowed
+            else:
+                del trainer.training_step
+        self._wrapped_step = None
         if self._probe is not None:
             self._probe.remove()
             self._probe = None
@@ -130,8 +177,11 @@ class GradienceCallback(TrainerCallback):
                   max_steps=int(state.max_steps) or None,
                   samples_per_step=int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps)
                   * world)
-        inner = unwrap_model(model)
-        self._hook = inner.register_forward_hook(self._on_forward)
+        trainer = find_trainer()
+        if trainer is not None:
+            self._tap_training_step(trainer)
+        else:
+            self._hook = unwrap_model(model).register_forward_hook(self._on_forward)
         if float(getattr(args, "max_grad_norm", 0) or 0) > 0:
             # The Trainer clips before on_pre_optimizer_step: the pre-clip norm is taken in backward.
             scale_fn = scaler.get_scale if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() \
@@ -148,7 +198,9 @@ class GradienceCallback(TrainerCallback):
         if sup is None:
             return
         pre = self._probe.take() if self._probe is not None else None
-        loss = self._loss_sum / self._loss_n if self._loss_sum is not None and self._loss_n else None
+        loss = self._loss_sum
+        if loss is not None and self._trainer is None:
+            loss = loss / self._loss_n  # the model's own losses: their mean
         sup.before_optimizer(int(state.global_step) + 1, sup.measure(pre, loss), lr=optimizer_lr(optimizer))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -76,12 +76,21 @@ class StepValues:
     Attributes:
         grad_norm: total L2 norm of the trainable gradients before clipping.
         grad_norm_clipped: the same after clipping (what the optimizer applies).
-        loss: the step's training loss (mean over its micro-batches); None when unknown.
+        loss: the step's training loss as the training loop reports it (the HF Trainer: the
+            sum of its micro-batch contributions; under several processes the mean over
+            ranks); None when unknown.
     """
 
     grad_norm: float
     grad_norm_clipped: float
     loss: float | None
+
+
+def world_size() -> int:
+    """The number of processes in the default process group (1 outside ``torch.distributed``)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _as_scalar(value: Any, device: torch.device) -> torch.Tensor:
@@ -209,14 +218,25 @@ class RunSupervisor:
     def measure(self, pre_clip: Any = None, loss: Any = None) -> StepValues:
         """Gradient norms and loss with one host sync.
 
+        Under ``torch.distributed`` (more than one process) the recorded loss is the mean of
+        the ranks' losses, as the HF Trainer logs it (one all-reduce per step; every rank calls
+        ``measure``), so a fault on any rank shows in the one file rank 0 writes.
+
         Args:
             pre_clip: the pre-clip total norm (tensor or float) when the loop clipped, else
                 ``None`` (the current gradients are unclipped: pre = post).
-            loss: the step's loss (tensor or float) or ``None``.
+            loss: this rank's loss for the step (tensor or float) or ``None``.
         """
         post = total_grad_norm(collect_grads(self._params))
-        post_v, pre_v, loss_v = torch.stack([post, _as_scalar(pre_clip, post.device),
-                                             _as_scalar(loss, post.device)]).tolist()
+        loss_t = _as_scalar(loss, post.device)
+        world = world_size()
+        if world > 1:
+            import torch.distributed as dist
+
+            loss_t = loss_t.clone()
+            dist.all_reduce(loss_t, op=dist.ReduceOp.SUM)
+            loss_t = loss_t / world
+        post_v, pre_v, loss_v = torch.stack([post, _as_scalar(pre_clip, post.device), loss_t]).tolist()
         return StepValues(grad_norm=post_v if pre_clip is None else pre_v, grad_norm_clipped=post_v,
                           loss=None if loss is None else loss_v)
 
