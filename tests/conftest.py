@@ -35,13 +35,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                if SHARED_SKIP in str(getattr(r, "longrepr", ""))]
     if not skipped:
         return
-    files = sorted({r.nodeid.split("::")[0] for r in skipped})
+    needs: dict[str, set[str]] = {}
+    for r in skipped:
+        what = str(r.longrepr).split(f"{SHARED_SKIP}: ", 1)[-1].split(" ", 1)[0]
+        needs.setdefault(r.nodeid.split("::")[0], set()).add(what)
     terminalreporter.write_sep("-", "real-data suites not run")
     terminalreporter.write_line(
-        f"{len(skipped)} test(s) in {len(files)} file(s) need ../shared (SST-2 and files written by earlier "
+        f"{len(skipped)} test(s) in {len(needs)} file(s) need ../shared (SST-2 and files written by earlier "
         f"releases), which is not beside this clone; CI provides it and fails if it is missing:")
-    for f in files:
-        terminalreporter.write_line(f"  {f}")
+    for f, paths in sorted(needs.items()):
+        terminalreporter.write_line(f"  {f} (needs {', '.join(sorted(paths))})")
 
 
 @pytest.fixture
