@@ -97,26 +97,47 @@ def compress_adapter(
         raise UsageError(f"energy must be in (0, 1], got {energy}")
     if strategy is not None and strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    src_dir = Path(path)
-    out_dir = Path(out)
-    if not src_dir.is_dir():
-        raise AdapterFormatError("adapter directory not found", path=src_dir)
-    _check_paths(src_dir, out_dir, force, dry_run)
-
-    ad = open_adapter(src_dir)
+    src_path = Path(path)
+    out_path = Path(out)
+    if not src_path.exists():
+        raise AdapterFormatError("adapter directory or file not found", path=src_path)
+    ad = open_adapter(src_path)
     try:
+        if ad.format == "peft" and src_path.is_file():
+            src_path = ad.weights_path.parent  # a PEFT weights file: its folder (with the config) is the input
+        if ad.format == "peft":
+            _check_paths(src_path, out_path, force, dry_run)
+        else:
+            out_path = _file_output(src_path, out_path, force, dry_run)
         if ad.config.use_dora or any(m.magnitude_key for m in ad.modules):
             raise AdapterFormatError(
                 "DoRA adapters cannot be compressed by truncating B·A: the learned magnitude is normalised "
-                "by the norm of W + s·B·A, which truncation changes", path=src_dir,
+                "by the norm of W + s·B·A, which truncation changes", path=src_path,
                 hint="compress a plain LoRA adapter, or merge the DoRA adapter into the base model first")
         bad = [p for p in ad.issues if p["code"] == "SHAPE_MISMATCH"]
         if bad:
             raise AdapterFormatError(f"cannot compress an adapter with unusable modules: {bad[0]['message']}",
                                      path=ad.weights_path)
-        return _compress(ad, out_dir, rank, energy, strategy, budget_params, dry_run)
+        return _compress(ad, out_path, rank, energy, strategy, budget_params, dry_run)
     finally:
         ad.close()
+
+
+def _file_output(src: Path, out: Path, force: bool, dry_run: bool) -> Path:
+    """The output file of a single-file format: ``out`` itself when it names a ``.safetensors``
+    file, else ``out/<input file name>``; never the input."""
+    target = out if out.suffix == ".safetensors" else out / src.name
+    if target.resolve() == src.resolve():
+        raise UsageError("the output must not be the input file", path=out,
+                         hint="choose a new file, e.g. my_lora-r8.safetensors")
+    if target.suffix != ".safetensors":
+        raise UsageError("the output of a single-file LoRA must be a .safetensors file", path=out)
+    if not dry_run:
+        if target.exists() and not force:
+            raise UsageError("output file exists", path=target, hint="pass --force to overwrite")
+        if target.parent.exists() and not target.parent.is_dir():
+            raise UsageError("output folder is not a directory", path=target.parent)
+    return target
 
 
 def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, strategy: str | None,
@@ -147,11 +168,12 @@ def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, str
     return {m.name: min(k, m.r) for m in ad.modules}
 
 
-def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float | None, strategy: str | None,
+def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float | None, strategy: str | None,
               budget_params: int | None, dry_run: bool) -> dict[str, Any]:
     targets = _target_ranks(ad, rank, energy, strategy, budget_params)
-    rs = ad.config.use_rslora
     src = ad.source
+    single = ad.format != "peft"
+    out_dir = out_path.parent if single else out_path
     reports: dict[str, dict[str, Any]] = {}
     tmp_data = None
     entries: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, start, end
@@ -213,15 +235,20 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
                     raise AdapterFormatError(f"module {m.name} contains NaN/Inf", path=ad.weights_path)
                 s = ad.module_scale[m.name]
                 row = {"name": m.name, "old_r": m.r, "new_r": k, "untouched": fac is None, "scale": s,
-                       "alpha": alpha_for(s, k, rs), "retained_energy": 1.0, "spectral_error": 0.0,
+                       "alpha": alpha_for(s, k, ad.rslora(m.name)), "retained_energy": 1.0, "spectral_error": 0.0,
                        "frob_error": 0.0, "params_before": m.params,
                        "params_after": k * (m.in_features + m.out_features)}
                 reports[m.name] = row
                 if fac is None:
-                    r_cfg, alpha_cfg = resolve_rank_alpha(m.name.split("[")[0], cfg_in.r, cfg_in.lora_alpha,
-                                                          cfg_in.rank_pattern, cfg_in.alpha_pattern)
-                    if r_cfg == k:
-                        row["alpha"] = alpha_cfg  # the input α itself, so PEFT's scale is unchanged to the bit
+                    if single:
+                        row["alpha"] = ad.module_alpha[m.name]  # the input α itself: the scale is unchanged to the bit
+                        if m.alpha_key is not None:
+                            copy(m.alpha_key)
+                    else:
+                        r_cfg, alpha_cfg = resolve_rank_alpha(m.name.split("[")[0], cfg_in.r, cfg_in.lora_alpha,
+                                                              cfg_in.rank_pattern, cfg_in.alpha_pattern)
+                        if r_cfg == k:
+                            row["alpha"] = alpha_cfg  # the input α itself, so PEFT's scale is unchanged to the bit
                     copy(m.a_key)
                     copy(m.b_key)
                     continue
@@ -238,30 +265,41 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
                 b_shape = [m.b_shape[0], k, *m.b_shape[2:]]
                 emit(m.a_key, dt_a, a_shape, b"" if dry_run else _encode(new_a.reshape(a_shape), dt_a))
                 emit(m.b_key, dt_b, b_shape, b"" if dry_run else _encode(new_b.reshape(b_shape), dt_b))
+                if m.alpha_key is not None:
+                    dt, data = _alpha_tensor(src.dtype(m.alpha_key), row["alpha"])
+                    emit(m.alpha_key, dt, list(src.shape(m.alpha_key)), data)
         # everything that is not a LoRA factor is copied bit for bit
         for name in ad.skipped + [m.magnitude_key for m in ad.modules if m.magnitude_key]:
             copy(name)
         rows = [reports[m.name] for m in ad.modules]
-        cfg = _new_config(ad, rows)
-        weights_out = out_dir / "adapter_model.safetensors"
+        if single:
+            cfg = _file_config(ad, rows, rank, energy, strategy, budget_params)
+            weights_out = out_path
+            metadata = cfg["metadata"]
+        else:
+            cfg = _new_config(ad, rows)
+            weights_out = out_dir / "adapter_model.safetensors"
+            metadata = {"format": "pt"}
+        validate_output(ad, rows, entries)
         if tmp_data is not None:
             tmp_data.close()
-            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+            header: dict[str, Any] = {"__metadata__": metadata}
             for name, dt, shape, start, end in entries:
                 header[name] = {"dtype": dt, "shape": shape, "data_offsets": [start, end]}
             raw_h = json.dumps(header, separators=(",", ":")).encode()
             raw_h += b" " * (-len(raw_h) % 8)
-            part = out_dir / ".adapter_model.safetensors.part"
+            part = out_dir / f".{weights_out.name}.part"
             with open(part, "wb") as fo, open(tmp_data.name, "rb") as fi:
                 fo.write(len(raw_h).to_bytes(8, "little"))
                 fo.write(raw_h)
                 shutil.copyfileobj(fi, fo, 16 << 20)
             os.replace(part, weights_out)
-            # top-level keys sorted; the patterns keep their order (PEFT takes the first matching key)
-            (out_dir / "adapter_config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=2))
-            stale = out_dir / "adapter_model.bin"
-            if stale.exists():
-                stale.unlink()  # PEFT must not pick up an old .bin beside the new file
+            if not single:
+                # top-level keys sorted; the patterns keep their order (PEFT takes the first matching key)
+                (out_dir / "adapter_config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=2))
+                stale = out_dir / "adapter_model.bin"
+                if stale.exists():
+                    stale.unlink()  # PEFT must not pick up an old .bin beside the new file
     finally:
         if tmp_data is not None:
             tmp_data.close()
@@ -287,7 +325,9 @@ def _compress(ad: LoadedAdapter, out_dir: Path, rank: int | None, energy: float 
         "spectral_error_max": max(r["spectral_error"] for r in rows),
         "ranks": dict(sorted(Counter(r["new_r"] for r in rows).items())),
         "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
-        "input": str(ad.config_path.parent), "output": str(out_dir), "dry_run": dry_run,
+        "format": ad.format,
+        "input": str(ad.config_path.parent) if ad.config_path is not None else str(ad.weights_path),
+        "output": str(out_path), "dry_run": dry_run,
     }
     return {"summary": summary, "modules": rows, "config": cfg}
 
@@ -305,3 +345,101 @@ def _new_config(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> dict[str, Any]
     cfg["alpha_pattern"] = exact_patterns(names, [r["alpha"] for r in rows], frag["lora_alpha"], ad.config_path)
     cfg.pop("alpha", None)  # very old key; lora_alpha is authoritative now
     return cfg
+
+
+def _alpha_tensor(dtype: str, alpha: float) -> tuple[str, bytes]:
+    """A 0-d alpha tensor holding ``alpha``: in the input's dtype when that dtype stores it
+    exactly, else float32 (loaders read it with ``.item()``, so the dtype is free)."""
+    if dtype in _ST_DTYPE or dtype == "BF16":
+        data = _encode(np.asarray(alpha, dtype=np.float64), dtype)
+        if dtype == "BF16":
+            back = float((np.frombuffer(data, "<u2").astype(np.uint32) << 16).view(np.float32)[0])
+        else:
+            back = float(np.frombuffer(data, _ST_DTYPE[dtype])[0])
+        if back == alpha:
+            return dtype, data
+    return "F32", _encode(np.asarray(alpha, dtype=np.float64), "F32")
+
+
+def _file_config(ad: LoadedAdapter, rows: list[dict[str, Any]], rank: int | None, energy: float | None,
+                 strategy: str | None, budget_params: int | None) -> dict[str, Any]:
+    """The report's config of a single-file output and its updated safetensors metadata: kohya's
+    ``ss_network_dim``/``ss_network_alpha``/``ss_training_comment`` (stale ``sshs_*`` hashes
+    dropped), diffusers' per-component ``lora_adapter_metadata``, and a ``gradience_compressed``
+    note saying from what and how."""
+    from .formats import DIFFUSERS_METADATA_KEY, diffusers_component, diffusers_configs
+
+    ranks = Counter(int(r["new_r"]) for r in rows)
+    alphas = Counter(float(r["alpha"]) for r in rows)
+    mode_r = max(ranks, key=lambda k: (ranks[k], -k))
+    mode_alpha = max(alphas, key=lambda a: (alphas[a], -a))
+    meta = dict(ad.metadata)
+    old = sorted({int(r["old_r"]) for r in rows})
+    method = ("rank " + str(rank) if rank is not None else f"energy {energy}" if energy is not None
+              else f"budget {budget_params} params" if budget_params is not None else f"strategy {strategy}")
+    if ad.format == "kohya":
+        one_r = len(ranks) == 1
+        one_alpha = len(alphas) == 1
+        meta["ss_network_dim"] = str(mode_r) if one_r else "Dynamic"
+        meta["ss_network_alpha"] = _num(mode_alpha) if one_alpha else "Dynamic"
+        comment = meta.get("ss_training_comment", "")
+        old_s = "/".join(map(str, old))
+        meta["ss_training_comment"] = (f"rank compressed by gradience from {old_s} ({method}; exact truncation, "
+                                       f"each module's scale kept)" + (f"; {comment}" if comment else ""))
+        for key in ("sshs_model_hash", "sshs_legacy_hash"):
+            meta.pop(key, None)  # hashes of the input's tensors: stale now
+    elif DIFFUSERS_METADATA_KEY in meta:
+        configs = diffusers_configs(meta, ad.weights_path)
+        packed: dict[str, Any] = json.loads(meta[DIFFUSERS_METADATA_KEY])
+        for comp, fields in configs.items():
+            sub = [r for r in rows if diffusers_component(r["name"].split("[")[0])[0] == comp]
+            if not sub:
+                continue
+            inner = [diffusers_component(r["name"].split("[")[0])[1] for r in sub]
+            frag = peft_pattern([{"name": n, "scale": r["scale"]} for n, r in zip(inner, sub, strict=True)],
+                                [int(r["new_r"]) for r in sub], bool(fields.get("use_rslora")))
+            new = {"r": frag["r"], "lora_alpha": frag["lora_alpha"],
+                   "rank_pattern": exact_patterns(inner, [int(r["new_r"]) for r in sub], frag["r"], ad.weights_path),
+                   "alpha_pattern": exact_patterns(inner, [r["alpha"] for r in sub], frag["lora_alpha"],
+                                                   ad.weights_path)}
+            for fld, value in new.items():
+                packed[f"{comp}.{fld}" if comp else fld] = value
+        meta[DIFFUSERS_METADATA_KEY] = json.dumps(packed, indent=2, sort_keys=True)
+    meta["gradience_compressed"] = json.dumps({
+        "from": ad.weights_path.name, "method": method, "ranks_before": old,
+        "ranks_after": sorted(ranks), "scale": "kept per module"}, sort_keys=True)
+    meta.setdefault("format", "pt")
+    return {"r": mode_r, "lora_alpha": mode_alpha, "rank_pattern": {}, "alpha_pattern": {}, "metadata": meta}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def validate_output(ad: LoadedAdapter, rows: list[dict[str, Any]],
+                    entries: list[tuple[str, str, list[int], int, int]]) -> None:
+    """Check the tensors about to be written against what the owning loader expects: the same
+    tensor names as the input, every factor pair sharing its new rank k ≤ r, every other
+    dimension as in the input, alpha tensors 0-d. Raises :class:`AdapterFormatError` (nothing is
+    written) on the first violation."""
+    shapes = {name: shape for name, _, shape, _, _ in entries}
+    want = set(ad.source.names())
+    if set(shapes) != want:
+        missing = sorted(want - set(shapes))[:3]
+        extra = sorted(set(shapes) - want)[:3]
+        raise AdapterFormatError(f"internal check failed: output tensor names differ from the input "
+                                 f"(missing {missing}, extra {extra}); nothing written", path=ad.weights_path)
+    for m, row in zip(ad.modules, rows, strict=True):
+        k = int(row["new_r"])
+        a, b = shapes[m.a_key], shapes[m.b_key]
+        emb = m.kind == "embedding"
+        ok = (1 <= k <= m.r and a[0] == k and list(a[1:]) == list(m.a_shape[1:])
+              and (b[1] == k and b[0] == m.b_shape[0] and list(b[2:]) == list(m.b_shape[2:])))
+        if emb:
+            ok = 1 <= k <= m.r and a == [k, *m.a_shape[1:]] and b == [m.b_shape[0], k]
+        if m.alpha_key is not None:
+            ok = ok and list(shapes[m.alpha_key]) == list(ad.source.shape(m.alpha_key))
+        if not ok:
+            raise AdapterFormatError(f"internal check failed: module {m.name} would be written with lora_A {a}, "
+                                     f"lora_B {b} for rank {k} (input {list(m.a_shape)}, {list(m.b_shape)}); "
+                                     "nothing written", path=ad.weights_path)

@@ -18,6 +18,7 @@ from ..errors import AdapterFormatError, UsageError
 from ..telemetry.sections import AuditSummary
 from . import metrics as M
 from .adapter_config import AdapterConfig, load_adapter_config, resolve_adapter_paths
+from .formats import detect_format
 from .naming import layer_index, layer_key, module_type, resolve_rank_alpha
 from .rows import AuditLayer
 from .spectrum import _blas_controller, singular_values_from_grams, streamed_gram
@@ -36,10 +37,15 @@ T = TypeVar("T")
 
 @dataclass
 class LoadedAdapter:
-    """An opened adapter: config, weights reader and the paired modules (with r, α, s)."""
+    """An opened adapter: config, weights reader and the paired modules (with r, α, s).
+
+    ``format`` is ``peft``, ``kohya`` or ``diffusers`` (:mod:`.formats`); single-file formats
+    carry their own r and α, so ``config_path`` is ``None`` and ``config`` is synthesised
+    (the most common r and α). ``metadata`` is the safetensors ``__metadata__``.
+    """
 
     config: AdapterConfig
-    config_path: Path
+    config_path: Path | None
     weights_path: Path
     source: SafetensorsFile | TorchBinFile
     modules: list[LoraModule]
@@ -48,26 +54,55 @@ class LoadedAdapter:
     module_r: dict[str, int] = field(default_factory=dict)
     module_alpha: dict[str, float] = field(default_factory=dict)
     module_scale: dict[str, float] = field(default_factory=dict)
+    format: str = "peft"
+    metadata: dict[str, str] = field(default_factory=dict)
+    rslora_modules: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         self.source.close()
+
+    def rslora(self, name: str) -> bool:
+        """Whether module ``name``'s scale is α/√r."""
+        return self.config.use_rslora if self.format == "peft" else name in self.rslora_modules
 
 
 def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
                  adapter_config: str | os.PathLike[str] | None = None,
                  weights: str | os.PathLike[str] | None = None) -> LoadedAdapter:
-    """Resolve files, parse the config, pair factors and assign each module its r, α, scale."""
+    """Resolve files, detect the format, pair factors and assign each module its r, α, scale.
+
+    ``peft_dir`` may also be a weights file; a file in a format that carries its own ranks and
+    alphas (kohya, diffusers) needs no config.
+    """
+    if peft_dir is not None and weights is None and Path(peft_dir).is_file():
+        peft_dir, weights = None, peft_dir
+    if weights is not None and peft_dir is None and adapter_config is None:
+        w = Path(weights)
+        if not w.exists():
+            raise AdapterFormatError("adapter weights not found", path=w)
+        src = open_weights(w)
+        try:
+            fmt = detect_format(src.names(), _metadata(src), w)
+        except BaseException:
+            src.close()
+            raise
+        if not fmt.needs_config:
+            return _open_single_file(src, fmt.name)
+        src.close()
     cfg_path, w_path = resolve_adapter_paths(peft_dir, adapter_config, weights)
     cfg = load_adapter_config(cfg_path)
     src = open_weights(w_path)
     try:
+        fmt = detect_format(src.names(), _metadata(src), w_path)
+        if fmt.name == "kohya":  # its alphas are in the file; a config beside it has nothing to add
+            return _open_single_file(src, fmt.name)
         scan = scan_modules(src)
     except BaseException:
         src.close()
         raise
     issues = list(scan.problems)
     ad = LoadedAdapter(config=cfg, config_path=cfg_path, weights_path=w_path, source=src, modules=scan.modules,
-                       skipped=scan.skipped, issues=issues)
+                       skipped=scan.skipped, issues=issues, metadata=_metadata(src))
     mismatched = []
     for mod in scan.modules:
         base_name = mod.name.split("[")[0]
@@ -84,14 +119,56 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
         ex = ", ".join(f"{n} (config r={c}, tensors r={t})" for n, c, t in mismatched[:3])
         issues.append({"code": "RANK_MISMATCH", "severity": "warning", "count": len(mismatched),
                        "message": f"{len(mismatched)} module(s) have a tensor rank that differs from the config: {ex}"})
-    if cfg.use_dora or any(m.magnitude_key for m in scan.modules):
-        issues.append({"code": "DORA_ADAPTER", "severity": "info",
-                       "message": "DoRA adapter: the audit measures the low-rank direction update B·A only; "
-                                  "the learned magnitude vector is not included"})
-    if scan.skipped:
-        ex = ", ".join(scan.skipped[:3]) + (" …" if len(scan.skipped) > 3 else "")
-        issues.append({"code": "NON_LORA_TENSORS", "severity": "info", "count": len(scan.skipped),
-                       "message": f"{len(scan.skipped)} non-LoRA tensor(s) not audited (heads, modules_to_save): {ex}"})
+    _common_issues(ad, cfg.use_dora)
+    return ad
+
+
+def _metadata(src: SafetensorsFile | TorchBinFile) -> dict[str, str]:
+    meta = getattr(src, "metadata", None) or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def _common_issues(ad: LoadedAdapter, use_dora: bool) -> None:
+    if use_dora or any(m.magnitude_key for m in ad.modules):
+        ad.issues.append({"code": "DORA_ADAPTER", "severity": "info",
+                          "message": "DoRA adapter: the audit measures the low-rank direction update B·A only; "
+                                     "the learned magnitude vector is not included"})
+    if ad.skipped:
+        ex = ", ".join(ad.skipped[:3]) + (" …" if len(ad.skipped) > 3 else "")
+        ad.issues.append({"code": "NON_LORA_TENSORS", "severity": "info", "count": len(ad.skipped),
+                          "message": f"{len(ad.skipped)} non-LoRA tensor(s) not audited (heads, modules_to_save): {ex}"})
+
+
+def _open_single_file(src: SafetensorsFile | TorchBinFile, fmt: str) -> LoadedAdapter:
+    """A kohya or diffusers file: modules, and r/α/s as that format's loader assigns them."""
+    from collections import Counter
+
+    from .formats import diffusers_scales, kohya_scales, scan_kohya
+
+    meta = _metadata(src)
+    try:
+        if fmt == "kohya":
+            scan = scan_kohya(src)
+            scales = kohya_scales(src, scan.modules)
+        else:
+            scan = scan_modules(src)
+            scales = diffusers_scales(scan.modules, meta, src.path)
+    except BaseException:
+        src.close()
+        raise
+    rs = Counter(scales.r.values())
+    alphas = Counter(scales.alpha.values())
+    cfg = AdapterConfig(r=max(rs, key=lambda k: (rs[k], -k)), lora_alpha=max(alphas, key=lambda a: (alphas[a], -a)),
+                        use_rslora=bool(scales.rslora) and len(scales.rslora) == len(scan.modules),
+                        peft_type="LORA")
+    ad = LoadedAdapter(config=cfg, config_path=None, weights_path=src.path, source=src, modules=scan.modules,
+                       skipped=scan.skipped, issues=list(scan.problems), format=fmt, metadata=meta,
+                       rslora_modules=set(scales.rslora))
+    for m in scan.modules:
+        ad.module_r[m.name] = m.r
+        ad.module_alpha[m.name] = scales.alpha[m.name]
+        ad.module_scale[m.name] = scales.scale[m.name]
+    _common_issues(ad, False)
     return ad
 
 
@@ -424,7 +501,8 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
     summary["issues"] = issues
     t_end = time.perf_counter()
     adapter = {
-        "config_path": str(ad.config_path),
+        "format": ad.format,
+        "config_path": str(ad.config_path) if ad.config_path is not None else None,
         "weights_path": str(ad.weights_path),
         "weights_bytes": ad.weights_path.stat().st_size,
         "base_model_name_or_path": cfg.base_model_name_or_path,

@@ -357,6 +357,7 @@ class LoraModule:
     magnitude_key: str | None = None
     a_shape: tuple[int, ...] = ()
     b_shape: tuple[int, ...] = ()
+    alpha_key: str | None = None  # kohya: the module's 0-d ``alpha`` tensor
 
     @property
     def params(self) -> int:

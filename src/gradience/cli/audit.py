@@ -114,7 +114,9 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     c = console()
     s = res.summary
     a = res.adapter
-    c.print(f"[bold]LoRA audit[/bold]  {a['config_path'].rsplit('/', 1)[0]}")
+    where = a["config_path"].rsplit("/", 1)[0] if a["config_path"] else a["weights_path"]
+    fmt = "" if a["format"] == "peft" else f"  [dim]({a['format']} file)[/dim]"
+    c.print(f"[bold]LoRA audit[/bold]  {where}{fmt}")
     c.print(f"  {s.n_layers} modules · {fmt_num(s.total_lora_params)} LoRA parameters · r={s.r} "
             f"α={fmt_num(s.lora_alpha)}{' · rsLoRA' if s.use_rslora else ''}{' · DoRA' if s.use_dora else ''}"
             f" · {'/'.join(a['dtype'])}")

@@ -11,8 +11,12 @@ from ._output import console, fmt_num, print_json
 
 
 @click.command(name="compress")
-@click.option("--peft-dir", type=click.Path(path_type=Path), required=True, help="Input PEFT adapter directory.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory (never the input).")
+@click.option("--peft-dir", type=click.Path(path_type=Path), default=None,
+              help="Input PEFT adapter directory (or a LoRA .safetensors file).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Input single-file LoRA (kohya sd-scripts or diffusers .safetensors).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output directory (PEFT), or .safetensors file / directory (single-file formats); never the input.")
 @click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate every module to min(N, r).")
 @click.option("--energy", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Per module the smallest rank keeping this fraction of Σσ² (energy, not norm).")
@@ -23,16 +27,21 @@ from ._output import console, fmt_num, print_json
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output directory.")
 @click.option("--dry-run", is_flag=True, help="Report what would be kept; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (documented in docs/compress.md).")
-def compress(peft_dir: Path, out: Path, rank: int | None, energy: float | None, strategy: str | None,
+def compress(peft_dir: Path | None, weights: Path | None, out: Path, rank: int | None, energy: float | None, strategy: str | None,
              budget_params: int | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Shrink a trained LoRA adapter exactly (best rank-k ΔW per module), without retraining.
 
     Writes adapter_config.json + adapter_model.safetensors that PEFT loads unchanged on the
-    same base model. Verify the smaller adapter with an eval before you ship it.
+    same base model; a kohya or diffusers LoRA file is written back in its own format. Verify the smaller adapter with an eval before you ship it.
     """
     from ..audit.compress import compress_adapter
+    from ..errors import UsageError
 
-    rep = compress_adapter(peft_dir, out, rank=rank, energy=energy, strategy=strategy,
+    if (peft_dir is None) == (weights is None):
+        raise UsageError("give the input as --peft-dir DIR or --weights FILE (one of them)")
+    src = peft_dir if peft_dir is not None else weights
+    assert src is not None
+    rep = compress_adapter(src, out, rank=rank, energy=energy, strategy=strategy,
                            budget_params=budget_params, force=force, dry_run=dry_run)
     if as_json:
         print_json(rep)
