@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ..errors import require
@@ -35,7 +36,7 @@ __all__ = ["GradienceCallback"]
 def find_trainer(trainer_type: type = Trainer, depth: int = 16) -> Any:
     """The ``Trainer`` whose event is being handled, found on the call stack (a callback is handed
     the model, optimizer and scheduler but never the Trainer); ``None`` when there is none."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
             return None
