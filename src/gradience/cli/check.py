@@ -19,15 +19,13 @@ FAIL_ON = ("warning", "error", "critical")
 
 
 def _wrapped(con: Console, first: str, text: str, indent: int, style_span: tuple[int, int, str] | None = None) -> None:
-    """Print ``first + text`` wrapped to the console width with a hanging indent (no trailing spaces)."""
-    import textwrap
-
+    """Print ``first + text`` wrapped to the console width with a hanging indent (no trailing spaces);
+    commands in backticks and paths are never split (``_output.wrap_text``)."""
     from rich.text import Text
 
-    width = max(40, con.width)
-    lines = textwrap.wrap(text, width=width, initial_indent=first, subsequent_indent=" " * indent,
-                          break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
-    for i, line in enumerate(lines):
+    from ._output import wrap_text
+
+    for i, line in enumerate(wrap_text(text, max(40, con.width), first, indent)):
         t = Text(line)
         if i == 0 and style_span is not None:
             t.stylize(style_span[2], style_span[0], style_span[1])

@@ -275,7 +275,7 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
             say(f"UDR median {fmt_num(audit.get('udr_median'))} · p90 {fmt_num(audit.get('udr_p90'))} · max "
                 f"{fmt_num(audit.get('udr_max'))} (information, not a gate)")
     else:
-        say("none in this run (add one: gradience audit --peft-dir DIR --append RUN.jsonl)")
+        say("none in this run (add one: `gradience audit --peft-dir DIR --append RUN.jsonl`)")
 
     # telemetry issues, alerts, recommendations
     issues = obj.get("telemetry_issues") or []
