@@ -25,9 +25,10 @@ def test_shipped_config_loads_and_smoke_overrides_apply():
     cfg = load_config(REPO / "configs" / "bench_minilm_sst2.yaml")
     assert cfg.model.name == "bundled:minilm"
     assert cfg.train.seeds == [42, 43, 44]
-    assert list(cfg.compression.strategies) == list(STRATEGIES)
+    assert set(cfg.compression.strategies) <= set(STRATEGIES) and "truncate_heal" in cfg.compression.strategies
     assert Path(cfg.task.data_dir, "train.tsv").is_file()  # resolved relative to the config file
     smoke = cfg.with_smoke()
+    assert list(smoke.compression.strategies) == list(STRATEGIES)  # --smoke exercises every strategy
     assert smoke.train.seeds == [42] and smoke.train.max_steps < cfg.train.max_steps
     assert smoke.config_hash() != cfg.config_hash()
     # Untouched sections survive the merge.
@@ -157,3 +158,28 @@ def test_bad_seeds_option_is_a_usage_error(tmp_path, cli):
     p = _write(tmp_path, "task: {data_dir: /tmp}\n")
     r = cli("bench", "run", str(p), "--output", str(tmp_path / "out"), "--seeds", "1,x")
     assert r.returncode == 2 and "--seeds: 'x' is not an integer" in r.stderr
+
+
+@pytest.mark.parametrize(("section", "value", "match"), [
+    ("compression", {"retrain_scaling": "sqrt"}, "compression.retrain_scaling: must be one of keep_scale"),
+    ("compression", {"heal_steps": 0}, "compression.heal_steps: must be >= 1"),
+    ("train", {"plateau_every": 10}, "train.plateau_every: the plateau rule scores a validation slice"),
+    ("train", {"plateau_patience": 0, "val_samples": 5}, "train.plateau_patience: must be >= 1"),
+    ("task", {"data_dir": "x", "eval_files": []}, "task.eval_files: needs at least one file"),
+])
+def test_new_keys_are_validated(section, value, match):
+    data = {"task": {"data_dir": "x"}}
+    data.setdefault(section, {}).update(value)
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(data)
+
+
+def test_eval_files_resolve_relative_to_the_config(tmp_path):
+    (tmp_path / "held.tsv").write_text("label\tsentence\n1\tgood\n")
+    p = _write(tmp_path, """
+        task: {data_dir: ., eval_files: [held.tsv]}
+        compression: {retrain_scaling: rslora}
+    """)
+    cfg = load_config(p)
+    assert cfg.task.eval_files == [str((tmp_path / "held.tsv").resolve())]
+    assert cfg.compression.retrain_scaling == "rslora"

@@ -107,3 +107,49 @@ def test_hub_dataset_without_the_datasets_package_is_a_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match="needs the 'datasets' package") as exc:
         load_task_data(cfg.task, None, None)
     assert "task.data_dir" in exc.value.one_line()
+
+
+def test_length_bucketed_batches_use_every_row_once_per_pass_and_pad_less():
+    import random
+
+    from gradience.bench.data import length_bucketed_batches
+
+    rng = random.Random(3)
+    lengths = [rng.randint(3, 60) for _ in range(640)]
+    batches = length_bucketed_batches(lengths, 32, 20, seed=7, window=4)
+    assert len(batches) == 20 and all(len(b) == 32 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(640))  # one pass: every row exactly once
+    assert batches == length_bucketed_batches(lengths, 32, 20, seed=7, window=4)
+    assert batches != length_bucketed_batches(lengths, 32, 20, seed=8, window=4)
+    # Padding: each batch is as wide as its longest row. Bucketed batches pad far less than random ones.
+    shuffled = list(range(640))
+    rng.shuffle(shuffled)
+    random_width = sum(max(lengths[i] for i in shuffled[j:j + 32]) for j in range(0, 640, 32))
+    bucketed_width = sum(max(lengths[i] for i in b) for b in batches)
+    assert bucketed_width < 0.75 * random_width
+    # More batches than one pass: a second, differently shuffled pass follows.
+    longer = length_bucketed_batches(lengths, 32, 30, seed=7, window=4)
+    assert longer[:20] == batches and len(longer) == 30
+
+
+def test_validation_slice_is_carved_from_train_and_disjoint(sst2_dir):
+    cfg = config_from_dict({"task": {"data_dir": str(sst2_dir)}})
+    data = load_task_data(cfg.task, 300, 10, data_seed=0, val_samples=100)
+    assert len(data.val) == 100 and len(data.train) == 300 and len(data.eval) == 10
+    assert not {id(e) for e in data.val} & {id(e) for e in data.train}
+    whole = load_task_data(cfg.task, 400, 10, data_seed=0)
+    assert data.val == whole.train[:100] and data.train == whole.train[100:]  # carved before the train cut
+    assert data.describe()["n_val"] == 100
+
+
+def test_eval_files_replace_the_eval_split_and_are_named_with_sizes(tmp_path, sst2_dir):
+    held = tmp_path / "held.tsv"
+    held.write_text("label\tsentence\n1\ta fine film\n0\ta dull one\n0\tnot good\n")
+    cfg = config_from_dict({"task": {"data_dir": str(sst2_dir), "eval_files": [str(held)]}})
+    data = load_task_data(cfg.task, 10, None)
+    assert [e.label for e in data.eval] == [1, 0, 0]
+    (info,) = data.describe()["eval_files"]
+    assert info["file"] == "held.tsv" and info["rows"] == 3 and info["bytes"] == held.stat().st_size
+    bad = config_from_dict({"task": {"data_dir": str(sst2_dir), "eval_files": [str(tmp_path / "nope.tsv")]}})
+    with pytest.raises(ConfigError, match="TSV file not found"):
+        load_task_data(bad.task, 10, None)

@@ -73,3 +73,25 @@ def test_aggregate_refuses_mixed_configs_and_conflicting_seeds():
     with pytest.raises(ConfigError, match="seed 1 appears twice"):
         aggregate([a, clash])
     assert aggregate([a, copy.deepcopy(a)])["seeds"] == [1]  # the same result twice is harmless
+
+
+def test_probe_curve_tradeoff_picture_and_html():
+    from gradience.bench.charts import curve_chart, tradeoff_chart
+    from gradience.bench.report import render_html
+
+    b = _bench({1: (900, 895, 870), 2: (880, 880, 880)})
+    curve = {"rule": {"every": 50, "patience": 3, "min_delta": 0.002, "max_steps": 800},
+             "stop_reason": "plateau", "stopped_at": 250, "best_step": 100, "best_value": 0.9,
+             "curve": [{"step": 50, "value": 0.85, "loss": 0.4}, {"step": 100, "value": 0.9, "loss": 0.3}]}
+    b["probe"]["1"]["plateau"] = curve
+    b["data"] = {"n_val": 1000}
+    md = render_md(b)
+    assert "![accuracy against LoRA parameters, per variant and seed](bench_tradeoff.svg)" in md
+    assert "| 1 | plateau | 250 | 100 | 90.00 | 50: 85.0, 100: 90.0 |" in md
+    assert "1000 rows carved from the training file" in md
+    svg = tradeoff_chart(b)
+    # One dot per variant and seed: 2 probes + 2 × 2 variants.
+    assert svg.startswith("<svg") and svg.count("<circle") == 6
+    assert curve_chart(b).count("<circle") == 2
+    page = render_html(b)
+    assert page.count("<svg") == 2 and "<td>uniform_median</td>" in page

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradience.bench.strategies import VariantPlan, peft_module_key, plan_variants
+from gradience.bench.strategies import VariantPlan, peft_module_key, plan_variants, retrain_alpha
 
 SUMMARY = {"suggested_r_global_median": 2, "suggested_r_global_90": 8}
 PER_MODULE = {"base_model.model.bert.encoder.layer.0.attention.self.query": 2,
@@ -103,3 +103,35 @@ def test_plans_take_the_typed_audit_summary_too():
     with pytest.raises(GradienceError, match="no suggested global ranks"):
         plan_variants({"suggested_r_global_median": None, "suggested_r_global_90": None}, ["uniform_median"],
                       probe_r=32, probe_alpha=64)
+
+
+@pytest.mark.parametrize(("scaling", "alpha_at_2"), [("keep_scale", 4.0), ("keep_alpha", 64.0), ("rslora", 16.0)])
+def test_retrain_scaling_sets_alpha_from_rank(scaling, alpha_at_2):
+    (med,) = plan_variants(SUMMARY, ["uniform_median"], probe_r=32, probe_alpha=64, retrain_scaling=scaling)
+    assert med.r == 2 and med.alpha == pytest.approx(alpha_at_2)
+    # Every rule agrees at the probe's own rank, so a control still reproduces the probe.
+    assert retrain_alpha(scaling, 32, 32, 64) == pytest.approx(64.0)
+    (pl,) = plan_variants(SUMMARY, ["per_layer"], probe_r=32, probe_alpha=64, per_module_ranks=PER_MODULE,
+                          retrain_scaling=scaling)
+    assert pl.alpha_pattern["bert.encoder.layer.0.attention.self.value"] == pytest.approx(
+        retrain_alpha(scaling, 4, 32, 64))
+
+
+def test_truncate_heal_truncates_like_truncate_then_trains():
+    t, h = plan_variants(SUMMARY, ["truncate", "truncate_heal"], probe_r=32, probe_alpha=64, heal_steps=50,
+                         retrain_scaling="keep_alpha")
+    assert (h.truncate_rank, h.alpha, h.retrain) == (t.truncate_rank, t.alpha, t.retrain) == (2, 4.0, False)
+    assert t.heal_steps == 0 and h.heal_steps == 50 and not h.control
+    assert h.fingerprint() != t.fingerprint()
+
+
+def test_plans_made_before_healing_and_scaling_keep_their_fingerprint():
+    # Resume must keep reusing variants finished before these fields existed.
+    plan = VariantPlan("uniform_median", r=2, alpha=4.0)
+    d = plan.to_dict()
+    for k in ("heal_steps", "scaling", "note"):
+        d.pop(k)
+    import hashlib
+    import json
+
+    assert plan.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

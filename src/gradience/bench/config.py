@@ -22,6 +22,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "PROFILES",
+    "RETRAIN_SCALINGS",
     "STRATEGIES",
     "BenchConfig",
     "CompressionConfig",
@@ -35,7 +36,9 @@ __all__ = [
 ]
 
 #: compression strategies the protocol knows, in the order they run.
-STRATEGIES = ("uniform_median", "uniform_p90", "per_layer", "budget", "truncate")
+STRATEGIES = ("uniform_median", "uniform_p90", "per_layer", "budget", "truncate", "truncate_heal")
+#: how a retrained variant's lora_alpha follows its rank r (the probe has rank R and alpha A).
+RETRAIN_SCALINGS = ("keep_scale", "keep_alpha", "rslora")
 #: task profiles: sequence classification (accuracy) and causal-LM answer accuracy (exact match).
 PROFILES = ("classification", "causal_lm_answer")
 BUNDLED_MINILM = "bundled:minilm"
@@ -63,6 +66,8 @@ class TaskConfig:
     data_dir: str | None = _f(None, "local GLUE-style TSV directory (train.tsv + dev.tsv, header, label first)")
     train_split: str = _f("train", "split (or TSV file stem) to train on")
     eval_split: str = _f("dev", "split (or TSV file stem) to evaluate on; 'validation' for hub GLUE")
+    eval_files: list[str] | None = _f(None, "labelled TSV files scored as the eval set instead of eval_split "  # noqa: RUF009
+                                      "(paths relative to the config file, then the working directory)")
     text_column: str | None = _f(None, "text column; default: the second TSV column / 'sentence'")
     label_column: str | None = _f(None, "label column; default: the first TSV column / 'label'")
     num_labels: int = _f(2, "classes (classification profile)")
@@ -86,13 +91,22 @@ class TrainConfig:
     logging_steps: int = _f(10, "train_step telemetry cadence")
     seeds: list[int] = _f(factory=lambda: [42], help="one training run per seed (probe and every variant)")  # noqa: RUF009
     train_samples: int | None = _f(None, "use only the first N shuffled training rows (None: all)")
+    val_samples: int = _f(0, "rows carved from the shuffled training file as the validation slice of the "
+                             "plateau rule; never trained on, never the eval set (0: no slice)")
+    plateau_every: int = _f(0, "plateau rule: score the validation slice every N steps and stop when it stops "
+                               "improving (0: always train max_steps); max_steps is the cap")
+    plateau_patience: int = _f(3, "plateau rule: stop after this many scores in a row without a new best")
+    plateau_min_delta: float = _f(0.002, "plateau rule: a new best must beat the old by more than this "
+                                         "(metric fraction, 0.002 = 0.2 points)")
+    plateau_variants: bool = _f(True, "apply the plateau rule to retrained variants too (False: they train "
+                                      "as many steps as their seed's probe did)")
     eval_samples: int | None = _f(None, "evaluate on the first N rows of the eval split (None: all)")
 
 
 @dataclass
 class LoRASection:
     probe_r: int = _f(32, "rank of the high-rank probe")
-    alpha: float = _f(64.0, "probe lora_alpha; every variant keeps the probe's alpha/r")
+    alpha: float = _f(64.0, "probe lora_alpha; retrained variants follow compression.retrain_scaling")
     dropout: float = _f(0.0, "lora_dropout")
     target_modules: list[str] = _f(factory=lambda: ["query", "value"], help="modules that get LoRA")  # noqa: RUF009
     modules_to_save: list[str] | None = _f(None, "extra trainable modules (default: the task head via PEFT)")  # noqa: RUF009
@@ -107,6 +121,11 @@ class CompressionConfig:
     budget_fraction: float = _f(0.1, "budget strategy: LoRA parameter budget as a fraction of the probe's")
     truncate_rank: int | None = _f(None, "truncate strategy: rank (default: the audit's median suggestion)")
     truncate_energy: float | None = _f(None, "truncate strategy: keep this energy per module instead of a rank")
+    retrain_scaling: str = _f("keep_scale", "retrained variants' alpha at rank r: 'keep_scale' (alpha/r of the "
+                                            "probe), 'keep_alpha' (the probe's alpha), 'rslora' (alpha/sqrt(r) "
+                                            "continued from the probe: alpha = (A/R)*sqrt(R*r))")
+    heal_steps: int = _f(100, "truncate_heal: optimizer steps of training after the SVD truncation")
+    heal_lr: float | None = _f(None, "truncate_heal: peak learning rate of the healing steps (None: train.lr)")
 
 
 @dataclass
@@ -289,6 +308,15 @@ def _check_semantics(cfg: BenchConfig) -> None:
         raise bad("train.warmup_ratio", "must be in [0, 1)")
     if tr.eval_every < 0:
         raise bad("train.eval_every", "must be >= 0")
+    for key, val in (("train.val_samples", tr.val_samples), ("train.plateau_every", tr.plateau_every)):
+        if val < 0:
+            raise bad(key, f"must be >= 0, got {val}")
+    if tr.plateau_every and not tr.val_samples:
+        raise bad("train.plateau_every", "the plateau rule scores a validation slice: set train.val_samples")
+    if tr.plateau_patience < 1:
+        raise bad("train.plateau_patience", "must be >= 1")
+    if tr.plateau_min_delta < 0:
+        raise bad("train.plateau_min_delta", "must be >= 0")
     for key, opt in (("train.train_samples", tr.train_samples), ("train.eval_samples", tr.eval_samples)):
         if opt is not None and opt < 1:
             raise bad(key, "must be >= 1 or null")
@@ -317,6 +345,15 @@ def _check_semantics(cfg: BenchConfig) -> None:
         raise bad("compression.truncate_rank", "must be >= 1")
     if co.truncate_energy is not None and not 0 < co.truncate_energy <= 1:
         raise bad("compression.truncate_energy", "must be in (0, 1]")
+    if co.retrain_scaling not in RETRAIN_SCALINGS:
+        raise bad("compression.retrain_scaling", f"must be one of {', '.join(RETRAIN_SCALINGS)}, "
+                                                 f"got {co.retrain_scaling!r}")
+    if co.heal_steps < 1:
+        raise bad("compression.heal_steps", "must be >= 1")
+    if co.heal_lr is not None and co.heal_lr <= 0:
+        raise bad("compression.heal_lr", "must be > 0")
+    if t.eval_files is not None and not t.eval_files:
+        raise bad("task.eval_files", "needs at least one file (or null: the eval split)")
     if co.truncate_rank is not None and co.truncate_energy is not None:
         raise bad("compression", "give truncate_rank or truncate_energy, not both")
     if cfg.runtime.smoke:
@@ -336,6 +373,12 @@ def config_from_dict(data: Any, source: str | None = None) -> BenchConfig:
         cand = (Path(source).parent / cfg.task.data_dir)
         if cand.exists():
             cfg.task.data_dir = str(cand.resolve())
+    if cfg.task.eval_files and source:
+        resolved = []
+        for f in cfg.task.eval_files:
+            cand = Path(source).parent / f
+            resolved.append(str(cand.resolve()) if not Path(f).is_absolute() and cand.exists() else f)
+        cfg.task.eval_files = resolved
     _check_semantics(cfg)
     return cfg
 

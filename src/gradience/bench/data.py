@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,10 @@ __all__ = [
     "format_number",
     "format_prompt",
     "generate_arithmetic",
+    "length_bucketed_batches",
     "load_task_data",
     "read_tsv",
+    "sorted_by_length",
 ]
 
 IGNORE_INDEX = -100  # label value the HF loss ignores: masks prompt and padding tokens
@@ -53,12 +55,21 @@ class Example:
 
 @dataclass
 class TaskData:
+    """Rows of one bench: ``train`` (trained on), ``val`` (the validation slice carved from the
+    training file, scored only by the plateau rule), ``eval`` (scored, never used to choose)."""
+
     train: list[Example]
     eval: list[Example]
     source: str
+    val: list[Example] = field(default_factory=list)
+    eval_files: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "n_train": len(self.train), "n_eval": len(self.eval)}
+        d: dict[str, Any] = {"source": self.source, "n_train": len(self.train), "n_val": len(self.val),
+                             "n_eval": len(self.eval)}
+        if self.eval_files:
+            d["eval_files"] = list(self.eval_files)
+        return d
 
 
 # -- TSV -------------------------------------------------------------------------------------
@@ -159,13 +170,30 @@ def _load_hub(task: Any, split: str) -> list[Example]:
     return [Example(text=str(r[qcol]), answer=str(r[acol])) for r in ds]
 
 
-def load_task_data(task: Any, train_samples: int | None, eval_samples: int | None,
-                   data_seed: int = 0) -> TaskData:
-    """Load the train and eval splits for a :class:`~gradience.bench.config.TaskConfig`.
+def _load_eval_files(task: Any) -> tuple[list[Example], list[dict[str, Any]]]:
+    rows: list[Example] = []
+    info: list[dict[str, Any]] = []
+    for name in task.eval_files:
+        p = Path(name)
+        if task.profile == "classification":
+            got = _load_classification_tsv(p, task.text_column, task.label_column, task.num_labels)
+        else:
+            got = _load_qa_tsv(p, task.text_column, task.label_column)
+        if not got:
+            raise ConfigError("eval file has a header but no rows", path=p)
+        info.append({"file": p.name, "path": str(p), "rows": len(got), "bytes": p.stat().st_size})
+        rows += got
+    return rows, info
 
-    Training rows are shuffled with ``data_seed`` before ``train_samples`` are taken, so every
-    variant of every seed sees the same subset; the eval rows are the first ``eval_samples``
-    in file order (all when ``None``).
+
+def load_task_data(task: Any, train_samples: int | None, eval_samples: int | None,
+                   data_seed: int = 0, val_samples: int = 0) -> TaskData:
+    """Load the train, validation and eval rows for a :class:`~gradience.bench.config.TaskConfig`.
+
+    Training rows are shuffled with ``data_seed``; the first ``val_samples`` become the validation
+    slice, and ``train_samples`` are taken from the rest, so every variant of every seed sees the
+    same rows and never trains on the slice. The eval rows are ``task.eval_files`` (concatenated)
+    or the eval split, the first ``eval_samples`` in file order (all when ``None``).
     """
     if task.data_dir:
         d = Path(task.data_dir)
@@ -189,16 +217,59 @@ def load_task_data(task: Any, train_samples: int | None, eval_samples: int | Non
         source = f"generated:arithmetic(n={task.arithmetic_examples})"
     else:  # pragma: no cover - the config validator rejects this
         raise ConfigError("task needs data_dir or dataset")
+    files: list[dict[str, Any]] = []
+    if getattr(task, "eval_files", None):
+        ev, files = _load_eval_files(task)
     if not train or not ev:
         raise ConfigError(f"empty split (train={len(train)}, eval={len(ev)})", path=source)
     rng = random.Random(data_seed)
     train = list(train)
     rng.shuffle(train)
+    if val_samples >= len(train):
+        raise ConfigError(f"train.val_samples={val_samples} leaves no training rows ({len(train)} in the file)")
+    val, train = train[:val_samples], train[val_samples:]
     if train_samples is not None:
         train = train[:train_samples]
     if eval_samples is not None:
         ev = ev[:eval_samples]
-    return TaskData(train=train, eval=ev, source=source)
+    return TaskData(train=train, eval=ev, source=source, val=val, eval_files=files)
+
+
+# -- batching ---------------------------------------------------------------------------------
+def length_bucketed_batches(lengths: list[int], batch_size: int, n_batches: int, seed: int,
+                            window: int = 64) -> list[list[int]]:
+    """``n_batches`` batches of row indices whose rows have similar lengths.
+
+    Each pass shuffles all rows with ``seed`` (and the pass number), cuts the order into windows
+    of ``window`` batches, sorts each window by length and cuts it into batches; the batches of a
+    pass are shuffled again, so the order of lengths is random while each batch pads little. Every
+    row is used once per pass, as with a shuffled epoch. ``lengths[i]`` is row ``i``'s token count.
+    """
+    if batch_size < 1 or not lengths:
+        raise ValueError("length_bucketed_batches needs rows and batch_size >= 1")
+    out: list[list[int]] = []
+    n = len(lengths)
+    span = batch_size * max(1, window)
+    epoch = 0
+    while len(out) < n_batches:
+        rng = random.Random(f"{seed}:{epoch}")
+        order = list(range(n))
+        rng.shuffle(order)
+        batches: list[list[int]] = []
+        for lo in range(0, n, span):
+            chunk = sorted(order[lo:lo + span], key=lambda i: lengths[i])
+            batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+        # A short last batch of a pass would change the effective learning rate; drop it.
+        batches = [b for b in batches if len(b) == batch_size] or batches
+        rng.shuffle(batches)
+        out += batches
+        epoch += 1
+    return out[:n_batches]
+
+
+def sorted_by_length(rows: list[Example], lengths: list[int]) -> list[Example]:
+    """Rows ordered by token count, for evaluation batches that pad little (counts do not depend on order)."""
+    return [rows[i] for i in sorted(range(len(rows)), key=lambda i: lengths[i])]
 
 
 # -- arithmetic (causal LM answer accuracy) ---------------------------------------------------

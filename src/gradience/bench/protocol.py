@@ -152,7 +152,7 @@ class _Runner:
             from .data import load_task_data
 
             tr = self.cfg.train
-            self.data = load_task_data(self.cfg.task, tr.train_samples, tr.eval_samples)
+            self.data = load_task_data(self.cfg.task, tr.train_samples, tr.eval_samples, val_samples=tr.val_samples)
         return self.data
 
     def _finish_record(self, seed: int, plan: VariantPlan, vdir: Path, metrics: dict[str, Any],
@@ -175,11 +175,23 @@ class _Runner:
         _write_json(vdir / EVAL_FILE, rec)
         return rec
 
+    def _units(self, plan: VariantPlan) -> int:
+        return plan.heal_steps if not plan.retrain and plan.heal_steps else self.cfg.train.max_steps
+
+    def _retrain_steps(self, seed: int, plan: VariantPlan) -> tuple[int, bool]:
+        """(step cap, plateau rule on?) of a trained-from-scratch run: the probe always uses the rule;
+        variants too, or (``plateau_variants: false``) train as many steps as their seed's probe did."""
+        tr = self.cfg.train
+        if plan.strategy == PROBE or tr.plateau_variants or not tr.plateau_every:
+            return tr.max_steps, bool(tr.plateau_every)
+        probe = self.records.get(seed, {}).get(PROBE) or {}
+        return int((probe.get("train") or {}).get("steps") or tr.max_steps), False
+
     def run_variant(self, seed: int, plan: VariantPlan, *, audit: bool = False) -> dict[str, Any]:
         from .train import evaluate_adapter, train_variant
 
         vdir = self.output / f"seed_{seed}" / plan.strategy
-        units = self.cfg.train.max_steps
+        units = self._units(plan)
         existing = _read_json(vdir / EVAL_FILE)
         if existing is not None and existing.get("config_hash") not in (None, self.cfg_hash):
             raise ConfigError(f"{vdir / EVAL_FILE} was made with a different bench config",
@@ -203,13 +215,18 @@ class _Runner:
                     self.reporter.advance(step - done[0])
                     done[0] = step
 
-            info = train_variant(self.cfg, data, plan, seed, vdir, self.device, on_step=on_step, audit=audit)
+            cap, plateau = self._retrain_steps(seed, plan)
+            info = train_variant(self.cfg, data, plan, seed, vdir, self.device, on_step=on_step, audit=audit,
+                                 max_steps=cap, plateau=plateau)
             self.reporter.advance(max(0, units - done[0]))
+        elif plan.heal_steps:
+            info = self._truncate_heal(seed, plan, vdir)
+            self.reporter.advance(units)
         else:
             info = self._truncate(seed, plan, vdir)
             self.reporter.advance(units)
         metrics = evaluate_adapter(self.cfg, data, vdir / "peft", self.device, run_jsonl=vdir / "run.jsonl")
-        if not plan.retrain:
+        if not plan.retrain and not plan.heal_steps:
             from ..telemetry.reader import TelemetryReader
             from ..telemetry.writer import TelemetryWriter
 
@@ -219,22 +236,38 @@ class _Runner:
         self.reporter.job_done(seed, plan.strategy, rec, False)
         return rec
 
-    def _truncate(self, seed: int, plan: VariantPlan, vdir: Path) -> dict[str, Any]:
+    def _truncate_heal(self, seed: int, plan: VariantPlan, vdir: Path) -> dict[str, Any]:
+        """SVD-truncate the probe exactly as ``truncate`` (and ``gradience compress``) does, then train the
+        truncated adapter (LoRA factors and head) for ``plan.heal_steps`` steps at ``compression.heal_lr``."""
+        from .train import train_variant
+
+        truncated = vdir / "_truncated"
+        info = self._truncate(seed, plan, vdir, dest=truncated, telemetry=False)
+        co = self.cfg.compression
+        healed = train_variant(self.cfg, self._task_data(), plan, seed, vdir, self.device,
+                               max_steps=plan.heal_steps, init_adapter=truncated, lr=co.heal_lr or self.cfg.train.lr)
+        shutil.rmtree(truncated, ignore_errors=True)  # the same adapter as the `truncate` variant's
+        return {**healed, "compress_seconds": info["compress_seconds"], "compress": info["compress"]}
+
+    def _truncate(self, seed: int, plan: VariantPlan, vdir: Path, *, dest: Path | None = None,
+                  telemetry: bool = True) -> dict[str, Any]:
         from ..audit.compress import compress_adapter
         from ..telemetry.writer import TelemetryWriter
         from .train import ADAPTER_DIR, config_snapshot
 
         src = self.output / f"seed_{seed}" / PROBE / ADAPTER_DIR
         t0 = time.perf_counter()
-        info = compress_adapter(str(src), str(vdir / ADAPTER_DIR), rank=plan.truncate_rank,
+        info = compress_adapter(str(src), str(dest or vdir / ADAPTER_DIR), rank=plan.truncate_rank,
                                 energy=plan.truncate_energy)
         seconds = time.perf_counter() - t0
+        summary = info.get("summary", info) if isinstance(info, dict) else None
+        if not telemetry:
+            return {"steps": 0, "compress_seconds": round(seconds, 3), "compress": _small(summary)}
         w = TelemetryWriter(vdir / "run.jsonl")
         w.run_start(config_snapshot(self.cfg, plan, seed), meta={"framework": "gradience.bench",
                                                                  "derived_from": "probe", "training": False})
         w.close()
         # compress_adapter's report: {"summary": {...scalars}, "modules": [...]}; keep the summary.
-        summary = info.get("summary", info) if isinstance(info, dict) else None
         return {"steps": 0, "compress_seconds": round(seconds, 3), "compress": _small(summary)}
 
     # -- per seed ----------------------------------------------------------------------------
@@ -264,7 +297,7 @@ class _Runner:
             audit["summary"], co.strategies, probe_r=cfg.lora.probe_r, probe_alpha=cfg.lora.alpha,
             per_module_ranks=audit["per_module"].get("ranks"),
             budget_ranks=audit["budget"].get("ranks"), truncate_rank=co.truncate_rank,
-            truncate_energy=co.truncate_energy)
+            truncate_energy=co.truncate_energy, retrain_scaling=co.retrain_scaling, heal_steps=co.heal_steps)
         for plan in plans:
             if plan.control and plan.retrain and plan.r == cfg.lora.probe_r and not plan.rank_pattern:
                 # Same rank, alpha, seed and data as the probe: retraining reproduces the probe, so the
@@ -277,7 +310,7 @@ class _Runner:
 
     def _control_from_probe(self, seed: int, plan: VariantPlan, probe: dict[str, Any]) -> dict[str, Any]:
         """The probe's record under the control's name; ``eval.json`` points at the probe's adapter."""
-        units = self.cfg.train.max_steps
+        units = self._units(plan)
         self.reporter.job_start(seed, plan.strategy, units, True)
         self.reporter.advance(units)
         rec = dict(probe)
@@ -312,7 +345,8 @@ class _Runner:
         verdicts = judge(self.seed_results(), self.policy, self.cfg.task.name, self.cfg.compression.strategies,
                          quality_gate=self.cfg.task.quality_gate)
         bench = build_bench(self.cfg, self.records, self.audits, verdicts, environment(self.device),
-                            wall_seconds=time.time() - self.started, partial=partial)
+                            wall_seconds=time.time() - self.started, partial=partial,
+                            data=self._task_data().describe())
         write_outputs(self.output, bench, verdicts)
         return bench, verdicts
 
@@ -353,7 +387,9 @@ def run_bench(cfg: BenchConfig, output: str | Path, *, device: str = "auto",
     runner = _Runner(cfg, out, dev, rep, policy)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     n_jobs = len(cfg.train.seeds) * (1 + len(cfg.compression.strategies))
-    rep.start(n_jobs * cfg.train.max_steps, n_jobs)
+    per_seed = cfg.train.max_steps * (1 + sum(s != "truncate_heal" for s in cfg.compression.strategies)) \
+        + cfg.compression.heal_steps * sum(s == "truncate_heal" for s in cfg.compression.strategies)
+    rep.start(len(cfg.train.seeds) * per_seed, n_jobs)
     try:
         for seed in cfg.train.seeds:
             if not runner.run_seed(seed):

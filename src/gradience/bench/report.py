@@ -5,9 +5,15 @@ re-render from the JSON files alone.
 
 ``bench.json`` keys (schema ``gradience.bench/v1``): ``schema, name, status (running|done),
 created, wall_seconds, env, config_hash, config, task{name, profile, metric}, seeds, seeds_done,
-probe{seed: row}, variants{strategy: {seed: row}}, audit{seed: {...}}, verdicts, summary``.
-A row: ``value, correct, n, delta_points, r_min, r_max, r_median, ranks, lora_params,
-head_params, reduction_lora, reduction_with_head, retrained, control, train_seconds``.
+probe{seed: row}, variants{strategy: {seed: row}}, audit{seed: {...}}, verdicts, summary``, and
+``data`` (row counts of the train rows, validation slice and eval set; the eval files with their
+sizes) and ``retrain_scaling``. A row: ``value, correct, n, delta_points, r_min, r_max, r_median,
+ranks, lora_params, head_params, reduction_lora, reduction_with_head, retrained, control,
+train_seconds, train_steps, seconds_per_step, lr`` and, for runs under the plateau rule,
+``plateau{rule, stop_reason, stopped_at, best_step, best_value, curve[{step, value, loss}]}``.
+
+Pictures: ``bench_tradeoff.svg`` (the metric against LoRA parameters per variant and seed),
+``bench_probe_curve.svg`` (the probes' learning curves) and ``bench.html`` (both, beside the tables).
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from ..telemetry.encoding import write_json_atomic as _write_json
 from ..telemetry.sections import AuditSummary
 from .verdicts import Policy, Score, SeedResult, delta_points, judge
 
-__all__ = ["BENCH_SCHEMA", "aggregate", "build_bench", "load_bench", "render_aggregate_md", "render_md",
-           "write_outputs"]
+__all__ = ["BENCH_SCHEMA", "aggregate", "build_bench", "load_bench", "render_aggregate_md", "render_html",
+           "render_md", "write_outputs"]
 
 BENCH_SCHEMA = "gradience.bench/v1"
 AGGREGATE_SCHEMA = "gradience.bench_aggregate/v1"
@@ -37,9 +43,16 @@ PROBE = "probe"
 def _row(rec: Mapping[str, Any], probe: Mapping[str, Any] | None) -> dict[str, Any]:
     row = {k: rec.get(k) for k in ("value", "correct", "n", "loss", "r_min", "r_max", "r_median", "ranks",
                                    "lora_params", "head_params", "retrained", "control")}
-    row["train_seconds"] = (rec.get("train") or {}).get("train_seconds")
+    train = rec.get("train") or {}
+    row["train_seconds"] = train.get("train_seconds")
+    row["train_steps"] = train.get("steps")
+    row["seconds_per_step"] = train.get("seconds_per_step")
+    row["lr"] = train.get("lr")
+    if train.get("plateau"):
+        row["plateau"] = train["plateau"]
     row["plan"] = {k: (rec.get("plan") or {}).get(k) for k in ("r", "alpha", "rank_pattern", "alpha_pattern",
-                                                                "truncate_rank", "truncate_energy", "note")}
+                                                                "truncate_rank", "truncate_energy", "heal_steps",
+                                                                "scaling", "note")}
     if rec.get("same_as"):
         row["same_as"] = rec["same_as"]
     if probe is not None:
@@ -99,6 +112,7 @@ def summarize(probe: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Map
             "reduction_lora": _mean([r.get("reduction_lora") for r in rows]),
             "reduction_with_head": _mean([r.get("reduction_with_head") for r in rows]),
             "retrained": all(bool(r.get("retrained")) for r in rows) if rows else None,
+            "heal_steps": max(((r.get("plan") or {}).get("heal_steps") or 0 for r in rows), default=0),
             "control": any(bool(r.get("control")) for r in rows),
         }
     return out
@@ -106,7 +120,7 @@ def summarize(probe: Mapping[str, Mapping[str, Any]], variants: Mapping[str, Map
 
 def build_bench(cfg: Any, records: Mapping[int, Mapping[str, Mapping[str, Any]]],
                 audits: Mapping[int, Mapping[str, Any]], verdicts: Mapping[str, Any], env: Mapping[str, Any],
-                *, wall_seconds: float, partial: bool) -> dict[str, Any]:
+                *, wall_seconds: float, partial: bool, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the ``bench.json`` object from per-seed eval records and audits."""
     probe: dict[str, Any] = {}
     variants: dict[str, dict[str, Any]] = {}
@@ -138,6 +152,7 @@ def build_bench(cfg: Any, records: Mapping[int, Mapping[str, Mapping[str, Any]]]
         "config_hash": cfg.config_hash(), "config": cfg.to_dict(),
         "task": {"name": cfg.task.name, "profile": cfg.task.profile, "metric": cfg.task.metric},
         "seeds": list(cfg.train.seeds), "seeds_done": sorted(int(s) for s in probe),
+        "data": dict(data or {}), "retrain_scaling": cfg.compression.retrain_scaling,
         "probe": probe, "variants": variants, "audit": audit_out, "verdicts": dict(verdicts),
         "summary": summarize(probe, variants, verdicts),
     }
@@ -174,7 +189,8 @@ def _aggregate_table(summary: Mapping[str, Any], metric: str) -> list[str]:
     strategies = summary.get("strategies", {})
     for name in _ordered(strategies):
         s = strategies[name]
-        tag = name + (" (no retraining)" if s.get("retrained") is False and not s.get("control") else "")
+        tag = name + (f" (SVD + {s['heal_steps']} steps)" if s.get("heal_steps") else
+                      " (no retraining)" if s.get("retrained") is False and not s.get("control") else "")
         lines.append(
             f"| {tag} | {s['ranks']} | {_params(s.get('lora_params'))} | {_pct(s.get('reduction_lora'))} | "
             f"{_pct(s.get('reduction_with_head'))} | {_val(s.get('mean_value'))} | "
@@ -238,12 +254,96 @@ def render_md(bench: Mapping[str, Any]) -> str:
             row = variants[name].get(seed)
             if row is None:
                 continue
-            how = "control (= probe)" if row.get("same_as") else ("yes" if row.get("retrained") else "no (SVD)")
+            heal = (row.get("plan") or {}).get("heal_steps")
+            how = "control (= probe)" if row.get("same_as") else ("yes" if row.get("retrained") else
+                                                                  f"SVD + {heal} steps" if heal else "no (SVD)")
             lines.append(f"| {seed} | {name} | {_rank_label([row])} | {_params(row.get('lora_params'))} | "
                          f"{_val(row.get('value'))} | {_pts(row.get('delta_points'))} | {how} |")
     lines += ["", "## Across seeds", "", *_aggregate_table(bench.get("summary", {}), metric), ""]
+    lines += [f"![{metric} against LoRA parameters, per variant and seed]({TRADEOFF_SVG})", "",
+              *_tradeoff_text(bench), ""]
+    lines += _probe_lines(bench)
     lines += _interpretation(bench.get("summary", {}), v)
     return "\n".join(lines) + "\n"
+
+
+TRADEOFF_SVG = "bench_tradeoff.svg"
+CURVE_SVG = "bench_probe_curve.svg"
+
+
+def _tradeoff_text(bench: Mapping[str, Any], width: int = 40) -> list[str]:
+    """A text picture of the trade-off: one bar per variant and seed, length = metric, label = parameters."""
+    rows: list[tuple[str, str, float, float]] = []
+    for seed, p in bench.get("probe", {}).items():
+        rows.append(("probe", seed, p.get("lora_params") or 0, p.get("value") or 0.0))
+    for name in _ordered(bench.get("variants", {})):
+        for seed, r in bench["variants"][name].items():
+            if not r.get("same_as"):
+                rows.append((name, seed, r.get("lora_params") or 0, r.get("value") or 0.0))
+    if not rows:
+        return []
+    lo = min(v for *_, v in rows)
+    hi = max(v for *_, v in rows)
+    span = (hi - lo) or 1.0
+    out = ["```", f"{'variant':<16} {'seed':>5} {'LoRA params':>11}  value (bar from {100 * lo:.1f} to {100 * hi:.1f} %)"]
+    for name, seed, params, value in rows:
+        bar = "#" * (1 + round((width - 1) * (value - lo) / span))
+        out.append(f"{name:<16} {seed:>5} {params:>11,.0f}  {bar} {100 * value:.2f}")
+    return [*out, "```"]
+
+
+def _probe_lines(bench: Mapping[str, Any]) -> list[str]:
+    """How each probe stopped (the plateau rule's evidence), or nothing when the rule did not run."""
+    probes = {s: r for s, r in bench.get("probe", {}).items() if r.get("plateau")}
+    if not probes:
+        return []
+    rule = next(iter(probes.values()))["plateau"]["rule"]
+    d = bench.get("data") or {}
+    lines = ["## Probe learning curves", "",
+             f"Plateau rule: score the validation slice ({d.get('n_val', '?')} rows carved from the training file, "
+             f"never trained on) every {rule['every']} steps; stop after {rule['patience']} scores in a row without "
+             f"beating the best by more than {100 * rule['min_delta']:.2f} points; keep the best weights; at most "
+             f"{rule['max_steps']} steps. The eval set is only scored.", "",
+             f"![probe learning curves]({CURVE_SVG})", "",
+             "| seed | stopped | at step | best step | best val. | curve (step: val.) |", "|---:|---|---:|---:|---:|---|"]
+    for seed, r in probes.items():
+        pl = r["plateau"]
+        curve = ", ".join(f"{c['step']}: {100 * c['value']:.1f}" for c in pl["curve"])
+        lines.append(f"| {seed} | {pl['stop_reason']} | {pl['stopped_at']} | {pl['best_step']} | "
+                     f"{_val(pl.get('best_value'))} | {curve} |")
+    return [*lines, ""]
+
+
+def render_html(bench: Mapping[str, Any]) -> str:
+    """``bench.html``: one self-contained page with the trade-off picture beside the tables."""
+    import html as _h
+
+    from .charts import curve_chart, tradeoff_chart
+
+    metric = bench.get("task", {}).get("metric", "metric")
+
+    def table(md: list[str]) -> str:
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in md if not line.startswith("|---")]
+        head = "".join(f"<th>{_h.escape(c)}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{_h.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    v = bench.get("verdicts", {})
+    probe_md = [line for line in _probe_lines(bench) if line.startswith("|")]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>Gradience bench: {_h.escape(str(bench.get('name')))}</title>",
+             "<style>body{font:14px/1.45 system-ui,sans-serif;max-width:1000px;margin:0 auto;padding:20px}"
+             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #e5e7eb;padding:3px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body>",
+             f"<h1>Gradience bench: {_h.escape(str(bench.get('name')))}</h1>",
+             f"<p>status <b>{_h.escape(str(v.get('status')))}</b> — {_h.escape(str(v.get('reason')))}; "
+             f"seeds {_h.escape(str(bench.get('seeds_done')))}; wall time {bench.get('wall_seconds')} s</p>",
+             f"<h2>{_h.escape(metric)} against LoRA parameters</h2>", tradeoff_chart(bench),
+             "<h2>Across seeds</h2>", table(_aggregate_table(bench.get("summary", {}), metric))]
+    if probe_md:
+        parts += ["<h2>Probe learning curves</h2>", curve_chart(bench), table(probe_md)]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
 
 
 def write_outputs(out: Path, bench: Mapping[str, Any], verdicts: Mapping[str, Any]) -> None:
@@ -251,6 +351,12 @@ def write_outputs(out: Path, bench: Mapping[str, Any], verdicts: Mapping[str, An
     _write_json(out / "bench.json", bench)
     _write_json(out / "verdicts.json", verdicts)
     (out / "bench.md").write_text(render_md(bench), encoding="utf-8")
+    from .charts import curve_chart, tradeoff_chart
+
+    for name, svg in ((TRADEOFF_SVG, tradeoff_chart(bench)), (CURVE_SVG, curve_chart(bench))):
+        if svg:
+            (out / name).write_text(svg + "\n", encoding="utf-8")
+    (out / "bench.html").write_text(render_html(bench), encoding="utf-8")
     agg = aggregate([dict(bench)], sources=[str(out)])
     _write_json(out / "bench_aggregate.json", agg)
     (out / "bench_aggregate.md").write_text(render_aggregate_md(agg), encoding="utf-8")

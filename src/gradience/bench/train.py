@@ -19,7 +19,16 @@ from typing import Any
 
 from ..errors import ConfigError, GradienceError, require
 from .config import BUNDLED_MINILM, BenchConfig
-from .data import IGNORE_INDEX, Example, TaskData, answers_match, encode_causal_example, format_prompt
+from .data import (
+    IGNORE_INDEX,
+    Example,
+    TaskData,
+    answers_match,
+    encode_causal_example,
+    format_prompt,
+    length_bucketed_batches,
+    sorted_by_length,
+)
 from .strategies import VariantPlan, peft_module_key
 
 __all__ = ["ADAPTER_DIR", "adapter_stats", "evaluate_adapter", "import_stack", "pick_device", "resolve_model", "train_variant"]
@@ -131,19 +140,6 @@ def build_model(cfg: BenchConfig, plan: VariantPlan, seed: int, model_path: str)
         raise ConfigError(f"lora.target_modules {cfg.lora.target_modules}: {str(exc).splitlines()[0]}") from None
 
 
-class _Rows:
-    """Minimal map-style dataset over examples (the collator tokenises per batch)."""
-
-    def __init__(self, rows: list[Example]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Example:
-        return self.rows[i]
-
-
 def _collator(tokenizer: Any, cfg: BenchConfig) -> Callable[[list[Example]], dict[str, Any]]:
     import torch
 
@@ -210,12 +206,116 @@ def config_snapshot(cfg: BenchConfig, plan: VariantPlan, seed: int) -> dict[str,
 ADAPTER_DIR = "peft"  # the adapter's folder inside a variant directory (as the training callback saves it)
 
 
-def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int, out_dir: Path,
-                  device: str, on_step: Callable[[int], None] | None = None, audit: bool = False) -> dict[str, Any]:
-    """Train a fresh LoRA for ``plan`` and save it to ``out_dir/peft``.
+class _Ordered:
+    """Map-style dataset over rows already arranged into batches (read in order by the Trainer)."""
 
-    Returns ``{"steps", "final_loss", "train_seconds", "telemetry"}``; ``out_dir/run.jsonl`` holds
-    the run's telemetry.
+    def __init__(self, rows: list[Example], batches: list[list[int]]) -> None:
+        self.rows, self.order = rows, [i for b in batches for i in b]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.rows[self.order[i]]
+
+
+def _lengths(tok: Any, rows: list[Example], max_len: int) -> list[int]:
+    """Token count of each row's text (truncated to ``max_len``): the padding cost of batching it."""
+    ids = tok([e.text for e in rows], truncation=True, max_length=max_len, add_special_tokens=True)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def _bucketed(tok: Any, rows: list[Example], cfg: BenchConfig, steps: int, seed: int) -> _Ordered:
+    bs = cfg.train.batch_size
+    n_batches = steps * cfg.train.gradient_accumulation
+    return _Ordered(rows, length_bucketed_batches(_lengths(tok, rows, cfg.model.max_length), bs, n_batches, seed))
+
+
+class Plateau:
+    """The plateau rule: score the validation slice every ``every`` steps; stop after ``patience``
+    scores in a row that do not beat the best by more than ``min_delta``; keep the best weights.
+
+    ``curve`` holds one ``{"step", "value", "loss"}`` per score (metric fraction); after training,
+    :meth:`restore_best` puts the best-scoring trainable weights back into the model.
+    """
+
+    def __init__(self, every: int, patience: int, min_delta: float) -> None:
+        self.every, self.patience, self.min_delta = every, patience, min_delta
+        self.curve: list[dict[str, Any]] = []
+        self.best_value = -math.inf
+        self.best_step: int | None = None
+        self.best_state: dict[str, Any] | None = None
+        self.since_best = 0
+        self.stopped = False
+
+    def update(self, step: int, value: float, loss: float | None, model: Any) -> bool:
+        """Record a score at ``step``; True when the rule says stop."""
+        self.curve.append({"step": step, "value": value, "loss": loss})
+        if value > self.best_value + self.min_delta or self.best_state is None:
+            self.best_value, self.best_step, self.since_best = value, step, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+        else:
+            self.since_best += 1
+        self.stopped = self.since_best >= self.patience
+        return self.stopped
+
+    def restore_best(self, model: Any) -> None:
+        if self.best_state is None:
+            return
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in self.best_state.items():
+                params[k].copy_(v)
+
+    def summary(self, steps: int, cap: int) -> dict[str, Any]:
+        reason = "plateau" if self.stopped else "max_steps"
+        return {"rule": {"every": self.every, "patience": self.patience, "min_delta": self.min_delta,
+                         "max_steps": cap},
+                "stop_reason": reason, "stopped_at": steps, "best_step": self.best_step,
+                "best_value": None if self.best_step is None else self.best_value, "curve": list(self.curve)}
+
+
+def _plateau_callback(rule: Plateau, cfg: BenchConfig, rows: list[Example], tok: Any, out_dir: Path) -> Any:
+    from transformers import TrainerCallback
+
+    key = "accuracy" if cfg.task.profile == "classification" else "exact_match"
+
+    def score(step: int, model: Any) -> bool:
+        m = evaluate_model(model, tok, rows, cfg)
+        _append_eval(out_dir / "run.jsonl", step, {**m, **_chance(cfg, rows)}, split="val")
+        return rule.update(step, float(m[key]), m.get("loss"), model)
+
+    class PlateauStop(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            if model is not None and state.global_step % rule.every == 0 and score(int(state.global_step), model):
+                control.should_training_stop = True
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+            # Runs before the telemetry callback saves and audits the adapter: it saves the best weights.
+            if model is None:
+                return
+            if not rule.curve or rule.curve[-1]["step"] != state.global_step:
+                score(int(state.global_step), model)
+            rule.restore_best(model)
+
+    return PlateauStop()
+
+
+def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int, out_dir: Path,
+                  device: str, on_step: Callable[[int], None] | None = None, audit: bool = False, *,
+                  max_steps: int | None = None, plateau: bool = False, init_adapter: Path | None = None,
+                  lr: float | None = None) -> dict[str, Any]:
+    """Train a LoRA for ``plan`` and save it to ``out_dir/peft``.
+
+    A fresh LoRA, or with ``init_adapter`` the saved adapter there, trained further (the healing
+    steps of ``truncate_heal``). Batches are length-bucketed (:func:`~.data.length_bucketed_batches`)
+    and padded to their longest row. ``max_steps`` (default ``train.max_steps``) is the cap; with
+    ``plateau`` the run stops by the plateau rule on the validation slice and keeps its best weights.
+
+    Returns ``{"steps", "final_loss", "train_loss_mean", "train_seconds", "lr", "telemetry"}``
+    (``"plateau"`` too when the rule ran); ``out_dir/run.jsonl`` holds the run's telemetry.
     """
     import_stack()  # a missing extra is a MissingExtraError naming it, never a silent downgrade
     _quiet_transformers()
@@ -227,19 +327,30 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
     model_path = resolve_model(cfg.model.name)
     causal = cfg.task.profile == "causal_lm_answer"
     tok = _load_tokenizer(model_path, causal)
-    model = build_model(cfg, plan, seed, model_path)
+    if init_adapter is None:
+        model = build_model(cfg, plan, seed, model_path)
+    else:
+        model = _load_adapter(cfg, model_path, init_adapter, seed, trainable=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = _telemetry_callbacks(cfg, plan, seed, out_dir, on_step, audit)
     tr = cfg.train
+    steps = max_steps or tr.max_steps
+    peak = lr or tr.lr
+    rule = Plateau(tr.plateau_every, tr.plateau_patience, tr.plateau_min_delta) \
+        if plateau and tr.plateau_every and data.val else None
+    callbacks = _telemetry_callbacks(cfg, plan, seed, out_dir, on_step, audit)
+    if rule is not None:
+        callbacks.insert(0, _plateau_callback(rule, cfg, sorted_by_length(data.val, _lengths(
+            tok, data.val, cfg.model.max_length)), tok, out_dir))
     args = TrainingArguments(
-        output_dir=str(out_dir / "_trainer"), max_steps=tr.max_steps, learning_rate=tr.lr,
+        output_dir=str(out_dir / "_trainer"), max_steps=steps, learning_rate=peak,
         per_device_train_batch_size=tr.batch_size, gradient_accumulation_steps=tr.gradient_accumulation,
-        warmup_steps=int(tr.warmup_ratio * tr.max_steps), weight_decay=tr.weight_decay,
+        warmup_steps=int(tr.warmup_ratio * steps), weight_decay=tr.weight_decay,
         max_grad_norm=tr.max_grad_norm, lr_scheduler_type="linear", logging_steps=tr.logging_steps,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=seed, data_seed=seed,
         remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
+        train_sampling_strategy="sequential",  # the rows are already in length-bucketed, shuffled batches
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(data.train),
+    trainer = Trainer(model=model, args=args, train_dataset=_bucketed(tok, data.train, cfg, steps, seed),
                       data_collator=_collator(tok, cfg), callbacks=callbacks)
     from transformers.trainer_callback import PrinterCallback
 
@@ -253,8 +364,14 @@ def train_variant(cfg: BenchConfig, data: TaskData, plan: VariantPlan, seed: int
     if not (out_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
         model.save_pretrained(str(out_dir / ADAPTER_DIR))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"steps": int(trainer.state.global_step), "final_loss": losses[-1] if losses else result.training_loss,
-            "train_loss_mean": float(result.training_loss), "train_seconds": round(seconds, 2), "telemetry": "GradienceCallback"}
+    done = int(trainer.state.global_step)
+    info: dict[str, Any] = {
+        "steps": done, "final_loss": losses[-1] if losses else result.training_loss,
+        "train_loss_mean": float(result.training_loss), "train_seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / max(1, done), 4), "lr": peak, "telemetry": "GradienceCallback"}
+    if rule is not None:
+        info["plateau"] = rule.summary(done, steps)
+    return info
 
 
 def _add_periodic_eval(trainer: Any, cfg: BenchConfig, data: TaskData, tok: Any, every: int, out_dir: Path) -> None:
@@ -279,13 +396,13 @@ def _chance(cfg: BenchConfig, rows: list[Example]) -> dict[str, Any]:
     return {} if rate is None else {"majority_rate": rate}
 
 
-def _append_eval(path: Path, step: int | None, metrics: dict[str, Any]) -> None:
+def _append_eval(path: Path, step: int | None, metrics: dict[str, Any], split: str = "test") -> None:
     from ..telemetry.reader import TelemetryReader
     from ..telemetry.writer import TelemetryWriter
 
     run_id = TelemetryReader(path).last_run_id() if path.exists() else None
     with TelemetryWriter(path, run_id=run_id) as w:
-        w.eval(step, split="test", metrics={k: v for k, v in metrics.items() if k in
+        w.eval(step, split=split, metrics={k: v for k, v in metrics.items() if k in
                                             ("loss", "accuracy", "exact_match", "n", "correct", "ppl",
                                              "majority_rate")})
 
@@ -298,6 +415,8 @@ def evaluate_model(model: Any, tok: Any, rows: list[Example], cfg: BenchConfig) 
     """
     import torch
 
+    # Counts do not depend on the order; sorted rows make batches that pad little.
+    rows = sorted_by_length(rows, _lengths(tok, rows, cfg.model.max_length))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -335,22 +454,32 @@ def evaluate_model(model: Any, tok: Any, rows: list[Example], cfg: BenchConfig) 
         model.train(was_training)
 
 
+def _load_adapter(cfg: BenchConfig, model_path: str, adapter_dir: Path, seed: int | None, *,
+                  trainable: bool) -> Any:
+    """Base model + the saved adapter in ``adapter_dir`` (trainable: LoRA and head get gradients)."""
+    import peft
+
+    if seed is not None:
+        import transformers
+
+        transformers.set_seed(seed)
+    base = _load_base(cfg, model_path)
+    if cfg.task.profile == "causal_lm_answer" and getattr(base.config, "pad_token_id", None) is None:
+        base.config.pad_token_id = base.config.eos_token_id
+    try:
+        return peft.PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise GradienceError(f"cannot load the adapter: {str(exc).splitlines()[0]}", path=adapter_dir) from None
+
+
 def evaluate_adapter(cfg: BenchConfig, data: TaskData, adapter_dir: Path, device: str,
                      run_jsonl: Path | None = None) -> dict[str, Any]:
     """Load base + saved adapter, evaluate, and (optionally) append the eval event to ``run_jsonl``."""
     _quiet_transformers()
-    import peft
 
     model_path = resolve_model(cfg.model.name)
-    causal = cfg.task.profile == "causal_lm_answer"
-    tok = _load_tokenizer(model_path, causal)
-    base = _load_base(cfg, model_path)
-    if causal and getattr(base.config, "pad_token_id", None) is None:
-        base.config.pad_token_id = base.config.eos_token_id
-    try:
-        model = peft.PeftModel.from_pretrained(base, str(adapter_dir))
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise GradienceError(f"cannot load the adapter: {str(exc).splitlines()[0]}", path=adapter_dir) from None
+    tok = _load_tokenizer(model_path, cfg.task.profile == "causal_lm_answer")
+    model = _load_adapter(cfg, model_path, adapter_dir, None, trainable=False)
     model.to(device)
     t0 = time.perf_counter()
     metrics = evaluate_model(model, tok, data.eval, cfg)
