@@ -245,10 +245,30 @@ class GradienceCallback(TrainerCallback):
         if self.supervisor is not None:
             self.supervisor.save()
 
+    def _stopped_by(self, state: Any) -> str | None:
+        """What ended training before ``max_steps``: an ``EarlyStoppingCallback`` whose patience
+        ran out, else another callback (``control.should_training_stop``)."""
+        if not state.max_steps or state.global_step >= state.max_steps:
+            return None
+        handler = getattr(self._trainer, "callback_handler", None)
+        for cb in getattr(handler, "callbacks", []):
+            patience = getattr(cb, "early_stopping_patience", None)
+            if patience is not None and getattr(cb, "early_stopping_patience_counter", 0) >= patience:
+                return "early_stopping"
+        return "callback"
+
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         try:
             if self.supervisor is not None:
+                best = getattr(state, "best_model_checkpoint", None) if getattr(args, "load_best_model_at_end",
+                                                                                False) else None
+                best_step = getattr(state, "best_global_step", None) if best else None
+                if best and best_step is None:
+                    tail = Path(best).name.rpartition("-")[2]
+                    best_step = int(tail) if tail.isdigit() else None
                 self.supervisor.end(int(state.global_step), model=model,
-                                    training_args=args.to_dict() if hasattr(args, "to_dict") else vars(args))
+                                    training_args=args.to_dict() if hasattr(args, "to_dict") else vars(args),
+                                    stopped_by=self._stopped_by(state), adapter_step=best_step,
+                                    adapter_checkpoint=str(best) if best else None)
         finally:
             self._cleanup()

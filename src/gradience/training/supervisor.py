@@ -128,6 +128,8 @@ class RunSupervisor:
         self._pending_update: int | None = None
         self._initial_snapshot: Any = None
         self._prev_excepthook: Any = None
+        self.stopped: str | None = None  # run_end.summary.stop_reason, set when the run ends
+        self.adapter: dict[str, Any] | None = None  # which step's weights the saved adapter holds
 
     @property
     def path(self) -> Path:
@@ -385,7 +387,8 @@ class RunSupervisor:
 
     def end(self, step: int | None = None, *, status: str | None = None, reason: str | None = None,
             model: Any = None, training_args: dict[str, Any] | None = None,
-            recommend: bool | None = None) -> None:
+            recommend: bool | None = None, stopped_by: str | None = None,
+            adapter_step: int | None = None, adapter_checkpoint: str | None = None) -> None:
         """End the run (idempotent).
 
         Writes, on rank 0: the PEFT adapter to ``out_dir/peft`` (``save_adapter``; never
@@ -399,6 +402,11 @@ class RunSupervisor:
             model: the model whose adapter to save (default: the one given to :meth:`start`).
             training_args: the framework's arguments as a JSON-ready dict.
             recommend: override ``config.recommend`` for this call.
+            stopped_by: what the framework says stopped training before its planned steps
+                (``early_stopping``, ``callback``); see :meth:`stop_reason_for`.
+            adapter_step, adapter_checkpoint: the step (and checkpoint directory) whose weights
+                the model holds now, when not the last step's (``load_best_model_at_end``); the
+                saved adapter and its audit are attributed to that step.
         """
         rec = self.recorder
         if rec is None or rec.ended:
@@ -410,6 +418,13 @@ class RunSupervisor:
             status, reason = self.status, self.stop_reason
         if self.guard is not None:
             self.guard_report = self.guard.summary()
+        self.stopped = self.stop_reason_for(step, stopped_by)
+        source = "final" if adapter_step is None else "best_checkpoint"
+        restored = self.guard.lockout_restored_step if self.guard is not None else None
+        if adapter_step is None and restored is not None:
+            adapter_step, source = restored, "guard_snapshot"  # a lockout restored the newest good snapshot
+        self.adapter = {"step": step if adapter_step is None else adapter_step, "checkpoint": adapter_checkpoint,
+                        "source": source, "saved": False}
         try:
             if rec.is_writer:
                 self._end_of_run_artifacts(step, model if model is not None else self._model, training_args,
@@ -417,6 +432,17 @@ class RunSupervisor:
         finally:
             rec.finish(status, reason, step, summary=self.final_summary())
             self._remove_exit_hooks()
+
+    def stop_reason_for(self, step: int, stopped_by: str | None = None) -> str:
+        """Why training stopped (``run_end.summary.stop_reason``): ``guard`` (a lockout),
+        ``max_steps`` (the planned steps ran), what the framework reported (``early_stopping``,
+        ``callback``), else ``loop_ended`` (a plain loop finished without a planned length or
+        before it)."""
+        if self.stop_reason is not None:
+            return "guard"
+        if self.max_steps is not None and step >= self.max_steps:
+            return "max_steps"
+        return stopped_by or "loop_ended"
 
     def exception(self, exc: BaseException | type[BaseException] | None = None, message: str | None = None) -> None:
         """Training died: write ``run_end`` (``aborted`` for a KeyboardInterrupt, else ``error``)."""
@@ -432,12 +458,18 @@ class RunSupervisor:
                 message = f"{exc_type.__name__}: {exc}"
             else:
                 message = exc_type.__name__
+        self.stopped = "interrupt" if status == "aborted" else "error"
         rec.finish(status, message, rec.last_step or None, summary=self.final_summary())
         self._remove_exit_hooks()
 
     def final_summary(self) -> dict[str, Any]:
-        """The guard and spectral part of ``run_end.summary``."""
+        """The stop reason, the saved adapter's origin and the guard and spectral part of
+        ``run_end.summary``."""
         out: dict[str, Any] = {}
+        if self.stopped is not None:
+            out["stop_reason"] = self.stopped
+        if self.adapter is not None:
+            out["adapter"] = dict(self.adapter)
         if self.guard is not None:
             g = self.guard
             out["guard"] = {"total_rollbacks": g.rollbacks, "integrity_status": g.integrity_status,
@@ -463,6 +495,8 @@ class RunSupervisor:
             else:
                 peft_dir = self.out_dir / "peft"
                 unwrap_model(model).save_pretrained(str(peft_dir))
+                if self.adapter is not None:
+                    self.adapter["saved"] = True
         if training_args is not None:
             rec.save_training_args(self.out_dir, training_args)
         rec.write_grad_summary(step)
@@ -470,7 +504,9 @@ class RunSupervisor:
             self._guard_event(step, "summary", self.guard_report or self.guard.summary())
         if cfg.audit and peft_dir is not None:
             try:
-                rec.append_audit(peft_dir, step)
+                # The audit describes the saved weights: those of the best checkpoint when the
+                # framework loaded it at the end, not the last step's.
+                rec.append_audit(peft_dir, self.adapter["step"] if self.adapter else step)
             except GradienceError as exc:
                 rec.writer.alert("warning", "AUDIT_FAILED", f"adapter audit failed: {exc.one_line()}", step=step)
         if recommend:
