@@ -18,7 +18,7 @@ from .helpers import tiny_bert_dir
 
 pytestmark = pytest.mark.integration
 
-STRATS = ["uniform_median", "uniform_p90", "per_layer", "budget", "truncate"]
+STRATS = ["uniform_median", "uniform_p90", "per_layer", "budget", "truncate", "truncate_heal"]
 BENCH_KEYS = {"schema", "name", "status", "created", "wall_seconds", "env", "config_hash", "config", "task",
               "seeds", "seeds_done", "probe", "variants", "audit", "verdicts", "summary"}
 EVAL_KEYS = {"strategy", "seed", "config_hash", "plan", "plan_fingerprint", "metric", "correct", "n", "value",
@@ -33,7 +33,7 @@ def _config(tmp: Path, model: Path, sst2: Path, **task: object) -> Path:
         "train": {"max_steps": 4, "batch_size": 8, "eval_batch_size": 64, "lr": 5e-3, "logging_steps": 2,
                   "seeds": [7], "train_samples": 32, "eval_samples": 40},
         "lora": {"probe_r": 8, "alpha": 16, "target_modules": ["query", "value"]},
-        "compression": {"strategies": STRATS, "budget_fraction": 0.3},
+        "compression": {"strategies": STRATS, "budget_fraction": 0.3, "heal_steps": 2},
         "runtime": {"device": "cpu", "threads": 1},
     }
     p = tmp / "bench.yaml"
@@ -210,3 +210,29 @@ def test_module_alias_runs_the_same_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gradience.bench.run_bench", str(bad), "--output", str(tmp_path / "o")],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "train.max_steps: must be >= 1" in r.stderr
+
+
+def test_a_probe_seeds_another_bench_that_only_compresses_differently(bench_run, cli_inproc, tmp_path):
+    import shutil
+
+    cfg, out, _ = bench_run
+    data = yaml.safe_load(cfg.read_text())
+    data["compression"] = {"strategies": ["uniform_median"], "retrain_scaling": "keep_alpha"}
+    other = tmp_path / "alpha.yaml"
+    other.write_text(yaml.safe_dump(data))
+    out2 = tmp_path / "alpha"
+    shutil.copytree(out / "seed_7" / "probe", out2 / "seed_7" / "probe")
+    probe = json.loads((out / "seed_7" / "probe" / "eval.json").read_text())
+    r = cli_inproc("bench", "run", str(other), "--output", str(out2), "--json")
+    assert r.returncode in (0, 1), r.stderr
+    bench = json.loads((out2 / "bench.json").read_text())
+    assert bench["probe"]["7"]["correct"] == probe["correct"]  # reused, not retrained
+    assert bench["retrain_scaling"] == "keep_alpha"
+    row = bench["variants"]["uniform_median"]["7"]
+    assert row["plan"]["alpha"] == 16 and row["plan"]["scaling"] == "keep_alpha"  # the probe's alpha at rank r
+    # Another training setting is another probe: refused, as before.
+    data["train"]["lr"] = 1e-2
+    other.write_text(yaml.safe_dump(data))
+    shutil.copytree(out / "seed_7" / "probe", tmp_path / "alpha3" / "seed_7" / "probe")
+    r = cli_inproc("bench", "run", str(other), "--output", str(tmp_path / "alpha3"), "--quiet")
+    assert r.returncode == 2 and "different bench config" in r.stderr

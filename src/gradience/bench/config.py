@@ -166,6 +166,17 @@ class BenchConfig:
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def probe_hash(self) -> str:
+        """Identity of what the probe depends on (16 hex chars): the config hash without the
+        compression section and the policy, so a probe trained for one bench can seed another
+        that only compresses or judges differently (copy ``seed_N/probe`` into its output)."""
+        d = self.to_dict()
+        for k in ("runtime", "name", "compression", "policy"):
+            d.pop(k, None)
+        d["train"].pop("seeds", None)
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def with_smoke(self) -> BenchConfig:
         """A copy with ``runtime.smoke`` overrides applied (validated like the file)."""
         if not self.runtime.smoke:

@@ -15,6 +15,7 @@ Two task profiles:
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 import re
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ def _load_eval_files(task: Any) -> tuple[list[Example], list[dict[str, Any]]]:
             got = _load_qa_tsv(p, task.text_column, task.label_column)
         if not got:
             raise ConfigError("eval file has a header but no rows", path=p)
-        info.append({"file": p.name, "path": str(p), "rows": len(got), "bytes": p.stat().st_size})
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]  # identifies the file without its path
+        info.append({"file": p.name, "rows": len(got), "bytes": p.stat().st_size, "sha256": digest})
         rows += got
     return rows, info
 

@@ -141,6 +141,7 @@ class _Runner:
     def __init__(self, cfg: BenchConfig, output: Path, device: str, reporter: Reporter, policy: Policy) -> None:
         self.cfg, self.output, self.device, self.reporter, self.policy = cfg, output, device, reporter, policy
         self.cfg_hash = cfg.config_hash()
+        self.probe_hash = cfg.probe_hash()
         self.data: Any = None
         self.records: dict[int, dict[str, Any]] = {}  # seed -> {variant: eval record}
         self.audits: dict[int, dict[str, Any]] = {}
@@ -162,7 +163,7 @@ class _Runner:
         stats = adapter_stats(vdir / ADAPTER_DIR)
         key = _metric_key(self.cfg)
         rec = {
-            "strategy": plan.strategy, "seed": seed, "config_hash": self.cfg_hash,
+            "strategy": plan.strategy, "seed": seed, "config_hash": self.cfg_hash, "probe_hash": self.probe_hash,
             "plan": plan.to_dict(), "plan_fingerprint": plan.fingerprint(),
             "metric": key, "correct": int(metrics["correct"]), "n": int(metrics["n"]),
             "value": float(metrics[key]), "loss": metrics.get("loss"),
@@ -193,6 +194,13 @@ class _Runner:
         vdir = self.output / f"seed_{seed}" / plan.strategy
         units = self._units(plan)
         existing = _read_json(vdir / EVAL_FILE)
+        if plan.strategy == PROBE and existing is not None and existing.get("config_hash") == self.cfg_hash \
+                and existing.get("probe_hash") is None:
+            existing["probe_hash"] = self.probe_hash  # a record from before probe hashes: same config, same probe
+            _write_json(vdir / EVAL_FILE, existing)
+        if plan.strategy == PROBE and existing is not None and existing.get("probe_hash") == self.probe_hash:
+            # A probe depends on no compression setting: one trained for another bench is reused as is.
+            existing = {**existing, "config_hash": self.cfg_hash}
         if existing is not None and existing.get("config_hash") not in (None, self.cfg_hash):
             raise ConfigError(f"{vdir / EVAL_FILE} was made with a different bench config",
                               hint="use a new --output directory (or delete the old one)")
@@ -286,10 +294,12 @@ class _Runner:
         audit_path = self.output / f"seed_{seed}" / PROBE / "audit.json"
         audit = _read_json(audit_path)
         if audit is None or audit.get("probe_fingerprint") != probe.get("plan_fingerprint") \
-                or audit.get("finished_at") != probe.get("finished_at"):
+                or audit.get("finished_at") != probe.get("finished_at") \
+                or audit.get("config_hash", self.cfg_hash) != self.cfg_hash:
             audit = audit_probe(self.output / f"seed_{seed}" / PROBE / "peft", cfg)
             audit["probe_fingerprint"] = probe.get("plan_fingerprint")
             audit["finished_at"] = probe.get("finished_at")
+            audit["config_hash"] = self.cfg_hash  # the allowed ranks and the budget shape the audit
             _write_json(audit_path, audit)
         self.audits[seed] = audit
         co = cfg.compression

@@ -142,7 +142,8 @@ def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: st
 
 
 @click.group(name="bench", help=COMMANDS["bench"][2] + "\n\nTrain a high-rank probe, audit it, retrain the "
-             "suggested smaller ranks (and truncate the probe by SVD), and judge every variant across seeds "
+             "suggested smaller ranks (and truncate the probe by SVD, then optionally train it a few steps), and "
+             "judge every variant across seeds "
              "with the safe-uniform policy.")
 def bench() -> None:
     pass
