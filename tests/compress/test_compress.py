@@ -225,7 +225,8 @@ def test_text_table_drops_the_shared_prefix_and_fits_80_columns(cli, tmp_path):
             env={"COLUMNS": "80"})
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80
+    # paths are never broken (the console soft-wraps), so the header naming them may be longer
+    assert max(len(line) for line in lines if str(tmp_path) not in line) <= 80
     assert any("bert.encoder." in line for line in lines)  # the prefix is named once
     for name in mods:
         short = name[len("bert.encoder."):]

@@ -125,12 +125,28 @@ def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
     return AdapterConfig.from_dict(data, path=p)
 
 
+def _subfolder_adapters(d: Path) -> list[Path]:
+    """Subfolders of ``d`` holding an adapter (``save_pretrained`` writes a non-default adapter
+    to ``<dir>/<adapter name>/``)."""
+    try:
+        return sorted(p for p in d.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    except OSError:
+        return []
+
+
 def resolve_adapter_paths(
     peft_dir: str | os.PathLike[str] | None = None,
     adapter_config: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | None = None,
+    adapter_name: str | None = None,
 ) -> tuple[Path, Path]:
-    """Return ``(config_path, weights_path)``; safetensors preferred over ``.bin``."""
+    """Return ``(config_path, weights_path)``; safetensors preferred over ``.bin``.
+
+    A directory without an adapter of its own whose only adapter sits in a named subfolder
+    (``save_pretrained`` of an adapter not called ``default``) resolves to that subfolder;
+    ``adapter_name`` picks ``<dir>/<name>/`` when it exists. Several subfolders and no
+    ``adapter_name`` is an error listing them.
+    """
     if peft_dir is None and adapter_config is None and weights is None:
         raise AdapterFormatError("no adapter given", hint="pass --peft-dir DIR (or --adapter-config and --weights)")
     d = Path(peft_dir) if peft_dir is not None else None
@@ -140,6 +156,20 @@ def resolve_adapter_paths(
         if not d.is_dir():
             raise AdapterFormatError("expected an adapter directory", path=d,
                                      hint="pass the folder that holds adapter_config.json, or use --weights FILE")
+        if adapter_name is not None and (d / adapter_name / CONFIG_NAME).is_file():
+            d = d / adapter_name
+        elif not (d / CONFIG_NAME).exists() and not any((d / n).exists() for n in WEIGHT_NAMES):
+            subs = _subfolder_adapters(d)
+            if adapter_name is not None:
+                names = ", ".join(p.name for p in subs) or "none"
+                raise AdapterFormatError(f"no adapter named {adapter_name!r} here (adapter subfolders: {names})",
+                                         path=d, hint="pass --adapter-name with one of the subfolder names")
+            if len(subs) == 1:
+                d = subs[0]
+            elif len(subs) > 1:
+                raise AdapterFormatError(
+                    f"{len(subs)} adapters in subfolders ({', '.join(p.name for p in subs)}); "
+                    "each is audited on its own", path=d, hint="pass --adapter-name NAME")
     if adapter_config is not None:
         cfg = Path(adapter_config)
     elif d is not None:

@@ -76,6 +76,7 @@ def compress_adapter(
     budget_params: int | None = None,
     force: bool = False,
     dry_run: bool = False,
+    adapter_name: str | None = None,
 ) -> dict[str, Any]:
     """Compress the adapter in directory ``path`` into ``out`` (a new directory).
 
@@ -101,10 +102,16 @@ def compress_adapter(
     out_path = Path(out)
     if not src_path.exists():
         raise AdapterFormatError("adapter directory or file not found", path=src_path)
-    ad = open_adapter(src_path)
+    ad = open_adapter(src_path, adapter_name=adapter_name)
     try:
-        if ad.format == "peft" and src_path.is_file():
-            src_path = ad.weights_path.parent  # a PEFT weights file: its folder (with the config) is the input
+        if len(ad.adapter_names) > 1:
+            raise AdapterFormatError(
+                f"the weights hold {len(ad.adapter_names)} adapters ({', '.join(ad.adapter_names)}); compress writes "
+                "one adapter per output", path=ad.weights_path,
+                hint="save each adapter on its own (save_pretrained writes one folder per adapter) and compress that")
+        if ad.format == "peft" and ad.config_path is not None:
+            # the folder holding the config: a named subfolder, or the folder of a weights file given
+            src_path = ad.config_path.parent
         if ad.format == "peft":
             _check_paths(src_path, out_path, force, dry_run)
         else:

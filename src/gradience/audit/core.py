@@ -57,6 +57,8 @@ class LoadedAdapter:
     format: str = "peft"
     metadata: dict[str, str] = field(default_factory=dict)
     rslora_modules: set[str] = field(default_factory=set)
+    adapter_name: str | None = None
+    adapter_names: list[str] = field(default_factory=list)  # names in the keys of a raw state dict
 
     def close(self) -> None:
         self.source.close()
@@ -68,11 +70,13 @@ class LoadedAdapter:
 
 def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
                  adapter_config: str | os.PathLike[str] | None = None,
-                 weights: str | os.PathLike[str] | None = None) -> LoadedAdapter:
+                 weights: str | os.PathLike[str] | None = None,
+                 adapter_name: str | None = None) -> LoadedAdapter:
     """Resolve files, detect the format, pair factors and assign each module its r, α, scale.
 
     ``peft_dir`` may also be a weights file; a file in a format that carries its own ranks and
-    alphas (kohya, diffusers) needs no config.
+    alphas (kohya, diffusers) needs no config. ``adapter_name`` picks a named adapter: the
+    subfolder ``save_pretrained`` wrote it to, or its keys in a file holding several adapters.
     """
     if peft_dir is not None and weights is None and Path(peft_dir).is_file():
         peft_dir, weights = None, peft_dir
@@ -87,22 +91,24 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
             src.close()
             raise
         if not fmt.needs_config:
-            return _open_single_file(src, fmt.name)
+            return _open_single_file(src, fmt.name, adapter_name)
         src.close()
-    cfg_path, w_path = resolve_adapter_paths(peft_dir, adapter_config, weights)
+    cfg_path, w_path = resolve_adapter_paths(peft_dir, adapter_config, weights, adapter_name)
     cfg = load_adapter_config(cfg_path)
     src = open_weights(w_path)
     try:
         fmt = detect_format(src.names(), _metadata(src), w_path)
         if fmt.name == "kohya":  # its alphas are in the file; a config beside it has nothing to add
-            return _open_single_file(src, fmt.name)
-        scan = scan_modules(src)
+            return _open_single_file(src, fmt.name, adapter_name)
+        scan = scan_modules(src, adapter_name)
     except BaseException:
         src.close()
         raise
     issues = list(scan.problems)
     ad = LoadedAdapter(config=cfg, config_path=cfg_path, weights_path=w_path, source=src, modules=scan.modules,
-                       skipped=scan.skipped, issues=issues, metadata=_metadata(src))
+                       skipped=scan.skipped, issues=issues, metadata=_metadata(src),
+                       adapter_name=adapter_name or _subfolder_name(peft_dir, cfg_path),
+                       adapter_names=scan.adapters)
     mismatched = []
     for mod in scan.modules:
         base_name = mod.name.split("[")[0]
@@ -123,6 +129,13 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
     return ad
 
 
+def _subfolder_name(peft_dir: str | os.PathLike[str] | None, cfg_path: Path) -> str | None:
+    """The adapter's name when it was found in a named subfolder of ``peft_dir``."""
+    if peft_dir is None or Path(peft_dir).is_file():
+        return None
+    return cfg_path.parent.name if cfg_path.parent.parent == Path(peft_dir) else None
+
+
 def _metadata(src: SafetensorsFile | TorchBinFile) -> dict[str, str]:
     meta = getattr(src, "metadata", None) or {}
     return {str(k): str(v) for k, v in meta.items()}
@@ -139,7 +152,7 @@ def _common_issues(ad: LoadedAdapter, use_dora: bool) -> None:
                           "message": f"{len(ad.skipped)} non-LoRA tensor(s) not audited (heads, modules_to_save): {ex}"})
 
 
-def _open_single_file(src: SafetensorsFile | TorchBinFile, fmt: str) -> LoadedAdapter:
+def _open_single_file(src: SafetensorsFile | TorchBinFile, fmt: str, adapter_name: str | None = None) -> LoadedAdapter:
     """A kohya or diffusers file: modules, and r/α/s as that format's loader assigns them."""
     from collections import Counter
 
@@ -151,7 +164,7 @@ def _open_single_file(src: SafetensorsFile | TorchBinFile, fmt: str) -> LoadedAd
             scan = scan_kohya(src)
             scales = kohya_scales(src, scan.modules)
         else:
-            scan = scan_modules(src)
+            scan = scan_modules(src, adapter_name)
             scales = diffusers_scales(scan.modules, meta, src.path)
     except BaseException:
         src.close()
@@ -163,7 +176,7 @@ def _open_single_file(src: SafetensorsFile | TorchBinFile, fmt: str) -> LoadedAd
                         peft_type="LORA")
     ad = LoadedAdapter(config=cfg, config_path=None, weights_path=src.path, source=src, modules=scan.modules,
                        skipped=scan.skipped, issues=list(scan.problems), format=fmt, metadata=meta,
-                       rslora_modules=set(scales.rslora))
+                       rslora_modules=set(scales.rslora), adapter_name=adapter_name, adapter_names=scan.adapters)
     for m in scan.modules:
         ad.module_r[m.name] = m.r
         ad.module_alpha[m.name] = scales.alpha[m.name]
@@ -361,6 +374,7 @@ def audit_adapter(
     budget_params: int | None = None,
     energy: float | None = None,
     progress: ProgressFn | None = None,
+    adapter_name: str | None = None,
 ) -> AuditResult:
     """Audit a LoRA adapter (a PEFT directory, or explicit config + weights files).
 
@@ -372,6 +386,8 @@ def audit_adapter(
         base_norms_cache: directory caching base-weight norms (σ₁, Frobenius) across runs.
         budget_params / energy: also compute a budgeted per-module rank allocation.
         progress: called as ``progress(done_modules, total_modules)``.
+        adapter_name: the adapter to audit when a directory holds several in named subfolders, or
+            a weights file holds several (``lora_A.<name>``); they are never merged.
     Raises:
         GradienceError subclasses for unreadable or non-LoRA inputs (never an empty audit).
     """
@@ -384,7 +400,7 @@ def audit_adapter(
     if top_singular_values < 0:
         raise UsageError("top_singular_values must be >= 0")
     t0 = time.perf_counter()
-    ad = open_adapter(peft_dir, adapter_config=adapter_config, weights=weights)
+    ad = open_adapter(peft_dir, adapter_config=adapter_config, weights=weights, adapter_name=adapter_name)
     try:
         return _audit_open(ad, top_singular_values, base_model, base_norms_cache, udr, budget_params, energy,
                            progress, t0)
@@ -502,6 +518,7 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
     t_end = time.perf_counter()
     adapter = {
         "format": ad.format,
+        "adapter_name": ad.adapter_name,
         "config_path": str(ad.config_path) if ad.config_path is not None else None,
         "weights_path": str(ad.weights_path),
         "weights_bytes": ad.weights_path.stat().st_size,

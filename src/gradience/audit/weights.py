@@ -19,7 +19,7 @@ import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -369,14 +369,20 @@ class ModuleScan:
     modules: list[LoraModule]
     skipped: list[str]
     problems: list[dict[str, Any]]
+    adapters: list[str] = field(default_factory=list)  # adapter names in the keys (a raw state dict)
 
 
 def _strip(name: str) -> str:
     return name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
 
 
-def scan_modules(src: TensorSource) -> ModuleScan:
+def scan_modules(src: TensorSource, adapter_name: str | None = None) -> ModuleScan:
     """Pair every ``lora_A`` with its ``lora_B``; list other tensors as skipped.
+
+    A file whose keys carry several adapter names (``…lora_A.default.weight`` and
+    ``…lora_A.other.weight``: a raw ``state_dict`` of a model with two adapters) is never merged
+    into one: without ``adapter_name`` it is refused with the list of names, with it only that
+    adapter's modules are read (keys without a name segment belong to every name).
 
     Raises :class:`AdapterFormatError` for a factor without its partner or when no LoRA
     module exists (never an empty audit). Geometry that does not fit a LoRA pair is
@@ -402,6 +408,18 @@ def scan_modules(src: TensorSource) -> ModuleScan:
             continue
         skipped.append(key)
 
+    named = sorted({a for (_, a) in pairs if a is not None})
+    if adapter_name is not None and named and adapter_name not in named:
+        raise AdapterFormatError(f"no adapter named {adapter_name!r} in the weights; it holds {', '.join(named)}",
+                                 path=src.path, hint="pass --adapter-name with one of these names")
+    if adapter_name is None and len(named) > 1:
+        raise AdapterFormatError(
+            f"the weights hold {len(named)} adapters ({', '.join(named)}), each with its own r and alpha; "
+            "they are audited one at a time, never merged", path=src.path,
+            hint="pass --adapter-name NAME (and that adapter's --adapter-config)")
+    if named and adapter_name is not None:
+        pairs = {k: v for k, v in pairs.items() if k[1] in (adapter_name, None)}
+        magnitudes = {k: v for k, v in magnitudes.items() if k[1] in (adapter_name, None)}
     adapters = {a for (_, a) in pairs}
     modules: list[LoraModule] = []
     problems: list[dict[str, Any]] = []
@@ -433,7 +451,7 @@ def scan_modules(src: TensorSource) -> ModuleScan:
         raise AdapterFormatError(f"no LoRA modules found (no lora_A/lora_B tensor pairs){detail}", path=src.path,
                                  hint="is this a LoRA adapter saved by PEFT?")
     modules.sort(key=lambda m: _natural_key(m.name))
-    return ModuleScan(modules=modules, skipped=sorted(skipped), problems=problems)
+    return ModuleScan(modules=modules, skipped=sorted(skipped), problems=problems, adapters=named)
 
 
 def _geometry(a: tuple[int, ...], b: tuple[int, ...], emb: bool) -> tuple[str, int, int, int] | str:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 @click.option("--peft-dir", type=click.Path(path_type=Path), help="PEFT adapter directory (adapter_config.json + weights).")
 @click.option("--adapter-config", type=click.Path(path_type=Path), help="Explicit adapter_config.json.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Explicit weights file (.safetensors or .bin).")
+@click.option("--adapter-name", default=None,
+              help="The adapter to audit when a folder or file holds several (never merged).")
 @click.option("--top-wasteful", type=click.IntRange(min=0), default=10, show_default=True,
               help="Show the N modules with the most unused parameters.")
 @click.option("--top-singular-values", type=click.IntRange(min=0), default=0,
@@ -36,7 +38,8 @@ if TYPE_CHECKING:
 @click.option("--base-model", help="Base model directory or hub id (local cache) for UDR/SDI.")
 @click.option("--base-norms-cache", type=click.Path(path_type=Path), help="Directory caching base-weight norms.")
 @click.option("--no-udr", is_flag=True, help="Skip UDR/SDI even when the base model is available.")
-def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | None, top_wasteful: int,
+def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | None, adapter_name: str | None,
+          top_wasteful: int,
           top_singular_values: int, show_layers: bool, suggest_per_layer: bool, budget_params: int | None,
           energy: float | None, as_json: bool, append_to: Path | None, base_model: str | None,
           base_norms_cache: Path | None, no_udr: bool) -> None:
@@ -71,7 +74,7 @@ def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | No
         res = audit_adapter(peft_dir, adapter_config=adapter_config, weights=weights,
                             top_singular_values=top_singular_values, base_model=base_model,
                             base_norms_cache=base_norms_cache, udr=not no_udr, budget_params=budget_params,
-                            energy=energy, progress=progress)
+                            energy=energy, progress=progress, adapter_name=adapter_name)
     finally:
         if status is not None:
             status.stop()

@@ -17,6 +17,7 @@ from ._output import console, fmt_num, print_json
               help="Input single-file LoRA (kohya sd-scripts or diffusers .safetensors).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Output directory (PEFT), or .safetensors file / directory (single-file formats); never the input.")
+@click.option("--adapter-name", default=None, help="The adapter to compress when a folder holds several.")
 @click.option("--rank", type=click.IntRange(min=1), default=None, help="Truncate every module to min(N, r).")
 @click.option("--energy", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Per module the smallest rank keeping this fraction of Σσ² (energy, not norm).")
@@ -27,7 +28,8 @@ from ._output import console, fmt_num, print_json
 @click.option("--force", is_flag=True, help="Overwrite a non-empty output directory.")
 @click.option("--dry-run", is_flag=True, help="Report what would be kept; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (documented in docs/compress.md).")
-def compress(peft_dir: Path | None, weights: Path | None, out: Path, rank: int | None, energy: float | None, strategy: str | None,
+def compress(peft_dir: Path | None, weights: Path | None, out: Path, adapter_name: str | None, rank: int | None,
+             energy: float | None, strategy: str | None,
              budget_params: int | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Shrink a trained LoRA adapter exactly (best rank-k ΔW per module), without retraining.
 
@@ -42,7 +44,8 @@ def compress(peft_dir: Path | None, weights: Path | None, out: Path, rank: int |
     src = peft_dir if peft_dir is not None else weights
     assert src is not None
     rep = compress_adapter(src, out, rank=rank, energy=energy, strategy=strategy,
-                           budget_params=budget_params, force=force, dry_run=dry_run)
+                           budget_params=budget_params, force=force, dry_run=dry_run,
+                           adapter_name=adapter_name)
     if as_json:
         print_json(rep)
         return
