@@ -43,15 +43,15 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     from ..errors import GradienceError
     from ..policy import generalisation_summary, run_recommendations
     from ..telemetry.reader import TelemetryReader
+    from ..telemetry.run_select import resolve_run_id
     from ..telemetry.snapshot import SignalSnapshot
 
     reader = TelemetryReader(path, strict_schema=strict_schema)
     accs = reader.accumulate()  # one streaming pass; memory independent of file size
-    if run_id is not None and run_id not in accs:
-        known = ", ".join(list(accs)[-5:]) or "none"
-        raise GradienceError(f"run id {run_id!r} not found", path=path, hint=f"runs in this file: {known}")
+    if run_id is not None and not accs:
+        raise GradienceError(f"run id {run_id!r} not found", path=path, hint="runs in this file: none")
     if accs:
-        chosen = run_id if run_id is not None else next(reversed(accs))
+        chosen = resolve_run_id(run_id, list(accs), path)  # full id or unique prefix; default the latest
         snap = accs[chosen].snapshot(now=time.time() if now is None else now)
     else:
         snap = SignalSnapshot(status="empty")

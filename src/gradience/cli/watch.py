@@ -51,9 +51,12 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
         except OSError as exc:
             raise GradienceError(f"cannot read telemetry file: {exc.strerror}", path=path) from None
         state.finish()
-        if run_id is not None and run_id not in state.accumulators:
-            runs = ", ".join(state.run_ids[-5:]) or "none"
-            raise UsageError(f"run id {run_id!r} not found", path=path, hint=f"runs in this file: {runs}")
+        if run_id is not None:  # full id or unique prefix (one-line error when unknown or ambiguous)
+            from ..telemetry.run_select import resolve_run_id
+
+            if not state.run_ids:
+                raise UsageError(f"run id {run_id!r} not found", path=path, hint="runs in this file: none")
+            resolve_run_id(run_id, state.run_ids, path)
         view = state.view()
         if as_json:
             print_json(view.to_dict())

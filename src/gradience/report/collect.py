@@ -21,6 +21,7 @@ from typing import Any
 
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds, SpikeDetector
 from ..telemetry.reader import TelemetryIssue, TelemetryReader
+from ..telemetry.run_select import resolve_run_id
 from ..telemetry.snapshot import RunAccumulator, SignalSnapshot, normalize_split
 from ..training.kappa_risk import RISK_LEVELS
 
@@ -391,11 +392,7 @@ def collect_run(
         detail = f" ({len(issues)} unreadable lines, first: {issues[0]})" if issues else ""
         raise GradienceError(f"no telemetry events in the file{detail}", path=reader.path,
                              hint="is this a Gradience run.jsonl? a run writes <out_dir>/run.jsonl")
-    if run_id is None:
-        run_id = next(reversed(collectors))
-    if run_id not in collectors:
-        raise GradienceError(f"run id {run_id!r} not found", path=reader.path,
-                             hint=f"runs in this file: {', '.join(list(collectors)[-5:])}")
+    run_id = resolve_run_id(run_id, list(collectors), reader.path)  # default: the run that started last
     col = collectors[run_id]
     return RunData(
         path=str(reader.path),

@@ -214,10 +214,7 @@ class TelemetryReader:
         if not accs:
             snap = SignalSnapshot(status="empty")
             return snap
-        if run_id is None:
-            # "Last run" = the run that started last; fall back to the last id seen.
-            run_id = next(reversed(accs))
-        if run_id not in accs:
-            raise GradienceError(f"run id {run_id!r} not found", path=self.path,
-                                 hint=f"runs in this file: {', '.join(list(accs)[-5:])}")
-        return accs[run_id].snapshot()
+        # Default: the run that started last. A requested id may be any unique prefix.
+        from .run_select import resolve_run_id
+
+        return accs[resolve_run_id(run_id, list(accs), self.path)].snapshot()

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.reader import LineDecoder, TelemetryIssue
+from ..telemetry.run_select import match_run_id
 from ..telemetry.snapshot import GRAD_HISTORY, REPLAY_WINDOW, RunAccumulator, SignalSnapshot
 
 __all__ = ["FileFollower", "FollowResult", "RunHistory", "SeriesBuffer", "WatchState", "WatchView"]
@@ -506,9 +507,12 @@ class WatchState:
         return list(self.accumulators)
 
     def selected_run_id(self) -> str | None:
-        """``--run-id`` when given (even before it appears), else the run that started last."""
+        """``--run-id`` when given (the run it names as a full id or unique prefix; the id itself
+        while no run matches, so a run can be followed before it appears), else the run that started
+        last."""
         if self.requested_run_id is not None:
-            return self.requested_run_id
+            found = match_run_id(self.requested_run_id, self.run_ids)
+            return found[0] if len(found) == 1 else self.requested_run_id
         return next(reversed(self.accumulators), None)
 
     def view(self) -> WatchView:
