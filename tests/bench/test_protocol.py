@@ -217,13 +217,13 @@ def test_a_probe_seeds_another_bench_that_only_compresses_differently(bench_run,
 
     cfg, out, _ = bench_run
     data = yaml.safe_load(cfg.read_text())
-    data["compression"] = {"strategies": ["uniform_median"], "retrain_scaling": "keep_alpha"}
+    data["compression"] = {"strategies": ["uniform_median"]}
     other = tmp_path / "alpha.yaml"
     other.write_text(yaml.safe_dump(data))
     out2 = tmp_path / "alpha"
     shutil.copytree(out / "seed_7" / "probe", out2 / "seed_7" / "probe")
     probe = json.loads((out / "seed_7" / "probe" / "eval.json").read_text())
-    r = cli_inproc("bench", "run", str(other), "--output", str(out2), "--json")
+    r = cli_inproc("bench", "run", str(other), "--output", str(out2), "--json", "--retrain-scaling", "keep_alpha")
     assert r.returncode in (0, 1), r.stderr
     bench = json.loads((out2 / "bench.json").read_text())
     assert bench["probe"]["7"]["correct"] == probe["correct"]  # reused, not retrained
@@ -236,3 +236,9 @@ def test_a_probe_seeds_another_bench_that_only_compresses_differently(bench_run,
     shutil.copytree(out / "seed_7" / "probe", tmp_path / "alpha3" / "seed_7" / "probe")
     r = cli_inproc("bench", "run", str(other), "--output", str(tmp_path / "alpha3"), "--quiet")
     assert r.returncode == 2 and "different bench config" in r.stderr
+
+
+def test_retrain_scaling_flag_is_validated(tmp_path, cli_inproc):
+    r = cli_inproc("bench", "run", str(tmp_path / "any.yaml"), "--output", str(tmp_path / "o"),
+                   "--retrain-scaling", "sqrt")
+    assert r.returncode == 2 and "keep_scale" in r.stderr

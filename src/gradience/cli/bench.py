@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from ..bench.config import RETRAIN_SCALINGS
 from ..bench.protocol import Reporter
 from ..errors import UsageError
 from ._output import console, err_console, fmt_num, print_json
@@ -157,10 +158,12 @@ def bench() -> None:
 @click.option("--ci", is_flag=True, help="Exit 1 unless the policy passes.")
 @click.option("--device", default=None, help="auto (default: the config's runtime.device), cpu, cuda, cuda:N, mps.")
 @click.option("--seeds", multiple=True, help="Override the config's seeds, e.g. --seeds 42,43,44.")
+@click.option("--retrain-scaling", type=click.Choice(RETRAIN_SCALINGS), default=None,
+              help="Override compression.retrain_scaling: how a retrained variant's alpha follows its rank.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome (status, summary, verdicts) as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def run_cmd(config: Path, output: Path, smoke: bool, ci: bool, device: str | None, seeds: tuple[str, ...],
-            as_json: bool, quiet: bool) -> None:
+            retrain_scaling: str | None, as_json: bool, quiet: bool) -> None:
     """Run (or resume) a bench from a YAML CONFIG."""
     from ..bench.config import load_config
     from ..bench.protocol import check_output_dir, run_bench
@@ -174,6 +177,8 @@ def run_cmd(config: Path, output: Path, smoke: bool, ci: bool, device: str | Non
     parsed = _parse_seeds(seeds)
     if parsed is not None:
         cfg = cfg.with_seeds(parsed)
+    if retrain_scaling is not None:
+        cfg.compression.retrain_scaling = retrain_scaling  # a choice click has validated
     check_output_dir(output, cfg)
     t0 = time.time()
     reporter = RichReporter(enabled=not quiet and not as_json)
