@@ -125,7 +125,8 @@ def render_check_text(con: Console, obj: dict[str, Any], *, verbose: bool) -> No
               help="Directory with training_args.{json,yaml,yml}.")
 @click.option("--task", "--dataset", "dataset", metavar="NAME",
               help="Dataset/task name; also used to infer the task profile (sst2, gsm8k, ...).")
-@click.option("--model", metavar="NAME", help="Base model name.")
+@click.option("--model", metavar="NAME_OR_DIR",
+              help="Base model name, or a local checkpoint whose module names check resolves the targets against.")
 @click.option("--task-profile", type=click.Choice(["easy_classification", "hard_reasoning", "generation", "unknown"]),
               help="Task profile (default: inferred from the dataset name).")
 @click.option("--optimizer", metavar="NAME", help="Optimizer name (e.g. adamw_torch).")

@@ -183,9 +183,13 @@ def parse_peft(data: Mapping[str, Any], path: Path | None = None) -> tuple[LoRAC
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
     )
-    for key in ("task_type", "modules_to_save", "layers_to_transform", "init_lora_weights"):
+    for key in ("task_type", "modules_to_save", "layers_to_transform", "layers_pattern", "init_lora_weights",
+                "exclude_modules", "target_parameters"):
         if data.get(key) is not None:
             lora.extras[key] = data[key]
+    if isinstance(data.get("target_modules"), str):
+        # PEFT reads a string as one regex over the whole module name, a list as literal names
+        lora.extras["target_modules_is_regex"] = True
     base = data.get("base_model_name_or_path")
     return lora, (str(base) if base else None)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from ..telemetry.schema import ConfigSnapshot, Recommendation, TaskProfile
 from .config_parse import coerce_numbers
+from .model_modules import ModuleNames, module_names
+from .peft_match import REGEX_CHARS, Resolution, is_all_linear, resolve
 from .profiles import resolve_profile
 from .targets import TargetSummary, summarize_targets
 
@@ -40,13 +42,28 @@ class CheckContext:
     profile: TaskProfile
     profile_source: str
     targets: TargetSummary
+    # the model's module names (a local checkpoint's, or the family's usual ones) and what the
+    # config adapts in them with PEFT's matching rules; None when the model is unknown
+    names: ModuleNames | None = None
+    resolution: Resolution | None = None
 
     @classmethod
     def build(cls, cfg: ConfigSnapshot) -> CheckContext:
         cfg = coerce_numbers(cfg)
         profile, source = resolve_profile(cfg)
+        names = module_names(cfg.model_name)
+        lora = cfg.lora
+        target = peft_targets(cfg)
+        resolution = None
+        if names is not None and target is not None and lora.r and lora.r > 0 and lora.alpha is not None:
+            x = lora.extras
+            resolution = resolve(names.names, target_modules=target, r=int(lora.r), alpha=float(lora.alpha),
+                                 rank_pattern=lora.rank_pattern, alpha_pattern=lora.alpha_pattern,
+                                 exclude_modules=x.get("exclude_modules"), modules_to_save=x.get("modules_to_save"),
+                                 layers_to_transform=x.get("layers_to_transform"),
+                                 layers_pattern=x.get("layers_pattern"))
         return cls(cfg=cfg, profile=profile, profile_source=source,
-                   targets=summarize_targets(cfg.lora.target_modules))
+                   targets=_effective_targets(cfg, target, resolution), names=names, resolution=resolution)
 
     @property
     def lr(self) -> float | None:
@@ -68,6 +85,28 @@ class CheckContext:
 
 
 Rule = Callable[[CheckContext], Iterable[Recommendation]]
+
+
+def peft_targets(cfg: ConfigSnapshot) -> str | list[str] | None:
+    """``target_modules`` as PEFT sees it: one regex string, or a list of literal names."""
+    tm = cfg.lora.target_modules
+    if tm and len(tm) == 1 and (cfg.lora.extras.get("target_modules_is_regex") or is_all_linear(tm[0])):
+        return tm[0]
+    return list(tm) if tm else None
+
+
+def _effective_targets(cfg: ConfigSnapshot, target: str | list[str] | None,
+                       resolution: Resolution | None) -> TargetSummary:
+    """The target summary the profile rules read: with ``exclude_modules`` (or a regex target) and
+    known module names, the leaves PEFT actually adapts; with a list and ``exclude_modules``
+    alone, the list minus what the exclusion removes; else ``target_modules`` as written."""
+    exclude = cfg.lora.extras.get("exclude_modules")
+    if resolution is not None and (exclude or isinstance(target, str)) and resolution.targeted:
+        return summarize_targets(sorted({n.rsplit(".", 1)[-1] for n in resolution.targeted}))
+    if isinstance(target, list) and isinstance(exclude, list) and exclude:
+        kept = [t for t in target if not any(t == e or t.endswith("." + e) for e in exclude)]
+        return summarize_targets(kept or None)
+    return summarize_targets(cfg.lora.target_modules)
 
 
 def _rec(severity: str, action: str, message: str, why: str, confidence: float,
@@ -268,10 +307,142 @@ def unrecognised_targets(ctx: CheckContext) -> Iterable[Recommendation]:
                    {"unrecognised": t.unrecognised, "target_modules": t.names})
 
 
+# -- PEFT's matching rules (docs/policy.md#target-and-pattern-rules) ----------------------
+def target_form(ctx: CheckContext) -> Iterable[Recommendation]:
+    target = peft_targets(ctx.cfg)
+    if not isinstance(target, list):
+        return
+    regexy = [t for t in target if any(c in REGEX_CHARS for c in t)]
+    shorthand = [t for t in target if is_all_linear(t)] if len(target) > 1 else []
+    if regexy:
+        yield _rec("error", "fix_target_modules_form",
+                   f"target_modules entries {', '.join(regexy)} look like regexes, but PEFT matches list entries "
+                   "literally (the module name or its `.`-suffix), so they match nothing; give a regex as one "
+                   f"string: target_modules=\"{regexy[0]}\".",
+                   "A list entry matches a module only if it equals the name or its last components; regex "
+                   "characters in it are taken literally.", 0.8, {"entries": regexy, "target_modules": target})
+    elif shorthand:
+        yield _rec("error", "fix_target_modules_form",
+                   "\"all-linear\" inside a list is a literal module name and matches nothing; pass it as the "
+                   "whole value: target_modules=\"all-linear\".",
+                   "PEFT expands all-linear only when target_modules is that string.", 0.8,
+                   {"entries": shorthand, "target_modules": target})
+
+
+def pattern_regex(ctx: CheckContext) -> Iterable[Recommendation]:
+    import re
+
+    lora = ctx.cfg.lora
+    bad: list[tuple[str, str, str]] = []
+    for fld, keys in (("rank_pattern", list(lora.rank_pattern or {})), ("alpha_pattern", list(lora.alpha_pattern or {}))):
+        for k in keys:
+            try:
+                re.compile(rf"(.*\.)?({k})$")
+            except re.error as exc:
+                bad.append((fld, k, str(exc)))
+    target = peft_targets(ctx.cfg)
+    if isinstance(target, str) and not is_all_linear(target):
+        try:
+            re.compile(target)
+        except re.error as exc:
+            bad.append(("target_modules", target, str(exc)))
+    if bad:
+        fld, k, err = bad[0]
+        yield _rec("error", "fix_pattern_regex", f"{fld} key {k!r} is not a valid regex ({err}); PEFT fails to load "
+                   "the config.", "PEFT compiles target_modules strings and pattern keys as regular expressions.",
+                   0.9, {"invalid": [{"field": f, "key": key, "error": e} for f, key, e in bad]})
+
+
+def _names_evidence(ctx: CheckContext) -> dict[str, object]:
+    assert ctx.names is not None
+    return {"module_names": ctx.names.source, "n_modules": len(ctx.names.names)}
+
+
+def targets_match_nothing(ctx: CheckContext) -> Iterable[Recommendation]:
+    res = ctx.resolution
+    if res is None or ctx.names is None or res.bad_regex:
+        return
+    target = peft_targets(ctx.cfg)
+    exact = ctx.names.exact
+    if not res.targeted and not res.excluded:
+        yield _rec("error" if exact else "warning", "fix_target_modules",
+                   f"target_modules matches no module of the model ({ctx.names.source}); PEFT refuses to build "
+                   "this adapter.", "PEFT raises when no module matches the targets.", 0.8 if exact else 0.5,
+                   {**_names_evidence(ctx), "target_modules": target})
+    elif res.unmatched_targets:
+        yield _rec("warning" if exact else "info", "fix_unmatched_targets",
+                   f"target_modules entries {', '.join(res.unmatched_targets)} match no module of the model "
+                   f"({ctx.names.source}); remove or rename them.",
+                   "An entry that matches nothing adapts nothing: the capacity you planned for it is not there.",
+                   0.7 if exact else 0.4, {**_names_evidence(ctx), "unmatched": res.unmatched_targets})
+
+
+def patterns_match_nothing(ctx: CheckContext) -> Iterable[Recommendation]:
+    lora = ctx.cfg.lora
+    res = ctx.resolution
+    unmatched: list[str] = []
+    if res is not None and ctx.names is not None and not res.bad_regex and res.targeted:
+        for fld in ("rank_pattern", "alpha_pattern"):
+            unmatched += [f"{fld}[{k!r}]" for k in res.unmatched_patterns.get(fld, [])]
+        exact = ctx.names.exact
+        evidence: dict[str, object] = _names_evidence(ctx)
+    else:
+        # Without module names: a key anchored with ^ matches only a top-level module of that exact name.
+        for fld, pat in (("rank_pattern", lora.rank_pattern), ("alpha_pattern", lora.alpha_pattern)):
+            unmatched += [f"{fld}[{k!r}]" for k in (pat or {}) if k.startswith("^") and "." not in k]
+        exact = True
+        evidence = {}
+    if unmatched:
+        yield _rec("warning" if exact else "info", "fix_pattern_keys",
+                   f"{', '.join(unmatched)} match no adapted module, so PEFT ignores them (keys match the end of "
+                   "the module path at a `.`: `^` anchors at the start of the whole path).",
+                   "PEFT matches a pattern key as the regex (.*\\.)?(key)$ against each adapted module's name; a key "
+                   "that matches none has no effect.", 0.7 if exact else 0.4, {**evidence, "unmatched": unmatched})
+
+
+def module_alpha_ratio(ctx: CheckContext) -> Iterable[Recommendation]:
+    """α/r per module where rank_pattern/alpha_pattern change it (the global one is alpha_ratio's)."""
+    lora = ctx.cfg.lora
+    if not (lora.rank_pattern or lora.alpha_pattern) or not lora.r or lora.alpha is None:
+        return
+    rs = bool(lora.use_rslora)
+    name = "alpha/sqrt(r)" if rs else "alpha/r"
+    res = ctx.resolution
+    if res is not None and res.targeted:
+        scales = res.scales(rs)
+        where = ctx.names.source if ctx.names else ""
+    else:
+        # No module names: each pattern key on its own (its α over its r, or the global value).
+        keys = list(dict.fromkeys([*(lora.rank_pattern or {}), *(lora.alpha_pattern or {})]))
+        scales = {}
+        for k in keys:
+            r_k = (lora.rank_pattern or {}).get(k, lora.r)
+            a_k = (lora.alpha_pattern or {}).get(k, lora.alpha)
+            if r_k and r_k > 0:
+                scales[f"modules matching {k!r}"] = float(a_k) / (math.sqrt(r_k) if rs else float(r_k))
+        where = "per pattern key"
+    lo, hi = ALPHA_RATIO_RANGE
+    out = {m: v for m, v in scales.items() if not (lo <= v <= hi) and v > 0}
+    glob = float(lora.alpha) / (math.sqrt(lora.r) if rs else float(lora.r))
+    out = {m: v for m, v in out.items() if v != glob}  # the global scale is alpha_ratio's finding
+    if not out:
+        return
+    far = {m: v for m, v in out.items() if not (ALPHA_RATIO_FAR[0] <= v <= ALPHA_RATIO_FAR[1])}
+    worst = max(out, key=lambda m: max(out[m], 1 / out[m]))
+    shown = ", ".join(f"{m} {name}={out[m]:g}" for m in sorted(out, key=lambda m: -max(out[m], 1 / out[m]))[:3])
+    yield _rec("warning" if far else "info", "review_module_alpha_over_r",
+               f"rank_pattern/alpha_pattern give {len(out)} module(s) a scale {'far ' if far else ''}outside "
+               f"{lo:g}–{hi:g}: {shown}{' …' if len(out) > 3 else ''}; set their alpha_pattern so {name} is near 1.",
+               "The LoRA scale multiplies the module's update: a per-module α/r of 64 acts like a 64× learning "
+               "rate on that module.", 0.6 if far else 0.5,
+               {"modules": {m: out[m] for m in sorted(out)[:20]}, "worst": worst, "range": [lo, hi], "source": where})
+
+
 CHECK_RULES: tuple[Rule, ...] = (
     hard_lr, hard_targets, hard_rank, hard_alpha,
     easy_rules,
     calibration_probe,
     weight_decay, invalid_values, extreme_lr, alpha_ratio, rslora_hint, dropout, grad_clipping,
     unrecognised_targets,
+    target_form, pattern_regex, targets_match_nothing, patterns_match_nothing, module_alpha_ratio,
 )
