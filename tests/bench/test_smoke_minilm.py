@@ -23,9 +23,13 @@ def test_minilm_sst2_smoke_produces_every_documented_output(tmp_path, cli, sst2_
     bench = json.loads((out / "bench.json").read_text())
     assert bench["config"]["model"]["name"] == "bundled:minilm" and bench["seeds_done"] == [42]
     assert set(bench["variants"]) == {"uniform_median", "uniform_p90", "per_layer", "budget", "truncate",
-                                      "truncate_heal"}
+                                      "truncate_heal", "truncate_budget", "truncate_budget_heal"}
     heal, cut = bench["variants"]["truncate_heal"]["42"], bench["variants"]["truncate"]["42"]
     assert heal["train_steps"] == 3 and heal["ranks"] == cut["ranks"]  # truncated as truncate is, then trained
+    budget = bench["variants"]["budget"]["42"]
+    for name in ("truncate_budget", "truncate_budget_heal"):  # the budget's ranks, cut from the probe
+        assert bench["variants"][name]["42"]["ranks"] == budget["ranks"]
+        assert bench["variants"][name]["42"]["lora_params"] <= bench["audit"]["42"]["budget_params"]
     plateau = bench["probe"]["42"]["plateau"]
     assert plateau["curve"] and plateau["stop_reason"] in ("plateau", "max_steps")
     assert bench["data"]["n_val"] == 64 and bench["retrain_scaling"] == "keep_scale"

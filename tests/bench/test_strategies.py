@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradience.bench.strategies import VariantPlan, peft_module_key, plan_variants, retrain_alpha
+from gradience.errors import GradienceError
 
 SUMMARY = {"suggested_r_global_median": 2, "suggested_r_global_90": 8}
 PER_MODULE = {"base_model.model.bert.encoder.layer.0.attention.self.query": 2,
@@ -129,9 +130,22 @@ def test_plans_made_before_healing_and_scaling_keep_their_fingerprint():
     # Resume must keep reusing variants finished before these fields existed.
     plan = VariantPlan("uniform_median", r=2, alpha=4.0)
     d = plan.to_dict()
-    for k in ("heal_steps", "scaling", "note"):
+    for k in ("truncate_budget", "heal_steps", "heal_lr", "scaling", "note"):
         d.pop(k)
     import hashlib
     import json
 
     assert plan.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_truncate_budget_plans_take_the_budget_ranks_and_pass_the_budget_to_compress():
+    budget_ranks = {"bert.encoder.layer.0.attention.self.query": 1, "bert.encoder.layer.0.attention.self.value": 3,
+                    "bert.encoder.layer.1.attention.self.query": 1}
+    cut, healed = plan_variants(SUMMARY, ["truncate_budget", "truncate_budget_heal"], probe_r=32, probe_alpha=64,
+                                budget_ranks=budget_ranks, budget_params=5000, heal_steps=40)
+    for p in (cut, healed):
+        assert (p.r, p.truncate_budget, p.retrain) == (1, 5000, False)
+        assert p.rank_pattern == {"bert.encoder.layer.0.attention.self.value": 3}
+    assert (cut.heal_steps, healed.heal_steps) == (0, 40)
+    with pytest.raises(GradienceError, match="no budgeted allocation"):
+        plan_variants(SUMMARY, ["truncate_budget"], probe_r=32, probe_alpha=64)

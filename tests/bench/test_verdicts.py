@@ -109,8 +109,9 @@ def test_policy_override_and_bad_policy(tmp_path):
 
 def test_within_one_point_policy_needs_every_seed_within_exactly_one_point():
     strict = load_policy("within_one_point")
-    assert strict.min_pass_fraction == 1 and strict.gate_strategies == ("truncate_heal",)
-    ok = judge(seeds([900, 900, 900], [890, 900, 905], "truncate_heal"), strict, "sst2", ["truncate_heal"])
-    assert ok["status"] == "PASS" and ok["strategies"]["truncate_heal"]["worst_delta_points"] == -1.0
-    bad = judge(seeds([900, 900, 900], [889, 900, 905], "truncate_heal"), strict, "sst2", ["truncate_heal"])
+    name = "truncate_budget_heal"
+    assert strict.min_pass_fraction == 1 and strict.gate_strategies == (name,)
+    ok = judge(seeds([900, 900, 900], [890, 900, 905], name), strict, "sst2", [name])
+    assert ok["status"] == "PASS" and ok["strategies"][name]["worst_delta_points"] == -1.0
+    bad = judge(seeds([900, 900, 900], [889, 900, 905], name), strict, "sst2", [name])
     assert bad["status"] == "FAIL"  # one seed at -1.1 is enough

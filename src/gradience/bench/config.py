@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 #: compression strategies the protocol knows, in the order they run.
-STRATEGIES = ("uniform_median", "uniform_p90", "per_layer", "budget", "truncate", "truncate_heal")
+STRATEGIES = ("uniform_median", "uniform_p90", "per_layer", "budget", "truncate", "truncate_heal", "truncate_budget",
+              "truncate_budget_heal")
 #: how a retrained variant's lora_alpha follows its rank r (the probe has rank R and alpha A).
 RETRAIN_SCALINGS = ("keep_scale", "keep_alpha", "rslora")
 #: task profiles: sequence classification (accuracy) and causal-LM answer accuracy (exact match).
@@ -124,8 +125,10 @@ class CompressionConfig:
     retrain_scaling: str = _f("keep_scale", "retrained variants' alpha at rank r: 'keep_scale' (alpha/r of the "
                                             "probe), 'keep_alpha' (the probe's alpha), 'rslora' (alpha/sqrt(r) "
                                             "continued from the probe: alpha = (A/R)*sqrt(R*r))")
-    heal_steps: int = _f(100, "truncate_heal: optimizer steps of training after the SVD truncation")
-    heal_lr: float | None = _f(None, "truncate_heal: peak learning rate of the healing steps (None: train.lr)")
+    heal_steps: int = _f(100, "truncate_heal, truncate_budget_heal: optimizer steps of training after the SVD "
+                              "truncation")
+    heal_lr: float | None = _f(None, "truncate_heal, truncate_budget_heal: peak learning rate of the healing "
+                                     "steps (None: train.lr)")
 
 
 @dataclass

@@ -194,12 +194,12 @@ class _Runner:
         vdir = self.output / f"seed_{seed}" / plan.strategy
         units = self._units(plan)
         existing = _read_json(vdir / EVAL_FILE)
-        if plan.strategy == PROBE and existing is not None and existing.get("config_hash") == self.cfg_hash \
-                and existing.get("probe_hash") is None:
+        if existing is not None and existing.get("config_hash") == self.cfg_hash and existing.get("probe_hash") is None:
             existing["probe_hash"] = self.probe_hash  # a record from before probe hashes: same config, same probe
             _write_json(vdir / EVAL_FILE, existing)
-        if plan.strategy == PROBE and existing is not None and existing.get("probe_hash") == self.probe_hash:
-            # A probe depends on no compression setting: one trained for another bench is reused as is.
+        if existing is not None and existing.get("probe_hash") == self.probe_hash:
+            # A probe depends on no compression setting, and a variant only on its probe and its plan
+            # (checked by the fingerprint below): results copied from another bench are reused as they are.
             existing = {**existing, "config_hash": self.cfg_hash}
         if existing is not None and existing.get("config_hash") not in (None, self.cfg_hash):
             raise ConfigError(f"{vdir / EVAL_FILE} was made with a different bench config",
@@ -251,9 +251,8 @@ class _Runner:
 
         truncated = vdir / "_truncated"
         info = self._truncate(seed, plan, vdir, dest=truncated, telemetry=False)
-        co = self.cfg.compression
         healed = train_variant(self.cfg, self._task_data(), plan, seed, vdir, self.device,
-                               max_steps=plan.heal_steps, init_adapter=truncated, lr=co.heal_lr or self.cfg.train.lr)
+                               max_steps=plan.heal_steps, init_adapter=truncated, lr=plan.heal_lr or self.cfg.train.lr)
         shutil.rmtree(truncated, ignore_errors=True)  # the same adapter as the `truncate` variant's
         return {**healed, "compress_seconds": info["compress_seconds"], "compress": info["compress"]}
 
@@ -266,7 +265,7 @@ class _Runner:
         src = self.output / f"seed_{seed}" / PROBE / ADAPTER_DIR
         t0 = time.perf_counter()
         info = compress_adapter(str(src), str(dest or vdir / ADAPTER_DIR), rank=plan.truncate_rank,
-                                energy=plan.truncate_energy)
+                                energy=plan.truncate_energy, budget_params=plan.truncate_budget)
         seconds = time.perf_counter() - t0
         summary = info.get("summary", info) if isinstance(info, dict) else None
         if not telemetry:
@@ -307,7 +306,8 @@ class _Runner:
             audit["summary"], co.strategies, probe_r=cfg.lora.probe_r, probe_alpha=cfg.lora.alpha,
             per_module_ranks=audit["per_module"].get("ranks"),
             budget_ranks=audit["budget"].get("ranks"), truncate_rank=co.truncate_rank,
-            truncate_energy=co.truncate_energy, retrain_scaling=co.retrain_scaling, heal_steps=co.heal_steps)
+            truncate_energy=co.truncate_energy, retrain_scaling=co.retrain_scaling, heal_steps=co.heal_steps,
+            heal_lr=co.heal_lr, budget_params=audit.get("budget_params"))
         for plan in plans:
             if plan.control and plan.retrain and plan.r == cfg.lora.probe_r and not plan.rank_pattern:
                 # Same rank, alpha, seed and data as the probe: retraining reproduces the probe, so the

@@ -51,7 +51,8 @@ def _row(rec: Mapping[str, Any], probe: Mapping[str, Any] | None) -> dict[str, A
     if train.get("plateau"):
         row["plateau"] = train["plateau"]
     row["plan"] = {k: (rec.get("plan") or {}).get(k) for k in ("r", "alpha", "rank_pattern", "alpha_pattern",
-                                                                "truncate_rank", "truncate_energy", "heal_steps",
+                                                                "truncate_rank", "truncate_energy", "truncate_budget",
+                                                                "heal_steps",
                                                                 "scaling", "note")}
     if rec.get("same_as"):
         row["same_as"] = rec["same_as"]

@@ -38,9 +38,11 @@ class VariantPlan:
         rank_pattern / alpha_pattern: PEFT per-module overrides, keys are module names.
         retrain: False for ``truncate`` and ``truncate_heal`` (made from the probe, not from scratch).
         heal_steps: ``truncate_heal``: optimizer steps trained after the truncation (0: none).
+        heal_lr: ``truncate_heal``: their peak learning rate (None: the bench's ``train.lr``).
         scaling: the ``retrain_scaling`` rule that set ``alpha`` (retrained plans only).
         control: True when the plan equals the probe (nothing is compressed).
-        truncate_rank / truncate_energy: arguments for SVD truncation.
+        truncate_rank / truncate_energy / truncate_budget: arguments for SVD truncation (one of them;
+            ``truncate_budget`` is a LoRA parameter budget, allocated across modules as the audit does).
         note: why these numbers (from the audit).
     """
 
@@ -53,7 +55,9 @@ class VariantPlan:
     control: bool = False
     truncate_rank: int | None = None
     truncate_energy: float | None = None
+    truncate_budget: int | None = None
     heal_steps: int = 0
+    heal_lr: float | None = None
     scaling: str | None = None
     note: str = ""
 
@@ -64,7 +68,7 @@ class VariantPlan:
         """Stable id of the plan (12 hex chars): resume reuses a variant only when it matches."""
         d = self.to_dict()
         d.pop("note", None)
-        for k in ("heal_steps", "scaling"):  # fields added later: absent when unset, so old plans keep their id
+        for k in ("truncate_budget", "heal_steps", "heal_lr", "scaling"):  # fields added later: absent when unset, so old plans keep their id
             if not d[k]:
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -118,7 +122,8 @@ def plan_variants(summary: AuditSummary | Mapping[str, Any], strategies: Sequenc
                   per_module_ranks: Mapping[str, int] | None = None,
                   budget_ranks: Mapping[str, int] | None = None, truncate_rank: int | None = None,
                   truncate_energy: float | None = None, retrain_scaling: str = "keep_scale",
-                  heal_steps: int = 100) -> list[VariantPlan]:
+                  heal_steps: int = 100, heal_lr: float | None = None,
+                  budget_params: int | None = None) -> list[VariantPlan]:
     """Build one plan per strategy from an audit ``summary``.
 
     The uniform and per-layer ranks come already rounded to ``compression.allowed_ranks``
@@ -133,7 +138,9 @@ def plan_variants(summary: AuditSummary | Mapping[str, Any], strategies: Sequenc
         truncate_rank / truncate_energy: SVD truncation target (default: the median suggestion), for
             ``truncate`` and ``truncate_heal`` alike.
         retrain_scaling: how a retrained plan's alpha follows its rank (:func:`retrain_alpha`).
-        heal_steps: training steps of ``truncate_heal`` after the truncation.
+        heal_steps / heal_lr: training steps of ``truncate_heal`` after the truncation, their peak LR.
+        budget_params: the LoRA parameter budget of ``truncate_budget`` and ``truncate_budget_heal``
+            (the audit's, so their ranks are those of ``budget``), passed to ``compress`` as is.
     """
     ratio = float(probe_alpha) / float(probe_r)
 
@@ -164,18 +171,31 @@ def plan_variants(summary: AuditSummary | Mapping[str, Any], strategies: Sequenc
                                        "ranks keeping the most update energy per parameter within the budget"))
         elif s in ("truncate", "truncate_heal"):
             heal = heal_steps if s == "truncate_heal" else 0
+            hlr = heal_lr if heal else None
             then = f", then {heal} steps of training" if heal else ", no retraining"
             if truncate_energy is not None:
                 plans.append(VariantPlan(s, r=probe_r, alpha=probe_alpha, retrain=False, truncate_energy=truncate_energy,
-                                         heal_steps=heal,
+                                         heal_steps=heal, heal_lr=hlr,
                                          note=f"probe truncated by SVD keeping {truncate_energy:.0%} energy per module"
                                               + then))
             else:
                 r = truncate_rank if truncate_rank is not None else min(med, probe_r)
                 r = max(1, min(int(r), probe_r))
                 plans.append(VariantPlan(s, r=r, alpha=ratio * r, retrain=False, truncate_rank=r, heal_steps=heal,
+                                         heal_lr=hlr,
                                          control=r == probe_r and not heal,
                                          note=f"probe truncated by SVD to rank {r}" + then))
+        elif s in ("truncate_budget", "truncate_budget_heal"):
+            if not budget_params or not budget_ranks:
+                raise GradienceError(f"{s}: the audit produced no budgeted allocation")
+            heal = heal_steps if s == "truncate_budget_heal" else 0
+            shape = _pattern_plan(s, budget_ranks, lambda r: ratio * r, probe_r, "")
+            plans.append(VariantPlan(s, r=shape.r, alpha=shape.alpha, rank_pattern=shape.rank_pattern,
+                                     alpha_pattern=shape.alpha_pattern, retrain=False, truncate_budget=budget_params,
+                                     heal_steps=heal, heal_lr=heal_lr if heal else None,
+                                     note=f"probe truncated by SVD to the budgeted ranks ({budget_params:,} LoRA "
+                                          "parameters)" + (f", then {heal} steps of training" if heal else
+                                                           ", no retraining")))
         else:
             raise GradienceError(f"unknown strategy {s!r}")
     if not math.isfinite(ratio):  # pragma: no cover - config validation guarantees r >= 1, alpha > 0
