@@ -20,6 +20,7 @@ from tests.conftest import REPO_ROOT, run_cli, shared_path
 
 README = REPO_ROOT / "README.md"
 FENCE = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
+PYTHON_FENCE = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def _blocks() -> list[list[str]]:
@@ -57,7 +58,8 @@ def _adapt(cmd: str) -> list[str] | None:
 
 
 def _run_in(workdir: Path, argv: list[str]):
-    res = run_cli(*argv, cwd=workdir, env={"COLUMNS": "100"}, timeout=900)
+    # 80 columns and piped output: what a newcomer's terminal or CI log gets.
+    res = run_cli(*argv, cwd=workdir, env={"COLUMNS": "80"}, timeout=900)
     assert res.returncode == 0, f"gradience {' '.join(argv)} exited {res.returncode}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     return res
 
@@ -68,24 +70,63 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_every_readme_command_runs(workdir: Path) -> None:
+_PRINTED = re.compile(r"`(gradience [^`]+)`|^\s*(gradience [a-z]+\b.*)$", re.M)
+
+
+def printed_commands(output: str) -> list[str]:
+    """Every `gradience …` command an output tells the user to run: a line of its own or a backticked span."""
+    return [(a or b).strip() for a, b in _PRINTED.findall(output)]
+
+
+def _parses(cmd: str) -> None:
+    """The command as printed parses: every option has its value, every argument is there (run from the
+    working directory, so paths that must exist are checked too)."""
+    import click
+
+    from gradience.cli.main import app
+
+    argv = shlex.split(cmd)[1:]
+    try:
+        ctx = app.make_context("gradience", list(argv))
+        sub = app.get_command(ctx, argv[0])
+        assert sub is not None, f"unknown command in {cmd!r}"
+        sub.make_context(argv[0], list(argv[1:]), parent=ctx)
+    except click.exceptions.Exit:
+        pass
+    except click.UsageError as exc:  # a newline inserted into a command leaves an option without its value
+        raise AssertionError(f"printed command does not parse: {cmd!r}: {exc.format_message()}") from None
+
+
+def test_every_readme_command_runs(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` (it runs `gradience demo`, see above), then every README command in order, at 80 columns
+    with output piped; every command the tool prints is whole and parses."""
+    monkeypatch.chdir(workdir)
+    demo = _run_in(workdir, ["demo", "--steps", "16"]).stdout
     commands = readme_gradience_commands()
-    assert commands[0].startswith("gradience demo")  # the golden path starts with the demo
-    outputs = {}
+    # The golden path starts from what `make demo` left: the commands the demo prints as "next".
+    next_block = re.split(r"─+ next ─+", demo, maxsplit=1)[1]
+    golden = commands[:len(printed_commands(next_block))]
+    assert printed_commands(next_block) == golden, (printed_commands(next_block), golden)
+    printed = printed_commands(demo)
     for cmd in commands:
         argv = _adapt(cmd)
         if argv is None:
             continue
-        outputs[cmd] = _run_in(workdir, argv).stdout
+        printed += printed_commands(_run_in(workdir, argv).stdout)
+    assert len(printed) >= len(golden) + 2
+    for cmd in printed:
+        _parses(cmd)
     # What the golden path promises actually happened.
     assert (workdir / "runs/demo/run.jsonl").is_file()
     assert (workdir / "runs/demo/peft/adapter_model.safetensors").is_file()
-    assert (workdir / "runs/demo/report.html").stat().st_size > 10_000
+    report = (workdir / "runs/demo/report.html").read_text(encoding="utf-8")
+    assert len(report) > 10_000 and 'data-chart="heat_utilization"' in report  # --peft-dir: per-module heatmaps
     assert (workdir / "runs/demo/peft-r4/adapter_config.json").is_file()
     from gradience.telemetry import TelemetryReader
 
     snap = TelemetryReader(workdir / "runs/demo/run.jsonl").summarize()
     assert snap.status == "ok" and snap.lora_audit is not None
+    assert len(TelemetryReader(workdir / "runs/demo/run.jsonl").accumulate()) == 1  # one run: no second demo
     guard = TelemetryReader(workdir / "runs/guard/run.jsonl").summarize()
     assert guard.guard["rollbacks"] >= 1 and guard.status == "ok"
 
@@ -101,3 +142,38 @@ def test_readme_bench_commands_run(workdir: Path) -> None:
         _run_in(workdir, argv)
     assert (workdir / "runs/bench-smoke/bench.json").is_file()
     assert (workdir / "bench_out/minilm_sst2/bench_aggregate.md").is_file()
+
+
+@pytest.mark.parametrize("n_train", [40])
+def test_python_snippet_runs_as_written(tmp_path: Path, n_train: int) -> None:
+    """The README's Python example, unchanged, on a GLUE-style folder of a few dozen generated rows."""
+    import json
+    import subprocess
+    import sys
+
+    from gradience.training.demo_data import generate_sentiment
+
+    (snippet,) = PYTHON_FENCE.findall(README.read_text(encoding="utf-8"))
+    train, test = generate_sentiment(n_train=n_train, n_test=16, seed=3)
+    (tmp_path / "data").mkdir()
+    for name, rows in (("train.tsv", train), ("dev.tsv", test)):
+        lines = ["label\tsentence", *(f"{ex.label}\t{ex.text}" for ex in rows)]
+        (tmp_path / "data" / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "snippet.py").write_text(snippet, encoding="utf-8")
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs/mine/run.jsonl"
+    assert run.is_file() and (tmp_path / "runs/mine/peft/adapter_config.json").is_file()
+    out = run_cli("monitor", str(run), "--json")
+    assert out.returncode == 0, out.stderr
+    evals = json.loads(out.stdout)["signals"]["evals"]
+    assert {"train", "test"} <= set(evals) and evals["test"]["metrics"]["accuracy"] is not None
+
+
+def test_parse_check_catches_a_command_broken_by_a_newline() -> None:
+    """Control for the golden-path test: a command cut at a wrapped line does not parse."""
+    with pytest.raises(AssertionError, match="does not parse"):
+        _parses("gradience check --task sst2 --peft-dir runs/n80/peft --training-dir")
