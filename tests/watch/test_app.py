@@ -226,3 +226,30 @@ def test_live_app_without_colour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                  "rollbacks 1", "lockout no", "WARN GRAD_NORM_WARNING", "ERR  GUARD_ROLLBACK", "q quit"):
         assert word in text, word
     assert "pause / resume following the file" in help_text
+
+
+def test_r_shows_every_recommendation_in_full(tmp_path: Path) -> None:
+    """The log panel cuts a long message to one row; `r` opens every entry with its whole text."""
+    from .runs import line
+
+    p = full_run(tmp_path / "run.jsonl")
+    tail = ("keep the best checkpoint, then stop earlier, lower the learning rate or the rank, and re-check "
+            "the held-out split before trusting the final numbers END-OF-MESSAGE")
+    with p.open("ab") as f:
+        f.write(line("recommendation", 120, T0 + 200, "run-A", recommendations=[
+            {"severity": "warning", "action": "memorization_detected", "message": tail}]))
+
+    async def go() -> tuple[str, str, str]:
+        app = WatchApp(WatchState(p), refresh=REFRESH)
+        async with app.run_test(size=SIZE) as pilot:
+            before = await wait_for(app, pilot, "q quit")
+            await pilot.press("r")
+            full = await wait_for(app, pilot, "END-OF-MESSAGE")
+            await pilot.press("escape")
+            after = await wait_for(app, pilot, "END-OF-MESSAGE", absent=True)
+            return before, full, after
+
+    before, full, after = asyncio.run(go())
+    assert "END-OF-MESSAGE" not in before  # cut in the panel
+    assert "END-OF-MESSAGE" in full and "memorization_detected" in full and "compress_rank" in full
+    assert "END-OF-MESSAGE" not in after and "FINISHED OK" in after

@@ -19,7 +19,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from .render import PANELS, banner, issues_panel
+from .render import PANELS, banner, issues_panel, log_panel
 from .tail import WatchState, WatchView
 
 __all__ = ["WatchApp"]
@@ -30,6 +30,7 @@ HELP_TEXT = """\
 [b]Keys[/b]
   q      quit
   p      pause / resume following the file
+  r      every alert and recommendation in full (Esc closes)
   ?      show / hide this help
   ↑ ↓    scroll the alerts log (Tab or click to focus it)
 
@@ -57,6 +58,32 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(HELP_TEXT, id="help-text")
+
+
+class LogScreen(ModalScreen[None]):
+    """Every alert and recommendation of the run, newest first, with its whole message (the log
+    panel cuts long messages to one row). Scrolls with ↑ ↓ / PgUp PgDn; Esc, r or q closes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,r,q", "dismiss", "close")]
+    DEFAULT_CSS = """
+    LogScreen { align: center middle; }
+    LogScreen > VerticalScroll { width: 100%; height: 100%; border: round $accent; background: $surface;
+                                 border-title-color: $text-accent; }
+    LogScreen Static { padding: 0 1; }
+    """
+
+    def __init__(self, view: WatchView) -> None:
+        super().__init__()
+        self.view = view
+
+    def compose(self) -> ComposeResult:
+        scroll = VerticalScroll()
+        scroll.border_title = "alerts · recommendations in full (newest first) — Esc closes"
+        with scroll:
+            yield Static(log_panel(self.view, 0, wrap=True), id="full-log")
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()
 
 
 class PanelWidget(Widget):
@@ -94,6 +121,7 @@ class WatchApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
         Binding("p", "toggle_pause", "pause/resume"),
+        Binding("r", "full_log", "full log"),
         Binding("question_mark", "help", "help", key_display="?"),
     ]
     CSS = """
@@ -156,6 +184,9 @@ class WatchApp(App[None]):
         self.notify("paused: the file is not read until you press p" if paused else "following the file again",
                     timeout=2)
         self.poll_file()
+
+    def action_full_log(self) -> None:
+        self.push_screen(LogScreen(self.state.view()))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
