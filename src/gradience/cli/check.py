@@ -96,7 +96,12 @@ def render_check_text(con: Console, obj: dict[str, Any], *, verbose: bool) -> No
     extras = cfg.get("extras") or {}
     con.print("[bold]Configuration[/]")
     _wrapped(con, "  ", f"model {cfg.get('model_name') or '—'} · dataset {cfg.get('dataset_name') or '—'}", 4)
-    _wrapped(con, "  ", f"profile {cfg.get('task_profile')} ({extras.get('task_profile_source', 'given')})", 4)
+    profile, source = cfg.get("task_profile"), extras.get("task_profile_source", "given")
+    if profile in (None, "unknown"):  # say why and what to pass, once (not "unknown (unknown …)")
+        _wrapped(con, "  ", f"profile unknown: {source}; pass `--task NAME` (e.g. sst2, gsm8k) for the "
+                 "task-specific rules", 4)
+    else:
+        _wrapped(con, "  ", f"profile {profile} ({source})", 4)
     targets = lora.get("target_modules")
     _wrapped(con, "  ", f"LoRA r={fmt_num(lora.get('r'))} α={fmt_num(lora.get('alpha'))} "
              f"α/r={fmt_num(lora.get('alpha_over_r'))} dropout={fmt_num(lora.get('dropout'))}"
@@ -104,10 +109,12 @@ def render_check_text(con: Console, obj: dict[str, Any], *, verbose: bool) -> No
              + f" · targets {', '.join(targets) if targets else '—'}", 4)
     _wrapped(con, "  ", f"optimizer {opt.get('name') or '—'} lr={fmt_num(opt.get('lr'))} "
              f"weight_decay={fmt_num(opt.get('weight_decay'))}", 4)
+    # HF: max_steps > 0 overrides num_train_epochs, so show the epochs only when they decide the length.
+    length = (f"max_steps={fmt_num(tr.get('max_steps'))}" if tr.get("max_steps")
+              else f"epochs={fmt_num(tr.get('epochs'))}")
     _wrapped(con, "  ", f"training max_grad_norm={fmt_num(tr.get('max_grad_norm'))} "
              f"batch={fmt_num(tr.get('batch_size'))}×{fmt_num(tr.get('gradient_accumulation'))} "
-             f"max_steps={fmt_num(tr.get('max_steps'))} epochs={fmt_num(tr.get('epochs'))} "
-             f"dtype={tr.get('dtype') or '—'}", 4)
+             f"{length} dtype={tr.get('dtype') or '—'}", 4)
     if verbose and extras.get("sources"):
         _wrapped(con, "  sources: ", ", ".join(extras["sources"]), 4)
     con.print()

@@ -236,6 +236,8 @@ def parse_training(data: Mapping[str, Any], cfg: ConfigSnapshot, path: Path | No
         tr.dtype = "bfloat16"
     elif data.get("fp16"):
         tr.dtype = "float16"
+    elif "bf16" in data or "fp16" in data:  # TrainingArguments written with both off: full precision
+        tr.dtype = "float32"
     for key in ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "run_name"):
         if data.get(key) not in (None, "", 0):
             tr.extras[key] = data[key]

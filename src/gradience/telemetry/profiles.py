@@ -51,4 +51,4 @@ def resolve_profile(cfg: ConfigSnapshot) -> tuple[TaskProfile, str]:
     inferred = infer_task_profile(cfg.dataset_name)
     if inferred is not TaskProfile.UNKNOWN:
         return inferred, f"inferred from dataset {cfg.dataset_name!r}"
-    return TaskProfile.UNKNOWN, "unknown (no profile given and the dataset name matches no keyword)"
+    return TaskProfile.UNKNOWN, "no --task given and the dataset name matches no profile keyword"
