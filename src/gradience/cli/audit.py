@@ -207,7 +207,8 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     pl = res.per_layer
     if pl:
         c.print(f"  {'per module':14s} default r={pl['r']}, {len(pl['rank_pattern'])} override(s): "
-                f"{fmt_num(pl['params_after'])} params ({_pct(pl['params_saved_fraction'])} fewer)")
+                f"{fmt_num(pl['params_after'])} params ({_pct(pl['params_saved_fraction'])} fewer); every module "
+                "keeps ≥ 90% of its own energy (compress --strategy per_layer)")
         if per_layer:
             import json
 
@@ -219,9 +220,19 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     if al:
         what = (f"budget {fmt_num(al['budget_params'])} params" if al["budget_params"] is not None
                 else f"energy target {_pct(al['energy_target'])}")
+        how = ("the whole adapter keeps the share of its update energy asked for, the rank going to the modules "
+               "that hold it" if al["budget_params"] is None else
+               "the ranks that keep the most update energy within the budget")
+        # The greedy allocation stopped at an energy target is the same as stopping at its parameter count.
+        opt = f"--budget-params {al['budget_params'] if al['budget_params'] is not None else al['params_after']}"
         c.print(f"  {'allocation':14s} {what}: {fmt_num(al['params_after'])} params "
                 f"({_pct(al['params_saved_fraction'])} fewer), keeps {_pct(al['energy_kept'])} of the update energy; "
-                f"default r={al['r']}, {len(al['rank_pattern'])} override(s) (see --json for the patterns)")
+                f"default r={al['r']}, {len(al['rank_pattern'])} override(s) (see --json for the patterns); "
+                f"{how} (compress {opt})")
+        if pl:
+            c.print("  per module and allocation answer different questions: the first holds every module to "
+                    "90% of its own energy, the second only the total, so it can give less rank to modules "
+                    "that carry little of it.")
 
     c.print()
     c.print("[bold]Where the update energy sits[/bold]")
