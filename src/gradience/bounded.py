@@ -1,0 +1,146 @@
+"""Bounded parsing of the JSON and YAML files users hand to Gradience: one home for the limits.
+
+Python's ``json`` and PyYAML build nested values by recursion, so a file nested deeper than the
+interpreter's stack (``{"r": [[[[…]]]]}`` 200,000 levels deep) escapes as ``RecursionError``. Every
+reader of a user's JSON or YAML goes through :func:`loads_json` or :func:`load_yaml`, which measure
+the nesting first, without recursion, and refuse a file deeper than any real one with a one-line
+error naming the file.
+
+Limits (from what real files need):
+
+- depth 64: PEFT adapter configs, TrainingArguments, ``trainer_state.json``, safetensors headers,
+  bench YAML and telemetry events nest at most 6 levels; 64 leaves room for any user metadata;
+- YAML aliases 1,000: anchors are rare in configs; a "billion laughs" file uses millions.
+
+Sizes are bounded by each reader for its own kind of file (a safetensors header by its length
+field, a telemetry line by the line limit), since what is reasonable differs by kind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, GradienceError
+
+__all__ = ["MAX_DEPTH", "MAX_YAML_ALIASES", "check_json_depth", "json_depth_exceeded", "load_yaml", "loads_json"]
+
+MAX_DEPTH = 64
+MAX_YAML_ALIASES = 1_000
+
+# A JSON string (skipped whole: brackets inside it do not nest), or one bracket. The string pattern
+# is the unrolled form, linear in the string's length; an unterminated string runs to the end.
+_TOKENS_STR = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.S)
+_TOKENS_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.S)
+_OPEN = frozenset("[{")
+_OPEN_B = frozenset(b"[{")
+
+
+def json_depth_exceeded(data: str | bytes, limit: int = MAX_DEPTH) -> int | None:
+    """The offset of the first bracket that nests deeper than ``limit``, or None.
+
+    Linear in ``len(data)``, no recursion; valid or not, any text can be measured (a bracket inside
+    a string does not count).
+    """
+    depth = 0
+    if isinstance(data, bytes):
+        for m in _TOKENS_BYTES.finditer(data):
+            c = data[m.start()]
+            if c == 0x22:  # '"'
+                continue
+            if c in _OPEN_B:
+                depth += 1
+                if depth > limit:
+                    return m.start()
+            else:
+                depth -= 1
+        return None
+    for ms in _TOKENS_STR.finditer(data):
+        ch = data[ms.start()]
+        if ch == '"':
+            continue
+        if ch in _OPEN:
+            depth += 1
+            if depth > limit:
+                return ms.start()
+        else:
+            depth -= 1
+    return None
+
+
+def check_json_depth(data: str | bytes, *, path: object, what: str, limit: int = MAX_DEPTH,
+                     error: type[GradienceError] = ConfigError) -> None:
+    """Raise ``error`` when ``data`` nests deeper than ``limit`` (see :func:`json_depth_exceeded`)."""
+    at = json_depth_exceeded(data, limit)
+    if at is not None:
+        raise error(f"{what} nests deeper than {limit} levels (at byte {at}); no real {what} does", path=path,
+                    hint="the file is corrupt or not what it claims to be")
+
+
+def loads_json(data: str | bytes, *, path: object, what: str, limit: int = MAX_DEPTH,
+               error: type[GradienceError] = ConfigError) -> Any:
+    """``json.loads`` with the nesting bounded first.
+
+    Raises:
+        ``error`` (a :class:`GradienceError`, default :class:`ConfigError`): deeper than ``limit``,
+        not UTF-8, or not JSON (with line and column), each naming ``path``.
+    """
+    check_json_depth(data, path=path, what=what, limit=limit, error=error)
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 text (byte {exc.start})", path=path,
+                    hint="the file is corrupt or not what it claims to be") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})", path=path,
+                    hint="fix the syntax, or re-save the file") from None
+
+
+def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max_aliases: int = MAX_YAML_ALIASES,
+              error: type[GradienceError] = ConfigError) -> Any:
+    """``yaml.safe_load`` with nesting and aliases bounded first, by walking PyYAML's event stream
+    (its parser is a state machine: no recursion, no values built).
+
+    Raises:
+        ``error``: deeper than ``limit``, more than ``max_aliases`` aliases, or invalid YAML (first line
+        of PyYAML's message), each naming ``path``.
+    """
+    import yaml
+
+    depth = aliases = 0
+    try:
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > limit:
+                    line = ev.start_mark.line + 1 if ev.start_mark is not None else "?"
+                    raise error(f"{what} nests deeper than {limit} levels (line {line}); no real "
+                                f"{what} does", path=path, hint="the file is corrupt or not what it claims to be")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(ev, yaml.AliasEvent):
+                aliases += 1
+                if aliases > max_aliases:
+                    raise error(f"{what} uses more than {max_aliases} YAML aliases; refusing a possible alias bomb",
+                                path=path, hint="write the values out instead of aliasing them")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
+        raise error(f"{what} is not valid YAML: {first}", path=path, hint="fix the syntax") from None
+
+
+def read_text(path: Path, *, what: str, error: type[GradienceError] = ConfigError) -> str:
+    """A file's UTF-8 text, or ``error`` naming the file (missing, a folder, unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} not found", path=path, hint="check the path") from None
+    except IsADirectoryError:
+        raise error(f"expected a {what} file, got a directory", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} is not UTF-8 text (byte {exc.start})", path=path,
+                    hint="the file is corrupt or not what it claims to be") from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror}", path=path) from None
