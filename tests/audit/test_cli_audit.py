@@ -172,7 +172,10 @@ def test_wasteful_table_fits_80_columns_without_folding_names(cli, tmp_path):
     p = cli("audit", "--peft-dir", str(tmp_path / "a"), "--top-wasteful", "4", env={"COLUMNS": "80"})
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert max(len(line) for line in lines) <= 80
+    # the table fits; prose and paths are never broken (the console soft-wraps), so they may be longer
+    start = next(i for i, line in enumerate(lines) if line.startswith("Most wasteful"))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].strip()), len(lines))
+    assert max(len(line) for line in lines[start:end]) <= 80
     for name in mods:
         short = name[len("bert.encoder."):]
         assert any(line.startswith(short + " ") for line in lines), short

@@ -45,6 +45,8 @@ class AdapterConfig:
     modules_to_save: Any = None
     base_model_name_or_path: str | None = None
     peft_type: str | None = None
+    target_parameters: list[str] = field(default_factory=list)
+    init_lora_weights: Any = True
     raw: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -97,6 +99,8 @@ class AdapterConfig:
             modules_to_save=d.get("modules_to_save"),
             base_model_name_or_path=d.get("base_model_name_or_path") or None,
             peft_type=str(peft_type) if peft_type is not None else None,
+            target_parameters=[str(t) for t in (d.get("target_parameters") or [])],
+            init_lora_weights=d.get("init_lora_weights", True),
             raw=dict(d),
             path=path,
         )

@@ -178,6 +178,10 @@ def _target_ranks(ad: LoadedAdapter, rank: int | None, energy: float | None, str
 def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float | None, strategy: str | None,
               budget_params: int | None, dry_run: bool) -> dict[str, Any]:
     targets = _target_ranks(ad, rank, energy, strategy, budget_params)
+    fused_by_name = {f.name: f for f in ad.fused}
+    if ad.fused:
+        _uniform_experts(ad, targets)
+    pending: dict[str, dict[int, tuple[int, Any]]] = {}
     src = ad.source
     single = ad.format != "peft"
     out_dir = out_path.parent if single else out_path
@@ -199,7 +203,7 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
 
     def copy(name: str) -> None:
         """Emit tensor ``name`` with its stored bits and dtype."""
-        if isinstance(src, SafetensorsFile):
+        if isinstance(src, SafetensorsFile) or hasattr(src, "read_raw"):
             if dry_run:
                 emit(name, src.dtype(name), list(src.shape(name)), b"")
                 return
@@ -235,6 +239,29 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
                     out[j] = (k, None, bool(np.isfinite(a[j]).all() and np.isfinite(b[j]).all()))
             return out
 
+        def emit_fused(f: Any, group: dict[int, tuple[int, Any]]) -> None:
+            """Write a fused expert parameter's factors: A' stacks the experts' rows (E·k × in), B'
+            interleaves their columns (out × k·E, expert e at columns e, e+E, …) as PEFT reads them."""
+            if all(fac is None for _, fac in group.values()):
+                copy(f.a_key)
+                copy(f.b_key)
+                return
+            k = group[0][0]
+            n = f.n_experts
+            dt_a, dt_b = src.dtype(f.a_key), src.dtype(f.b_key)
+            a_shape = [k * n, *f.a_shape[1:]]
+            b_shape = [f.b_shape[0], k * n]
+            if dry_run:
+                emit(f.a_key, dt_a, a_shape, b"")
+                emit(f.b_key, dt_b, b_shape, b"")
+                return
+            new_a = np.concatenate([group[e][1][0] for e in range(n)], axis=0)
+            new_b = np.empty((f.b_shape[0], k * n))
+            for e in range(n):
+                new_b[:, e::n] = group[e][1][1]
+            emit(f.a_key, dt_a, a_shape, _encode(new_a.reshape(a_shape), dt_a))
+            emit(f.b_key, dt_b, b_shape, _encode(new_b, dt_b))
+
         cfg_in = ad.config
         for chunk, facs in map_factor_batches(ad, factors):
             for m, (k, fac, finite) in zip(chunk, facs, strict=True):
@@ -246,6 +273,15 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
                        "frob_error": 0.0, "params_before": m.params,
                        "params_after": k * (m.in_features + m.out_features)}
                 reports[m.name] = row
+                if m.fused is not None:
+                    if fac is not None:
+                        row.update(_errors(fac[2], k, s))
+                    group = pending.setdefault(m.fused, {})
+                    group[int(m.name.rsplit("[expert ", 1)[1].rstrip("]"))] = (k, fac)
+                    f = fused_by_name[m.fused]
+                    if len(group) == f.n_experts:
+                        emit_fused(f, group)
+                    continue
                 if fac is None:
                     if single:
                         row["alpha"] = ad.module_alpha[m.name]  # the input α itself: the scale is unchanged to the bit
@@ -260,13 +296,7 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
                     copy(m.b_key)
                     continue
                 new_a, new_b, sig = fac
-                total = float(np.dot(sig, sig))
-                kept = float(np.dot(sig[:k], sig[:k]))
-                row.update({
-                    "retained_energy": kept / total if total > 0 else 1.0,
-                    "spectral_error": abs(s) * float(sig[k]) if k < sig.size else 0.0,
-                    "frob_error": abs(s) * math.sqrt(max(total - kept, 0.0)),
-                })
+                row.update(_errors(sig, k, s))
                 dt_a, dt_b = src.dtype(m.a_key), src.dtype(m.b_key)
                 a_shape = [k, *m.a_shape[1:]]
                 b_shape = [m.b_shape[0], k, *m.b_shape[2:]]
@@ -436,8 +466,12 @@ def validate_output(ad: LoadedAdapter, rows: list[dict[str, Any]],
         extra = sorted(set(shapes) - want)[:3]
         raise AdapterFormatError(f"internal check failed: output tensor names differ from the input "
                                  f"(missing {missing}, extra {extra}); nothing written", path=ad.weights_path)
+    fused_k: dict[str, int] = {}
     for m, row in zip(ad.modules, rows, strict=True):
         k = int(row["new_r"])
+        if m.fused is not None:
+            fused_k[m.fused] = k
+            continue
         a, b = shapes[m.a_key], shapes[m.b_key]
         emb = m.kind == "embedding"
         ok = (1 <= k <= m.r and a[0] == k and list(a[1:]) == list(m.a_shape[1:])
@@ -450,3 +484,40 @@ def validate_output(ad: LoadedAdapter, rows: list[dict[str, Any]],
             raise AdapterFormatError(f"internal check failed: module {m.name} would be written with lora_A {a}, "
                                      f"lora_B {b} for rank {k} (input {list(m.a_shape)}, {list(m.b_shape)}); "
                                      "nothing written", path=ad.weights_path)
+    for f in ad.fused:
+        k, n = fused_k[f.name], f.n_experts
+        a, b = shapes[f.a_key], shapes[f.b_key]
+        if not (1 <= k <= f.r and a == [k * n, *f.a_shape[1:]] and b == [f.b_shape[0], k * n]):
+            raise AdapterFormatError(f"internal check failed: fused experts {f.name} would be written with lora_A "
+                                     f"{a}, lora_B {b} for {n} experts at rank {k}; nothing written",
+                                     path=ad.weights_path)
+
+
+def _errors(sig: np.ndarray, k: int, s: float) -> dict[str, float]:
+    """Retained energy and the spectral / Frobenius error of truncating σ to k (scale s)."""
+    total = float(np.dot(sig, sig))
+    kept = float(np.dot(sig[:k], sig[:k]))
+    return {"retained_energy": kept / total if total > 0 else 1.0,
+            "spectral_error": abs(s) * float(sig[k]) if k < sig.size else 0.0,
+            "frob_error": abs(s) * math.sqrt(max(total - kept, 0.0))}
+
+
+def _uniform_experts(ad: LoadedAdapter, targets: dict[str, int]) -> None:
+    """PEFT gives every expert of a fused parameter one rank, so its experts share the largest
+    target. PEFT keys a parameter's rank_pattern/alpha_pattern by ``<module>.<parameter>``, which
+    the adapter file does not name when a module has several targeted parameters: an output that
+    would need per-module patterns is refused."""
+    for f in ad.fused:
+        experts = [m for m in ad.modules if m.fused == f.name]
+        k = max(min(int(targets[m.name]), m.r) for m in experts)
+        for m in experts:
+            targets[m.name] = k
+    ranks = {min(int(targets[m.name]), m.r) for m in ad.modules}
+    scales = {round(ad.module_scale[m.name], 12) for m in ad.modules}
+    if len(ranks) > 1 or len(scales) > 1:
+        raise AdapterFormatError(
+            f"this adapter adapts fused MoE experts (target_parameters: {', '.join(ad.config.target_parameters)}) and "
+            f"the result would need per-module ranks or alphas ({len(ranks)} ranks, {len(scales)} scales); PEFT "
+            "resolves a parameter's rank_pattern by <module>.<parameter>, which the adapter does not record, so "
+            "the output could not be loaded as written", path=ad.weights_path,
+            hint="compress every module to one rank with --rank N (at most the smallest r)")

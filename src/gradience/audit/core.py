@@ -47,7 +47,7 @@ class LoadedAdapter:
     config: AdapterConfig
     config_path: Path | None
     weights_path: Path
-    source: SafetensorsFile | TorchBinFile
+    source: Any  # SafetensorsFile | TorchBinFile, or an ExpertView over one (fused MoE experts)
     modules: list[LoraModule]
     skipped: list[str]
     issues: list[dict[str, Any]]
@@ -59,6 +59,7 @@ class LoadedAdapter:
     rslora_modules: set[str] = field(default_factory=set)
     adapter_name: str | None = None
     adapter_names: list[str] = field(default_factory=list)  # names in the keys of a raw state dict
+    fused: list[Any] = field(default_factory=list)  # FusedParam per fused MoE expert parameter (.experts)
 
     def close(self) -> None:
         self.source.close()
@@ -105,14 +106,25 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
         src.close()
         raise
     issues = list(scan.problems)
-    ad = LoadedAdapter(config=cfg, config_path=cfg_path, weights_path=w_path, source=src, modules=scan.modules,
+    fused: list[Any] = []
+    from .experts import ExpertView, split_experts
+
+    if cfg.target_parameters:
+        scan.modules, fused = split_experts(scan.modules, cfg.target_parameters, cfg.r, cfg.rank_pattern)
+    source: Any = ExpertView(src, {f.a_key: (f.n_experts, f.r) for f in fused}) if fused else src
+    ad = LoadedAdapter(config=cfg, config_path=cfg_path, weights_path=w_path, source=source, modules=scan.modules,
                        skipped=scan.skipped, issues=issues, metadata=_metadata(src),
                        adapter_name=adapter_name or _subfolder_name(peft_dir, cfg_path),
-                       adapter_names=scan.adapters)
+                       adapter_names=scan.adapters, fused=fused)
     mismatched = []
+    param_of = {f.name: f.parameter for f in fused}
     for mod in scan.modules:
         base_name = mod.name.split("[")[0]
+        if mod.fused is not None and param_of.get(mod.fused):
+            base_name = f"{base_name}.{param_of[mod.fused]}"  # PEFT keys a parameter's patterns so
         r_cfg, alpha = resolve_rank_alpha(base_name, cfg.r, cfg.lora_alpha, cfg.rank_pattern, cfg.alpha_pattern)
+        if mod.fused is not None:
+            r_cfg = mod.r
         if r_cfg != mod.r:
             mismatched.append((mod.name, r_cfg, mod.r))
             # The tensors are the truth for the spectrum; PEFT computes the scale from the
@@ -528,6 +540,7 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
         "rank_pattern": cfg.rank_pattern,
         "alpha_pattern": cfg.alpha_pattern,
         "dtype": sorted({r["dtype"] for r in rows}),
+        "fused_experts": _fused_summary(ad, rows),
     }
     # The pipeline above assembles plain dicts (metrics, composition, UDR each add their keys);
     # the result carries them as the typed contract, with the same keys in the same order.
@@ -537,6 +550,23 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
         skipped_tensors=ad.skipped,
         timings={"spectrum_s": t_spec - t0, "total_s": t_end - t0},
     )
+
+
+def _fused_summary(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fused MoE expert parameter: E, r, and its experts' spread (each expert is its own row)."""
+    out = []
+    for f in ad.fused:
+        sub = [r for r in rows if r["name"].startswith(f.name + "[expert ") and "stable_rank" in r]
+        norms = [r["delta_sigma_max"] for r in sub]
+        out.append({
+            "name": f.name, "parameter": f.parameter, "candidates": f.candidates, "n_experts": f.n_experts,
+            "r": f.r, "stable_rank_mean": float(np.mean([r["stable_rank"] for r in sub])) if sub else None,
+            "delta_sigma_max_max": max(norms) if norms else None,
+            "delta_sigma_max_min": min(norms) if norms else None,
+            "most_changed_expert": int(np.argmax(norms)) if norms else None,
+            "energy_share": float(sum(r.get("energy_share") or 0.0 for r in sub)) if sub else None,
+        })
+    return out
 
 
 def _by_type(measured: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -358,6 +358,7 @@ class LoraModule:
     a_shape: tuple[int, ...] = ()
     b_shape: tuple[int, ...] = ()
     alpha_key: str | None = None  # kohya: the module's 0-d ``alpha`` tensor
+    fused: str | None = None  # one expert of this fused MoE parameter's LoRA (see .experts)
 
     @property
     def params(self) -> int:
