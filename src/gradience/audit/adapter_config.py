@@ -20,6 +20,13 @@ from ..errors import AdapterFormatError, ConfigError
 __all__ = ["CONFIG_NAME", "WEIGHT_NAMES", "AdapterConfig", "load_adapter_config", "resolve_adapter_paths"]
 
 CONFIG_NAME = "adapter_config.json"
+# init_lora_weights values (prefixes) whose initialisation moves the principal part of W into B₀·A₀
+BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+CONVERSION_HINT = ("save the trained adapter converted to a plain LoRA with PEFT: set "
+                   "peft_config.init_lora_weights = True and save_pretrained the adapter right after "
+                   "get_peft_model (the initial factors), then after training "
+                   "model.save_pretrained(OUT, path_initial_model_for_weight_conversion=INIT_DIR); "
+                   "the converted adapter (rank 2r) holds the learned update on the original base")
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
@@ -49,6 +56,18 @@ class AdapterConfig:
     init_lora_weights: Any = True
     raw: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def base_rewriting_init(self) -> str | None:
+        """The ``init_lora_weights`` value when it rewrites the base weights (PiSSA, OLoRA, CorDA,
+        LoftQ): W is replaced by W − s·B₀·A₀ (or a quantized residual), so B·A is not the learned
+        update. ``None`` for inits that leave the base as it is."""
+        init = self.init_lora_weights
+        if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
+            return init
+        if self.raw.get("loftq_config"):
+            return "loftq"
+        return None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: Path | None = None) -> AdapterConfig:

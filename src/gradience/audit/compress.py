@@ -116,6 +116,14 @@ def compress_adapter(
             _check_paths(src_path, out_path, force, dry_run)
         else:
             out_path = _file_output(src_path, out_path, force, dry_run)
+        init = ad.config.base_rewriting_init
+        if init is not None:
+            from .adapter_config import CONVERSION_HINT
+
+            raise AdapterFormatError(
+                f"init_lora_weights={init!r}: the base weights were rewritten at initialisation, so B·A is not "
+                "the learned update and truncating it would change the model by far more than the fine-tune did",
+                path=ad.config_path, hint=CONVERSION_HINT)
         if ad.config.use_dora or any(m.magnitude_key for m in ad.modules):
             raise AdapterFormatError(
                 "DoRA adapters cannot be compressed by truncating B·A: the learned magnitude is normalised "

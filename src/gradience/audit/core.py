@@ -138,6 +138,14 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
         issues.append({"code": "RANK_MISMATCH", "severity": "warning", "count": len(mismatched),
                        "message": f"{len(mismatched)} module(s) have a tensor rank that differs from the config: {ex}"})
     _common_issues(ad, cfg.use_dora)
+    init = cfg.base_rewriting_init
+    if init is not None:
+        from .adapter_config import CONVERSION_HINT
+
+        issues.append({"code": "BASE_REWRITING_INIT", "severity": "error",
+                       "message": f"init_lora_weights={init!r} rewrote the base weights at initialisation, so B·A is "
+                                  "not the learned update: the spectra below describe the factors, not what "
+                                  f"training changed; UDR is not reported and compress refuses; {CONVERSION_HINT}"})
     return ad
 
 
@@ -522,7 +530,12 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
     # UDR / SDI against the base weights.
     from .udr import attach_udr
 
-    udr_info = attach_udr(rows, ad, base_model=base_model, cache_dir=cache, enabled=udr)
+    rewritten = cfg.base_rewriting_init
+    udr_info = attach_udr(rows, ad, base_model=base_model, cache_dir=cache, enabled=udr and rewritten is None)
+    if rewritten is not None:
+        udr_info["summary"]["udr_skipped_reason"] = (
+            f"init_lora_weights={rewritten!r} rewrote the base: B·A is not the update, so no UDR "
+            "(convert the adapter with path_initial_model_for_weight_conversion)")
     summary.update(udr_info.pop("summary"))
     issues.extend(udr_info.pop("issues"))
 
