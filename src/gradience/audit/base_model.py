@@ -90,6 +90,11 @@ class BaseWeights:
     def __init__(self, directory: Path, ident: str) -> None:
         self.directory = directory
         self.ident = ident
+        self.quant_method = self._quant_method()
+        if self.quant_method is not None and self.quant_method != "bitsandbytes":
+            raise GradienceError(f"the base checkpoint is quantized with {self.quant_method}, whose weights this "
+                                 "audit does not dequantize", path=directory,
+                                 hint="pass --base-model with the float (unquantized) checkpoint for UDR")
         index = directory / "model.safetensors.index.json"
         files: list[Path]
         if index.exists():
@@ -104,11 +109,20 @@ class BaseWeights:
         if not files:
             raise GradienceError("no safetensors weights in the base model directory", path=directory,
                                  hint="UDR reads base weights from *.safetensors; convert the checkpoint or use --no-udr")
-        self.files = [SafetensorsFile(f) for f in files]
+        self.files: list[SafetensorsFile] = []
+        try:
+            for path in files:
+                self.files.append(SafetensorsFile(path, lenient_dtypes=True))
+        except BaseException:
+            self.close()
+            raise
         self.where: dict[str, SafetensorsFile] = {}
         for f in self.files:
             for name in f.names():
                 self.where.setdefault(name, f)
+        from .quantized import quant_info
+
+        self.quant = quant_info(set(self.where), dict(self.where))
         # suffix (last j components of the module path) -> module paths that end with it
         self._suffix: dict[str, list[str]] = {}
         for name in self.where:
@@ -120,7 +134,20 @@ class BaseWeights:
                 self._suffix.setdefault(".".join(parts[-j:]), []).append(mod)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self.where[name].shape(name)
+        """The logical shape (a 4-bit tensor's from its quant state, not the packed bytes)."""
+        q = self.quant.get(name)
+        return q.shape if q is not None else self.where[name].shape(name)
+
+    def _quant_method(self) -> str | None:
+        cfg = self.directory / "config.json"
+        try:
+            data = json.loads(cfg.read_text()) if cfg.exists() else {}
+        except (OSError, ValueError):
+            return None
+        qc = data.get("quantization_config") if isinstance(data, dict) else None
+        if isinstance(qc, dict):
+            return str(qc.get("quant_method") or "unknown").lower()
+        return None
 
     def fingerprint(self) -> str:
         """Cache key of the weights: the model identity and, per file, its name, size,
@@ -175,7 +202,18 @@ class BaseWeights:
         return tie is not False
 
     def read2d(self, name: str) -> np.ndarray:
-        w = self.where[name].read(name)
+        """The float weights as a 2-D matrix; quantized ones dequantized (:mod:`.quantized`). An
+        integer tensor of no known scheme raises :class:`GradienceError` (its norms would be of the
+        codes, not of the weights)."""
+        q = self.quant.get(name)
+        if q is not None:
+            w = q.dequantize(dict(self.where))
+        else:
+            f = self.where[name]
+            if f.dtype(name) not in ("F64", "F32", "F16", "BF16"):
+                raise GradienceError(f"base tensor {name} is stored as {f.dtype(name)}, not a float: quantized by "
+                                     "a scheme this audit does not read", path=f.path)
+            w = f.read(name)
         return w.reshape(w.shape[0], -1) if w.ndim > 2 else w
 
     def close(self) -> None:

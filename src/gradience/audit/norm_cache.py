@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import GradienceError
 from .lanczos import SIGMA1_TOL
@@ -25,7 +26,7 @@ class NormCache:
     def __init__(self, cache_dir: str | os.PathLike[str] | None, key: str, owner: str = "") -> None:
         self.path = Path(cache_dir) / f"base_norms_{key}.json" if cache_dir is not None else None
         self.owner = owner
-        self.data: dict[str, dict[str, float]] = {}
+        self.data: dict[str, dict[str, Any]] = {}
         self.dirty = False
         if self.path is not None and self.path.exists():
             try:

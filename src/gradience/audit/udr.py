@@ -59,12 +59,20 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
             raise  # asked for explicitly: a clear error, not a silent skip
         summary["udr_skipped_reason"] = exc.one_line()
         return {"summary": summary, "issues": issues}
-    base = BaseWeights(directory, str(ident))
+    try:
+        base = BaseWeights(directory, str(ident))
+    except GradienceError as exc:
+        if base_model is not None and not exc.args[0].startswith("the base checkpoint is quantized"):
+            raise  # asked for explicitly: a clear error, not a silent skip
+        summary["udr_skipped_reason"] = exc.one_line()  # UDR nobody asked for never fails the audit
+        return {"summary": summary, "issues": issues}
     try:
         cache = NormCache(cache_dir, base.fingerprint(), owner=str(Path(directory).resolve()))
         unmapped: list[str] = []
         mismatched: list[str] = []
         approx: list[str] = []
+        unreadable: list[str] = []
+        dequantized: set[str] = set()
         for row in rows:
             if "delta_sigma_max" not in row:
                 continue
@@ -78,17 +86,25 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
             if flat not in ((out_f, in_f), (in_f, out_f)):
                 mismatched.append(f"{row['name']} (base {list(shp)}, update {[out_f, in_f]})")
                 continue
-            entry = cache.data.get(name)
+            entry: dict[str, Any] | None = cache.data.get(name)
             if entry is None:
-                w = base.read2d(name)
+                try:
+                    w = base.read2d(name)
+                except GradienceError as exc:
+                    unreadable.append(f"{row['name']} ({exc.args[0]})")
+                    continue
                 s1_w, ok = sigma_max_checked(w)
                 entry = {"sigma_max": s1_w, "fro_norm": fro_norm(w), "converged": ok}
+                if name in base.quant:
+                    entry["dequantized"] = base.quant[name].kind
                 cache.data[name] = entry
                 cache.dirty = True
                 del w
             s1, fro = entry["sigma_max"], entry["fro_norm"]
             if not entry.get("converged", True):
                 approx.append(name)
+            if entry.get("dequantized"):
+                dequantized.add(str(entry["dequantized"]))
             row["base_tensor"] = name
             row["base_sigma_max"] = s1
             row["base_fro_norm"] = fro
@@ -105,6 +121,14 @@ def attach_udr(rows: list[dict[str, Any]], ad: Any, *, base_model: Any, cache_di
         issues.append({"code": "UDR_SHAPE_MISMATCH", "severity": "warning", "count": len(mismatched),
                        "message": f"{len(mismatched)} module(s) do not match the base weight shape (wrong base "
                                   "model?): " + ", ".join(mismatched[:3])})
+    if unreadable:
+        issues.append({"code": "UDR_BASE_UNREADABLE", "severity": "warning", "count": len(unreadable),
+                       "message": f"{len(unreadable)} module(s) have no UDR: their base tensor cannot be read as float "
+                                  "weights: " + "; ".join(unreadable[:3])})
+    if dequantized:
+        issues.append({"code": "UDR_DEQUANTIZED", "severity": "info",
+                       "message": f"UDR is measured against the dequantized weights of a {', '.join(sorted(dequantized))} "
+                                  "base (the quantization error is part of ‖W‖)"})
     if approx:
         issues.append({"code": "UDR_SIGMA_APPROX", "severity": "info", "count": len(approx),
                        "message": f"σ₁ of {len(approx)} base tensor(s) did not reach the {SIGMA1_TOL:g} residual bound "

@@ -100,8 +100,11 @@ class SafetensorsFile:
     raises :class:`AdapterFormatError` naming the file.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], lenient_dtypes: bool = False) -> None:
         self.path = Path(path)
+        # A base checkpoint may hold tensors in dtypes we do not decode (fp8, …): with
+        # ``lenient_dtypes`` they are listed and only reading them fails, naming the dtype.
+        self._lenient = lenient_dtypes
         # Scratch buffers are per thread: the audit reads batches on several threads at once.
         self._local = threading.local()
         try:
@@ -148,7 +151,12 @@ class SafetensorsFile:
             except (KeyError, TypeError, ValueError):
                 raise self._bad(f"malformed entry for tensor {name!r}") from None
             if dt not in _DTYPES:
-                raise self._bad(f"tensor {name!r} has unsupported dtype {dt}")
+                if not self._lenient:
+                    raise self._bad(f"tensor {name!r} has unsupported dtype {dt}")
+                if start < 0 or end < start or end > data_len:
+                    raise self._bad(f"tensor {name!r} extends past the end of the file (truncated?)")
+                self._entries[name] = (dt, shape, start, end)
+                continue
             count = int(np.prod(shape)) if shape else 1
             if start < 0 or end < start or end - start != count * _DTYPES[dt][1]:
                 raise self._bad(f"tensor {name!r}: byte range does not match shape {list(shape)} and dtype {dt}")
@@ -174,6 +182,8 @@ class SafetensorsFile:
         """The stored bits of a tensor. With ``scratch`` the array lives in a buffer reused
         by the next call (no fresh allocation, so no page faults per tensor)."""
         dt, shape, start, end = self._entries[name]
+        if dt not in _DTYPES:
+            raise AdapterFormatError(f"tensor {name!r} is stored as {dt}, which cannot be read here", path=self.path)
         storage = _DTYPES[dt][0]
         n = end - start
         if scratch:
