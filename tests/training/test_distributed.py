@@ -37,7 +37,8 @@ def test_two_ranks_one_writer_and_the_same_guard_decision(tmp_path):
     names = [e["event"] for e in events]
     assert names.count("run_start") == 1 and names.count("run_end") == 1
     assert names[-1] == "run_end" and events[-1]["status"] == "ok"
-    assert events[0]["meta"]["world_size"] == 2
+    assert events[0]["meta"]["world_size"] == 2 and events[0]["meta"]["parallelism"] == "ddp"
+    assert json.loads((tmp_path / "training" / "training_args.json").read_text())["parallelism_in_effect"] == "ddp"
     assert [e["step"] for e in events if e["event"] == "train_step"] == [1, 2, 3, 4, 5, 6]
     assert len({e["run_id"] for e in events}) == 1
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .sharding import is_dtensor, local
+
 __all__ = ["FAULT_CASES", "FAULT_KINDS", "FaultInjector"]
 
 FAULT_KINDS = ("nan_param", "inf_param", "nan_grad", "inf_grad", "nan_loss", "inf_loss", "loss_spike",
@@ -95,6 +97,17 @@ class FaultInjector:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters to corrupt")
+        sharded = any(is_dtensor(p) for _, p in named) or any(
+            type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+        if sharded and self.kind in ("nan_grad", "inf_grad", "grad_explosion"):
+            # FSDP reduces gradients outside autograd into the shards: a tensor hook never fires.
+            raise ValueError(f"{self.kind} cannot be injected into a sharded (FSDP) model: its gradients bypass "
+                             "tensor hooks; use nan_param / inf_param or a loss fault")
+        if self.kind in ("nan_param", "inf_param"):
+            # A rank may hold an empty shard of a parameter (FSDP1): corrupt one it holds part of.
+            named = [(n, p) for n, p in named if local(p).numel() > 0]
+            if not named:
+                raise ValueError("this rank holds no part of any trainable parameter to corrupt")
         if self.param:
             match = [(n, p) for n, p in named if self.param in n]
             if not match:
@@ -126,7 +139,7 @@ class FaultInjector:
         self.injected_steps.append(step)
         if self.kind in ("nan_param", "inf_param") and self._target is not None:
             with torch.no_grad():
-                self._target.view(-1)[0] = self.value
+                local(self._target).view(-1)[0] = self.value  # this rank's shard (FSDP2: a DTensor's)
         self._record(step)
         if self.notify is not None:
             self.notify(step, self)

@@ -32,6 +32,7 @@ import torch
 from .config import GuardConfig
 from .detect import GuardDetector
 from .gradnorm import total_grad_norm
+from .sharding import local
 from .snapshots import Snapshot, SnapshotRing
 
 __all__ = ["TRIGGERS", "GuardConfig", "GuardDecision", "TrainingGuard"]
@@ -111,14 +112,24 @@ class TrainingGuard:
     # -- snapshots -----------------------------------------------------------------------
     def weights_finite(self) -> bool:
         """One fused check of all trainable weights (one host sync)."""
-        return bool(torch.isfinite(total_grad_norm(list(self.params.values()))).item())
+        # This rank's shards under FSDP (a local check: it is also called by rank 0 alone at the end).
+        return bool(torch.isfinite(total_grad_norm([local(p) for p in self.params.values()])).item())
 
     def in_cooldown(self, step: int) -> bool:
         return self.last_rollback_step is not None and step - self.last_rollback_step < self.config.cooldown
 
     def snapshot(self, step: int) -> Snapshot | None:
-        """Take a snapshot now (skipped if the weights are not finite)."""
-        if not self.weights_finite():
+        """Take a snapshot now (skipped if the weights are not finite on any rank: every rank
+        takes the same snapshots, so a rollback restores the same step everywhere)."""
+        finite = self.weights_finite()
+        if _distributed():
+            import torch.distributed as dist
+
+            device = local(next(iter(self.params.values()))).device if self.params else torch.device("cpu")
+            t = torch.tensor([float(finite)], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            finite = bool(t.item())
+        if not finite:
             return None
         custom = self.save_fn() if self.save_fn is not None else None
         return self.ring.take(step, self.params, self.optimizer, self.scheduler, self.scaler, custom)

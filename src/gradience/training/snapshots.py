@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .sharding import local
+
 __all__ = ["Snapshot", "SnapshotRing", "clone_to_host", "nbytes"]
 
 
@@ -34,9 +36,10 @@ def clone_to_host(obj: Any) -> Any:
 
 
 def nbytes(obj: Any) -> int:
-    """Bytes held by the tensors inside ``obj``."""
+    """Bytes held by this rank for the tensors inside ``obj`` (a DTensor: its local shard)."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
+        t = local(obj)
+        return t.numel() * t.element_size()
     if isinstance(obj, dict):
         return sum(nbytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
@@ -82,7 +85,7 @@ class SnapshotRing:
              scaler: Any = None, custom: Any = None) -> Snapshot:
         snap = Snapshot(
             step=step,
-            params={n: clone_to_host(p) for n, p in params.items()},
+            params={n: clone_to_host(local(p)) for n, p in params.items()},
             optimizer=clone_to_host(optimizer.state_dict()) if optimizer is not None else None,
             scheduler=clone_to_host(scheduler.state_dict()) if scheduler is not None else None,
             scaler=clone_to_host(scaler.state_dict()) if scaler is not None else None,
@@ -113,7 +116,8 @@ class SnapshotRing:
         """
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(snap.params[name].to(p.device, non_blocking=True))
+                # A sharded parameter gets its own shard back (the local tensor shares its storage).
+                local(p).copy_(snap.params[name].to(local(p).device, non_blocking=True))
         if optimizer is not None and snap.optimizer is not None:
             optimizer.load_state_dict(clone_to_host(snap.optimizer))
         if scaler is not None and snap.scaler is not None:

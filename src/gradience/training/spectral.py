@@ -30,6 +30,7 @@ import torch
 
 from .config import RiskThresholds
 from .kappa_risk import ALARM_LEVELS, RISK_LEVELS, WARMUP, risk_level
+from .sharding import full
 
 __all__ = ["ALARM_LEVELS", "RISK_LEVELS", "WARMUP", "RiskThresholds", "SpectralMonitor", "kappa_tilde", "risk_level"]
 
@@ -48,7 +49,9 @@ def _lora_pairs(model: Any) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
 
 @torch.no_grad()
 def _lora_kappa(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    # a: (r, in), b: (out, r). Conv LoRA weights are flattened to 2-D.
+    # a: (r, in), b: (out, r). Conv LoRA weights are flattened to 2-D. Sharded (FSDP2) factors are
+    # gathered: every rank samples κ̃ at the same step, so the collective is reached by all.
+    a, b = full(a), full(b)
     a2 = a.detach().reshape(a.shape[0], -1).double()
     b2 = b.detach().reshape(b.shape[0], -1).double()
     if not (torch.isfinite(a2).all() and torch.isfinite(b2).all()):
@@ -65,6 +68,7 @@ def _lora_kappa(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 @torch.no_grad()
 def _dense_kappa(w: torch.Tensor, iters: int = 8) -> float | None:
+    w = full(w)
     w2 = w.detach().reshape(w.shape[0], -1).double()
     fro = float(torch.linalg.matrix_norm(w2))
     if fro == 0 or not math.isfinite(fro):

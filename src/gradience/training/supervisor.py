@@ -46,6 +46,16 @@ from .detect import model_loss_prior
 from .gradnorm import collect_grads, total_grad_norm
 from .kappa_risk import neutral_word
 from .recorder import RunRecorder
+from .sharding import (
+    all_reduce_sum,
+    full,
+    full_adapter_state,
+    full_parameters,
+    is_dtensor,
+    local,
+    parallelism,
+    replica_weight,
+)
 
 require("torch", "hf", "RunSupervisor")
 import torch  # noqa: E402
@@ -94,6 +104,8 @@ def world_size() -> int:
 
 
 def _as_scalar(value: Any, device: torch.device) -> torch.Tensor:
+    if is_dtensor(value):  # FSDP2's clip_grad_norm_ returns the total norm as a DTensor
+        value = full(value)
     if isinstance(value, torch.Tensor):
         return value.detach().reshape(()).to(device=device, dtype=torch.float64)
     return torch.tensor(math.nan if value is None else float(value), dtype=torch.float64, device=device)
@@ -128,6 +140,9 @@ class RunSupervisor:
         self._pending_update: int | None = None
         self._initial_snapshot: Any = None
         self._prev_excepthook: Any = None
+        self.parallelism = "single"  # what run_start.meta.parallelism says: single, ddp, fsdp1, fsdp2
+        self._sharded = False  # parameters split across ranks (fsdp1, fsdp2): global figures are sums
+        self._root: Any = None  # the model as handed over (its FSDP wrapper, if any)
         self.stopped: str | None = None  # run_end.summary.stop_reason, set when the run ends
         self.adapter: dict[str, Any] | None = None  # which step's weights the saved adapter holds
 
@@ -188,6 +203,13 @@ class RunSupervisor:
             prior = derived[0] if derived is not None else None
         if prior is not None:
             meta = {**meta, "loss_prior": prior}
+        world = world_size()
+        self.parallelism = parallelism(model, world)
+        self._sharded = self.parallelism in ("fsdp1", "fsdp2")
+        self._root = model
+        meta = {**meta, "parallelism": self.parallelism}
+        if self._sharded:
+            meta.update(self._global_counts(unwrap_model(model)))
         self._scaler = scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: True)() else None
         if self._scaler is not None:
             # An enabled AMP grad scaler: non-finite gradients with a finite loss are fp16 overflows it
@@ -229,15 +251,20 @@ class RunSupervisor:
                 ``None`` (the current gradients are unclipped: pre = post).
             loss: this rank's loss for the step (tensor or float) or ``None``.
         """
-        post = total_grad_norm(collect_grads(self._params))
-        loss_t = _as_scalar(loss, post.device)
         world = world_size()
-        if world > 1:
-            import torch.distributed as dist
-
-            loss_t = loss_t.clone()
-            dist.all_reduce(loss_t, op=dist.ReduceOp.SUM)
-            loss_t = loss_t / world
+        grads = collect_grads(self._params)
+        if self._sharded:
+            # Each rank holds a shard of every gradient: the global norm is the root of the sum of
+            # the ranks' squared local norms, reduced with the loss in one all-reduce.
+            sq = total_grad_norm([local(g) * replica_weight(g) ** 0.5 for g in grads]) ** 2
+            loss_t = _as_scalar(loss, sq.device)
+            summed = all_reduce_sum(torch.stack([sq, loss_t]))
+            post, loss_t = summed[0].sqrt(), summed[1] / world
+        else:
+            post = total_grad_norm(grads)
+            loss_t = _as_scalar(loss, post.device)
+            if world > 1:  # DDP: gradients are identical on every rank, losses are not
+                loss_t = all_reduce_sum(loss_t) / world
         post_v, pre_v, loss_v = torch.stack([post, _as_scalar(pre_clip, post.device), loss_t]).tolist()
         return StepValues(grad_norm=post_v if pre_clip is None else pre_v, grad_norm_clipped=post_v,
                           loss=None if loss is None else loss_v)
@@ -313,9 +340,30 @@ class RunSupervisor:
         assert self.recorder is not None
         self.recorder.writer.metrics("guard", {"action": action, **payload}, step=step, action=action)
 
+    def _global_bytes(self, *values: int) -> list[int]:
+        """Byte figures summed over ranks when the parameters are sharded (every rank calls this
+        at the same moments: snapshots happen in lockstep)."""
+        if not self._sharded:
+            return list(values)
+        summed = all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self._device()))
+        return [int(v) for v in summed.tolist()]
+
+    def _device(self) -> torch.device:
+        return local(self._params[0]).device if self._params else torch.device("cpu")
+
+    def _global_counts(self, model: Any) -> dict[str, int]:
+        """``n_params`` / ``n_trainable_params`` of the whole model (the sum of the ranks' shards)."""
+        params = list(model.parameters())
+        total = sum(local(p).numel() * replica_weight(p) for p in params)
+        trainable = sum(local(p).numel() * replica_weight(p) for p in params if p.requires_grad)
+        device = local(params[0]).device if params else torch.device("cpu")
+        counts = all_reduce_sum(torch.tensor([total, trainable], dtype=torch.float64, device=device)).tolist()
+        return {"n_params": round(counts[0]), "n_trainable_params": round(counts[1])}
+
     def _snapshot_event(self, step: int, snap: Any) -> None:
-        self._guard_event(step, "snapshot", {"snapshot_step": snap.step, "bytes": snap.nbytes,
-                                             "held": len(self.guard.ring), "ring_bytes": self.guard.ring.nbytes})
+        snap_bytes, ring_bytes = self._global_bytes(snap.nbytes, self.guard.ring.nbytes)
+        self._guard_event(step, "snapshot", {"snapshot_step": snap.step, "bytes": snap_bytes,
+                                             "held": len(self.guard.ring), "ring_bytes": ring_bytes})
 
     def _force_snapshot(self, step: int) -> None:
         snap = self.guard.snapshot(step)
@@ -346,7 +394,13 @@ class RunSupervisor:
         spec = self.config.spectral
         assert rec is not None and self.spectral is not None and spec is not None
         previous = self.spectral.last_level
-        payload = self.spectral.observe(step, self._model)
+        if self.parallelism == "fsdp1":
+            # FSDP1 keeps flat shards outside forward: gather the full LoRA factors to measure κ̃
+            # (FSDP2's DTensor factors are gathered by the κ̃ code itself).
+            with full_parameters(self._root, "fsdp1"):
+                payload = self.spectral.observe(step, self._model)
+        else:
+            payload = self.spectral.observe(step, self._model)
         if payload is None:
             return
         rec.writer.metrics("spectral", payload, step=step)
@@ -418,6 +472,8 @@ class RunSupervisor:
             status, reason = self.status, self.stop_reason
         if self.guard is not None:
             self.guard_report = self.guard.summary()
+            if self._sharded and "snapshot_bytes" in self.guard_report:  # every rank ends: a collective is safe
+                self.guard_report["snapshot_bytes"] = self._global_bytes(int(self.guard_report["snapshot_bytes"]))[0]
         self.stopped = self.stop_reason_for(step, stopped_by)
         source = "final" if adapter_step is None else "best_checkpoint"
         restored = self.guard.lockout_restored_step if self.guard is not None else None
@@ -426,9 +482,15 @@ class RunSupervisor:
         self.adapter = {"step": step if adapter_step is None else adapter_step, "checkpoint": adapter_checkpoint,
                         "source": source, "saved": False}
         try:
-            if rec.is_writer:
-                self._end_of_run_artifacts(step, model if model is not None else self._model, training_args,
-                                           self.config.recommend if recommend is None else recommend)
+            # A sharded model is gathered on every rank (a collective) so rank 0 saves whole matrices.
+            target = model if model is not None else self._model
+            state = full_adapter_state(unwrap_model(target)) if self.parallelism == "fsdp2" and \
+                self.config.save_adapter and is_peft_model(target) else None
+            with full_parameters(self._root, self.parallelism):
+                if rec.is_writer:
+                    self._end_of_run_artifacts(step, target, training_args,
+                                               self.config.recommend if recommend is None else recommend,
+                                               adapter_state=state)
         finally:
             rec.finish(status, reason, step, summary=self.final_summary())
             self._remove_exit_hooks()
@@ -480,7 +542,7 @@ class RunSupervisor:
         return out
 
     def _end_of_run_artifacts(self, step: int, model: Any, training_args: dict[str, Any] | None,
-                              recommend: bool) -> None:
+                              recommend: bool, adapter_state: dict[str, Any] | None = None) -> None:
         rec = self.recorder
         assert rec is not None
         cfg = self.config
@@ -494,11 +556,13 @@ class RunSupervisor:
                                  "restore; the adapter was not saved", step=step)
             else:
                 peft_dir = self.out_dir / "peft"
-                unwrap_model(model).save_pretrained(str(peft_dir))
+                unwrap_model(model).save_pretrained(str(peft_dir), state_dict=adapter_state)
                 if self.adapter is not None:
                     self.adapter["saved"] = True
         if training_args is not None:
-            rec.save_training_args(self.out_dir, training_args)
+            # What the arguments asked for (e.g. "fsdp") can differ from what ran (accelerate falls back
+            # to DDP on CPU): the layout read from the model is recorded beside them.
+            rec.save_training_args(self.out_dir, {**training_args, "parallelism_in_effect": self.parallelism})
         rec.write_grad_summary(step)
         if self.guard is not None:
             self._guard_event(step, "summary", self.guard_report or self.guard.summary())
