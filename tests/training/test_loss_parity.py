@@ -147,3 +147,49 @@ def test_trl_sft_loss_equals_the_trainers_log(tmp_path, tiny_tokenizer, ga):
         {"text": [e.text for e in train]}), processing_class=tok, callbacks=[cb])
     trainer.train()
     assert_losses_match(cb, trainer)
+
+
+def test_trl_metrics_reach_the_telemetry(tmp_path, tiny_tokenizer):
+    """TRL's train-side mean_token_accuracy / entropy / num_tokens land on train_step as TRL logs
+    them; with a dict of eval sets its unprefixed eval metrics land on their split's eval, and the
+    token accuracy is the run's accuracy."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from gradience.telemetry.reader import TelemetryReader
+    from gradience.training.demo_data import generate_sentiment
+
+    train, test = generate_sentiment(n_train=32, n_test=8, seed=0)
+    tok = tiny_tokenizer
+    if tok.eos_token is None:
+        tok.eos_token = tok.sep_token
+
+    def ds(rows):
+        return Dataset.from_dict({"text": [e.text for e in rows]})
+
+    cb = _callback(tmp_path)
+    args = SFTConfig(**{**_args(tmp_path, 2), "eval_strategy": "steps", "eval_steps": 3}, max_length=24,
+                     dataset_text_field="text", per_device_eval_batch_size=8)
+    trainer = SFTTrainer(model=_causal("gpt2", tok), args=args, train_dataset=ds(train),
+                         eval_dataset={"test": ds(test), "train": ds(train[:8])}, processing_class=tok,
+                         callbacks=[cb])
+    trainer.train()
+    events = read_events(cb.path)
+    logged = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+    steps = {e["step"]: e for e in events if e["event"] == "train_step"}
+    for step, log in logged.items():
+        for key in ("mean_token_accuracy", "entropy", "num_tokens"):
+            assert steps[step][key] == pytest.approx(log[key], rel=1e-6), (step, key)
+    tokens = [steps[s]["num_tokens"] for s in sorted(steps)]
+    assert tokens == sorted(tokens) and tokens[0] > 0  # cumulative, as TRL counts it
+    evals = {e["split"]: e["metrics"] for e in events if e["event"] == "eval"}
+    assert set(evals) == {"test", "train"}
+    for split, metrics in evals.items():
+        logged_eval = next(e for e in trainer.state.log_history if f"eval_{split}_loss" in e)
+        assert metrics["loss"] == pytest.approx(logged_eval[f"eval_{split}_loss"])
+        assert metrics["mean_token_accuracy"] == pytest.approx(logged_eval["eval_mean_token_accuracy"])
+        assert metrics["accuracy"] == metrics["mean_token_accuracy"]
+        assert "entropy" in metrics
+    snap = TelemetryReader(cb.path).summarize()
+    assert snap.evals["test"]["metrics"]["accuracy"] == evals["test"]["accuracy"]

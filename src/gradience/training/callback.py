@@ -32,6 +32,9 @@ from transformers import Trainer, TrainerCallback  # noqa: E402
 
 __all__ = ["GradienceCallback"]
 
+# TRL's training-side metrics recorded on train_step under their own names.
+TRL_STEP_METRICS = ("mean_token_accuracy", "entropy", "num_tokens")
+
 
 def find_trainer(trainer_type: type = Trainer, depth: int = 16) -> Any:
     """The ``Trainer`` whose event is being handled, found on the call stack (a callback is handed
@@ -86,6 +89,7 @@ class GradienceCallback(TrainerCallback):
         self._trainer: Any = None  # the Trainer whose training_step is tapped
         self._wrapped_step: Any = None
         self._shadowed: Any = None  # an instance-level training_step the tap replaced
+        self._trl_start: dict[str, int] = {}  # lengths of TRL's metric lists when the step began
 
     # -- what the supervisor owns, for callers and tests --------------------------------------
     @property
@@ -192,6 +196,26 @@ class GradienceCallback(TrainerCallback):
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._loss_sum = None
         self._loss_n = 0
+        self._trl_start = {k: len(v) for k, v in self._trl_metrics().items()}
+
+    def _trl_metrics(self) -> dict[str, list[Any]]:
+        """TRL trainers collect their per-micro-batch training metrics in ``_metrics["train"]``
+        (averaged and cleared when they log); empty for other trainers."""
+        metrics = getattr(self._trainer, "_metrics", None)
+        train = metrics.get("train") if isinstance(metrics, dict) else None
+        return {k: v for k, v in train.items() if k in TRL_STEP_METRICS and isinstance(v, list)} \
+            if isinstance(train, dict) else {}
+
+    def _trl_step_metrics(self) -> dict[str, float]:
+        """This step's TRL metrics as TRL would log them with ``logging_steps=1``: the mean of the
+        step's micro-batch values; ``num_tokens`` is TRL's running total (cumulative)."""
+        out: dict[str, float] = {}
+        for key, values in self._trl_metrics().items():
+            new = values[self._trl_start.get(key, 0):] if key != "num_tokens" else values[-1:]
+            nums = [float(v) for v in new if isinstance(v, (int, float))]
+            if nums:
+                out[key] = nums[-1] if key == "num_tokens" else sum(nums) / len(nums)
+        return out
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                               **kwargs: Any) -> None:
@@ -208,7 +232,7 @@ class GradienceCallback(TrainerCallback):
         sup = self.supervisor
         if sup is None:
             return
-        sup.after_optimizer(int(state.global_step), epoch=state.epoch)
+        sup.after_optimizer(int(state.global_step), epoch=state.epoch, extra=self._trl_step_metrics())
         sup.after_update()
         if sup.stop_reason is not None:  # a guard lockout
             control.should_training_stop = True

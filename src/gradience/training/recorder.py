@@ -46,6 +46,9 @@ def spine_metrics(metrics: dict[str, Any], *, causal_lm: bool = False) -> dict[s
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         out[_SPINE_ALIASES.get(key, key)] = value
+    if "accuracy" not in out and isinstance(out.get("mean_token_accuracy"), (int, float)):
+        # TRL's token accuracy is the run's accuracy when nothing else is logged (kept under its own name too).
+        out["accuracy"] = out["mean_token_accuracy"]
     loss = out.get("loss")
     if causal_lm and "ppl" not in out and isinstance(loss, (int, float)) and math.isfinite(loss) and loss < 700:
         out["ppl"] = math.exp(loss)
@@ -60,7 +63,9 @@ def split_eval_metrics(metrics: dict[str, Any], test_split: str = "test") -> tup
     """Split an HF ``evaluate`` result (``eval_loss`` or ``eval_<name>_loss``) into (split, metrics).
 
     ``eval_dataset={"test": ..., "train": ...}`` gives prefixes ``eval_test_``/``eval_train_``;
-    a single eval dataset gives ``eval_``. ``train`` stays ``train``; held-out names
+    a single eval dataset gives ``eval_``. One call describes one eval set, so keys with only
+    ``eval_`` (TRL adds ``eval_mean_token_accuracy``, ``eval_entropy``, ``eval_num_tokens`` so
+    under a dict of eval sets) belong to it too; a dataset-prefixed key wins a clash. ``train`` stays ``train``; held-out names
     (test, eval, validation, val, dev) become ``test_split``; anything else is kept as is.
     """
     prefix = "eval_"
@@ -79,7 +84,8 @@ def split_eval_metrics(metrics: dict[str, Any], test_split: str = "test") -> tup
         split = test_split
     else:
         split = name
-    stripped = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    stripped = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and not k.startswith(prefix)}
+    stripped.update({k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)})
     return split, stripped
 
 

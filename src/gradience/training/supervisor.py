@@ -294,11 +294,14 @@ class RunSupervisor:
                 guard.drop_grads()
         return list(self._triggers)
 
-    def after_optimizer(self, step: int, *, epoch: float | None = None) -> bool:
+    def after_optimizer(self, step: int, *, epoch: float | None = None,
+                        extra: dict[str, Any] | None = None) -> bool:
         """Record ``step`` and answer the guard's triggers; ``True`` when training must stop.
 
         A ``train_step`` event is written every ``telemetry_interval`` steps, at step 1, at the
         last planned step, at every step the guard acts on and densely after a rollback.
+        ``extra``: the framework's own per-step metrics to record with it (TRL's
+        ``mean_token_accuracy``, ``entropy``, ``num_tokens``).
         """
         rec = self._rec("after_optimizer")
         values, self._values = self._values, None
@@ -309,7 +312,7 @@ class RunSupervisor:
             return self.stop_reason is not None
         if rec.wants_step(step) or triggers or step == self.max_steps:
             rec.train_step(step, loss=values.loss, lr=self._lr, epoch=epoch, grad_norm=values.grad_norm,
-                           grad_norm_clipped=values.grad_norm_clipped)
+                           grad_norm_clipped=values.grad_norm_clipped, **(extra or {}))
         else:
             rec.last_step = max(rec.last_step, step)
             if values.loss is not None:
