@@ -89,6 +89,8 @@ class GradienceCallback(TrainerCallback):
         self._trainer: Any = None  # the Trainer whose training_step is tapped
         self._wrapped_step: Any = None
         self._shadowed: Any = None  # an instance-level training_step the tap replaced
+        self._wrapped_log: Any = None
+        self._shadowed_log: Any = None
         self._trl_start: dict[str, int] = {}  # lengths of TRL's metric lists when the step began
 
     # -- what the supervisor owns, for callers and tests --------------------------------------
@@ -138,6 +140,19 @@ class GradienceCallback(TrainerCallback):
 
         trainer.training_step = training_step
         self._trainer, self._wrapped_step = trainer, training_step
+        # The Trainer calls reporting callbacks (TensorBoard, W&B, MLflow, trackio) before user
+        # callbacks, so an on_log here would come too late: the signals join the logs dict in
+        # Trainer.log itself, before any callback sees it.
+        original_log = trainer.log
+        self._shadowed_log = trainer.__dict__.get("log")
+
+        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> Any:
+            if self.supervisor is not None and isinstance(logs, dict) and not any(k.startswith("eval_") for k in logs):
+                logs.update(self.supervisor.tracker_signals())
+            return original_log(logs, *args, **kwargs)
+
+        trainer.log = log
+        self._wrapped_log = log
 
     def _on_forward(self, module: Any, _inputs: Any, output: Any) -> None:
         """Fallback outside a ``Trainer`` (no training_step to tap): the model's own loss."""
@@ -155,6 +170,11 @@ class GradienceCallback(TrainerCallback):
                 trainer.training_step = self._shadowed
             else:
                 del trainer.training_step
+        if trainer is not None and trainer.__dict__.get("log") is self._wrapped_log:
+            if self._shadowed_log is not None:
+                trainer.log = self._shadowed_log
+            else:
+                del trainer.log
         self._wrapped_step = None
         if self._probe is not None:
             self._probe.remove()

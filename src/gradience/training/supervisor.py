@@ -40,6 +40,7 @@ from typing import Any
 
 from ..errors import GradienceError, require
 from ..telemetry.schema import ConfigSnapshot
+from ..trackers.export import guard_marks, live_step_signals
 from .config import GradienceConfig
 from .config_snapshot import is_causal_lm, unwrap_model
 from .detect import model_loss_prior
@@ -143,6 +144,7 @@ class RunSupervisor:
         self.parallelism = "single"  # what run_start.meta.parallelism says: single, ddp, fsdp1, fsdp2
         self._sharded = False  # parameters split across ranks (fsdp1, fsdp2): global figures are sums
         self._root: Any = None  # the model as handed over (its FSDP wrapper, if any)
+        self._live: dict[str, float] = {}  # signals for the framework's own log (tracker_signals)
         self.stopped: str | None = None  # run_end.summary.stop_reason, set when the run ends
         self.adapter: dict[str, Any] | None = None  # which step's weights the saved adapter holds
 
@@ -310,6 +312,7 @@ class RunSupervisor:
         if values is None:  # no before_optimizer for this step (e.g. a skipped step)
             rec.last_step = max(rec.last_step, step)
             return self.stop_reason is not None
+        self._live.update(live_step_signals(values.loss, values.grad_norm, rec.grad.level))
         if rec.wants_step(step) or triggers or step == self.max_steps:
             rec.train_step(step, loss=values.loss, lr=self._lr, epoch=epoch, grad_norm=values.grad_norm,
                            grad_norm_clipped=values.grad_norm_clipped, **(extra or {}))
@@ -377,6 +380,7 @@ class RunSupervisor:
         rec = self.recorder
         assert rec is not None and self.guard is not None
         d = self.guard.respond(step, triggers)
+        self._live.update({**guard_marks(d.action, d.lr_scale), "gradience/guard/rollbacks": float(self.guard.rollbacks)})
         if d.action == "rollback":
             rec.writer.alert("error", "GUARD_ROLLBACK",
                              f"{', '.join(triggers)} at step {step}: restored the step-{d.restored_step} snapshot, "
@@ -407,6 +411,7 @@ class RunSupervisor:
         if payload is None:
             return
         rec.writer.metrics("spectral", payload, step=step)
+        self._live["gradience/spectral/kappa_tilde"] = float(payload["kappa_tilde"])
         level = payload["risk_level"]
         if level in ("DANGER", "INSTABILITY") and level != previous:
             # Information, not a warning: κ̃ levels fire in healthy early training and did not lead
@@ -423,9 +428,17 @@ class RunSupervisor:
         elif level == "DANGER":
             self._force_snapshot(step)
             d = self.guard.backoff(step, "spectral_danger")
+            self._live.update(guard_marks(d.action, d.lr_scale))
             self._guard_event(step, "backoff", d.to_dict())
         elif level == "INSTABILITY":
             self._respond(step, ["spectral_instability"])
+
+    def tracker_signals(self) -> dict[str, float]:
+        """Gradience's signals since the last call, for the framework's own log (so every tracker it
+        reports to shows them): the recorded loss, gradient norm and its level, κ̃, and a mark at a
+        guard action (``gradience/guard/action``, the LR scale) — keys in docs/trackers.md#live."""
+        out, self._live = self._live, {}
+        return out
 
     # -- evaluation, checkpoints ---------------------------------------------------------------
     def eval(self, step: int | None, split: str, metrics: dict[str, Any]) -> None:
