@@ -216,3 +216,21 @@ def test_cli_audit_and_compress_a_kohya_file(tmp_path, cli):
     p = cli("audit", "--weights", str(loha))
     assert p.returncode == 2 and "LyCORIS LoHa" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert "Traceback" not in p.stderr
+
+
+def test_flux_style_transformer_file_is_a_diffusers_file(tmp_path):
+    rng = np.random.default_rng(10)
+    mods = {f"transformer.{m}": (rng.standard_normal((4, 24)), rng.standard_normal((24, 4)))
+            for m in ("single_transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.0.proj",
+                      "transformer_blocks.0.attn.add_k_proj")}
+    meta = diffusers_metadata({"transformer": {"r": 4, "lora_alpha": 2, "alpha_pattern": {"add_k_proj": 16}}})
+    f = write_file(tmp_path / "flux_lora.safetensors", diffusers_tensors(mods), meta, dtype="BF16")
+    rows = _rows(audit_adapter(weights=f, udr=False))
+    assert {n: r.scale for n, r in rows.items()} == {
+        "transformer.single_transformer_blocks.0.attn.to_q": 0.5, "transformer.transformer_blocks.0.ff.net.0.proj": 0.5,
+        "transformer.transformer_blocks.0.attn.add_k_proj": 4.0}
+    compress_adapter(f, tmp_path / "o.safetensors", rank=1)
+    with SafetensorsFile(tmp_path / "o.safetensors") as o:
+        assert o.dtype("transformer.transformer_blocks.0.attn.add_k_proj.lora_A.weight") == "BF16"
+        packed = json.loads(o.metadata["lora_adapter_metadata"])
+    assert packed["transformer.r"] == 1 and packed["transformer.alpha_pattern"] == {"transformer_blocks.0.attn.add_k_proj": 4.0}

@@ -105,3 +105,56 @@ def test_kohya_file_audit_and_compress_against_diffusers_loader(tmp_path):
         ref = _best_rank_k(deltas[where], 1)
         err = np.linalg.norm(after[where] - ref) / np.linalg.norm(ref)
         assert err < REL, (key, err)
+
+
+def _load_diffusers_file(path):
+    """ΔW per UNet module as diffusers loads a diffusers-format file (with its lora_adapter_metadata)."""
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.lora import LoraLayer
+
+    unet, _ = _models()
+    sd, alphas, meta = StableDiffusionPipeline.lora_state_dict(str(path), return_lora_metadata=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        StableDiffusionPipeline.load_lora_into_unet(sd, alphas, unet=unet, metadata=meta)
+    out = {}
+    for n, m in unet.named_modules():
+        if isinstance(m, LoraLayer):
+            d = m.get_delta_weight(m.active_adapters[0]).detach().double().numpy()
+            out[f"unet.{n}"] = d.reshape(d.shape[0], -1)
+    return out
+
+
+def test_diffusers_file_written_by_diffusers_audit_and_compress(tmp_path):
+    """A UNet LoRA (r=4, α=8, a conv among the targets) written by diffusers' own save_lora_weights: the
+    audit uses the metadata's α/r, and the compressed file (metadata rewritten) loads back in diffusers
+    as the Eckart–Young truncation of every module."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet, _ = _models()
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v", "proj_in", "conv1"], init_lora_weights=False)
+    unet.add_adapter(cfg)
+    with torch.no_grad():
+        for n, p in unet.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn_like(p))
+    meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.to_dict().items()}
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "d", unet_lora_layers=get_peft_model_state_dict(unet),
+                                              unet_lora_adapter_metadata=meta)
+    f = tmp_path / "d" / "pytorch_lora_weights.safetensors"
+    deltas = _load_diffusers_file(f)
+    res = audit_adapter(weights=f, udr=False)
+    assert res.adapter["format"] == "diffusers"
+    rows = {r.name: r for r in res.layers}
+    assert set(rows) == set(deltas) and any(r.kind == "conv" for r in res.layers)
+    for name, dw in deltas.items():
+        assert rows[name].scale == 2.0
+        assert rows[name].delta_sigma_max == pytest.approx(np.linalg.norm(dw, 2), rel=REL), name
+    out = tmp_path / "small.safetensors"
+    compress_adapter(f, out, rank=2)
+    after = _load_diffusers_file(out)
+    for name, dw in deltas.items():
+        ref = _best_rank_k(dw, 2)
+        assert np.linalg.norm(after[name] - ref) <= REL * np.linalg.norm(ref), name
