@@ -119,3 +119,13 @@ def test_several_subfolders_without_a_name_is_an_error_naming_them(two_adapters,
     shutil.copytree(root / "out" / "other", tmp_path / "b")
     with pytest.raises(AdapterFormatError, match=r"2 adapters in subfolders \(a, b\)"):
         audit_adapter(tmp_path, udr=False)
+
+
+def test_cli_adapter_name(two_adapters, cli):
+    root, _ = two_adapters
+    p = cli("audit", "--peft-dir", str(root / "both"), "--adapter-name", "other", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["adapter"]["adapter_name"] == "other" and out["r"] == 2
+    q = cli("audit", "--peft-dir", str(root / "out"), "--adapter-name", "third")
+    assert q.returncode == 2 and "subfolders: other" in q.stderr and len(q.stderr.strip().splitlines()) == 1
