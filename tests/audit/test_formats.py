@@ -234,3 +234,29 @@ def test_flux_style_transformer_file_is_a_diffusers_file(tmp_path):
         assert o.dtype("transformer.transformer_blocks.0.attn.add_k_proj.lora_A.weight") == "BF16"
         packed = json.loads(o.metadata["lora_adapter_metadata"])
     assert packed["transformer.r"] == 1 and packed["transformer.alpha_pattern"] == {"transformer_blocks.0.attn.add_k_proj": 4.0}
+
+
+def test_output_check_refuses_shapes_the_loader_would_reject(tmp_path):
+    from gradience.audit.compress import validate_output
+    from gradience.audit.core import open_adapter
+
+    rng = np.random.default_rng(11)
+    f = write_file(tmp_path / "in.safetensors", kohya_tensors(kohya_modules(rng)))
+    ad = open_adapter(weights=f)
+    try:
+        rows = [{"new_r": min(2, m.r)} for m in ad.modules]
+        entries = []
+        for m in ad.modules:
+            k = min(2, m.r)
+            entries.append((m.a_key, "F32", [k, *m.a_shape[1:]], 0, 0))
+            entries.append((m.b_key, "F32", [m.b_shape[0], k, *m.b_shape[2:]], 0, 0))
+            if m.alpha_key:
+                entries.append((m.alpha_key, "F32", [], 0, 0))
+        validate_output(ad, rows, entries)  # the silent twin: what compress writes
+        bad = [(n, d, [s[0] + 1, *s[1:]] if n.endswith("lora_down.weight") else s, a, b) for n, d, s, a, b in entries]
+        with pytest.raises(AdapterFormatError, match=r"internal check failed.*nothing written"):
+            validate_output(ad, rows, bad)
+        with pytest.raises(AdapterFormatError, match="output tensor names differ"):
+            validate_output(ad, rows, entries[1:])
+    finally:
+        ad.close()
