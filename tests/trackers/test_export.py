@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -56,8 +57,9 @@ def test_export_to_tensorboard_reads_back_with_the_event_accumulator(full_run, t
     assert any("GUARD_ROLLBACK" in t for t in map(str, acc.Tensors("gradience/alerts/text_summary")))
 
 
-def test_export_to_mlflow_reads_back_with_the_client(full_run, tmp_path, capsys):
+def test_export_to_mlflow_reads_back_with_the_client(full_run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts under ./mlruns
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -71,6 +73,8 @@ def test_export_to_mlflow_reads_back_with_the_client(full_run, tmp_path, capsys)
         got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert got.keys() == series.keys(), key
         assert all(same(got[s], v) for s, v in series.items()), (key, got, series)
+    notes = client.download_artifacts(run.info.run_id, "gradience_notes.json", str(tmp_path))
+    assert "GUARD_ROLLBACK" in Path(notes).read_text()
 
 
 def test_export_refuses_a_file_that_is_not_telemetry(tmp_path, capsys):

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("gradience.cli.bench", "bench", "Prove suggested ranks on real data across seeds."),
     "watch": ("gradience.cli.watch", "watch", "Live terminal dashboard for a run.jsonl."),
     "report": ("gradience.cli.report", "report", "Render a run (and its adapter audit) as a self-contained HTML page."),
+    "import": ("gradience.cli.import_", "import_", "Read an HF trainer_state.json or TensorBoard log into telemetry."),
     "export": ("gradience.cli.export", "export", "Write a run to TensorBoard or MLflow (train/…, eval/…, gradience/…)."),
 }
 

@@ -45,7 +45,9 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     from ..telemetry.reader import TelemetryReader
     from ..telemetry.run_select import resolve_run_id
     from ..telemetry.snapshot import SignalSnapshot
+    from ..trackers.importer import resolve_input
 
+    source, path = path, resolve_input(path)  # an HF / TensorBoard log is read through an import
     reader = TelemetryReader(path, strict_schema=strict_schema)
     accs = reader.accumulate()  # one streaming pass; memory independent of file size
     if run_id is not None and not accs:
@@ -64,7 +66,7 @@ def build_monitor_json(path: str | Path, *, run_id: str | None = None, gap_thres
     signals["gap_threshold"] = gap_threshold
     signals["generalisation"] = generalisation_summary(snap, gap_threshold=gap_threshold)
     return {
-        "file": str(path),
+        "file": str(source),
         "run_id": snap.run_id,
         "config": config,
         "signals": signals,

@@ -43,8 +43,11 @@ def report(run_file: Path, audit_path: Path | None, peft_dir: Path | None, outpu
         raise UsageError("give either --audit or --peft-dir, not both")
     if output == "-" and as_json:
         raise UsageError("--json describes a written file; it cannot be combined with -o -")
+    from ..trackers.importer import resolve_input
+
+    source = resolve_input(run_file)  # telemetry as it is; an HF / TensorBoard log through an import
     out = resolve_output(run_file, output, fmt, protected=[p for p in (audit_path,) if p is not None])
-    rep = build_report(run_file, run_id=run_id, audit_path=audit_path, peft_dir=peft_dir, max_points=max_points)
+    rep = build_report(source, run_id=run_id, audit_path=audit_path, peft_dir=peft_dir, max_points=max_points)
     text = render_html(rep) if fmt == "html" else render_markdown(rep)
     if out is None:
         sys.stdout.write(text)

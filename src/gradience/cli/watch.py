@@ -42,9 +42,12 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
                             style="dim", highlight=False)
         once = True
     if once or as_json:
-        if not path.exists():
+        if not run_file.exists():
             raise GradienceError("telemetry file not found", path=path,
                                  hint="check the path, or drop --once to wait for the file to appear")
+        from ..trackers.importer import resolve_input
+
+        path = resolve_input(run_file)  # telemetry as it is; an HF / TensorBoard log through an import
         state = WatchState(path, run_id=run_id)
         try:
             state.poll(budget_s=None)
