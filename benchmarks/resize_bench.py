@@ -179,15 +179,24 @@ def main() -> None:
     ap.add_argument("--dtype", default="F16", choices=["F16", "F32"], help="dtype of the generated file")
     ap.add_argument("--decay", type=float, default=0.85, help="σ_i ∝ decay^i in every generated module")
     ap.add_argument("--route", help=argparse.SUPPRESS)  # internal: run one route in this process
+    ap.add_argument("--generate", help=argparse.SUPPRESS)  # internal: write the file in this process
     ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--dst", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.route:
         print(json.dumps(run_route(args.route, Path(args.src), Path(args.dst), args.to, args.every)))
         return
+    if args.generate:
+        print(generate(Path(args.generate), args.rank, dtype=args.dtype, decay_rate=args.decay))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "sdxl_r32.safetensors"
-        n = generate(src, args.rank, dtype=args.dtype, decay_rate=args.decay)
+        # Generated in a child process: a route's peak RSS counts from its fork of this process (Linux
+        # carries the high-water mark across exec), so this process must stay small.
+        gen = subprocess.run([sys.executable, __file__, "--generate", str(src), "--rank", str(args.rank),
+                              "--dtype", args.dtype, "--decay", str(args.decay)], capture_output=True, text=True,
+                             check=True)
+        n = int(gen.stdout.strip().splitlines()[-1])
         print(f"generated {n} modules (r={args.rank}, {args.dtype}, σ_i ∝ {args.decay}^i): "
               f"{src.stat().st_size / 1e6:.0f} MB; resize to r={args.to}"
               f"{f'; baselines on every {args.every}th module' if args.every > 1 else ''}", flush=True)
