@@ -207,7 +207,10 @@ class GradienceCallback(TrainerCallback):
             self._tap_training_step(trainer)
         else:
             self._hook = unwrap_model(model).register_forward_hook(self._on_forward)
-        if float(getattr(args, "max_grad_norm", 0) or 0) > 0:
+        if float(getattr(args, "max_grad_norm", 0) or 0) > 0 and sup.parallelism not in ("fsdp1", "fsdp2"):
+            # (A sharded model's gradients are written by FSDP outside autograd: the probe's hooks
+            # would not fire, or would see one rank's shard. There the recorded pre-clip norm is
+            # the global norm measured after clipping.)
             # The Trainer clips before on_pre_optimizer_step: the pre-clip norm is taken in backward.
             scale_fn = scaler.get_scale if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() \
                 else None
