@@ -80,3 +80,25 @@ def test_converted_adapter_is_the_true_update(rewritten, tmp_path):
         assert rows[m].base_sigma_max == pytest.approx(base_sigma[m], rel=1e-6)  # against the original base
         assert rows[m].udr == pytest.approx(sig[0] / base_sigma[m], rel=1e-4)
     compress_adapter(root / "conv", tmp_path / "c", rank=2)  # a plain LoRA now: compress works
+
+
+def test_initial_adapter_gives_the_true_update(rewritten):
+    root, true, base_sigma = rewritten
+    res = audit_adapter(root / "ft", base_model=root / "base", initial_adapter=root / "init", top_singular_values=8)
+    codes = {i.code for i in res.summary.issues}
+    assert "TRUE_UPDATE_FROM_INITIAL" in codes and "BASE_REWRITING_INIT" not in codes
+    conv = {r.name: r for r in audit_adapter(root / "conv", udr=False, top_singular_values=8).layers}
+    for r in res.layers:
+        sig = np.linalg.svd(true[r.name], compute_uv=False)
+        assert r.r == 8 and r.delta_sigma_max == pytest.approx(sig[0], rel=1e-4)
+        # the same update PEFT's conversion writes, to float32 storage
+        assert r.delta_sigma_max == pytest.approx(conv[r.name].delta_sigma_max, rel=1e-6)
+        assert r.udr == pytest.approx(sig[0] / base_sigma[r.name], rel=1e-4)
+
+
+def test_initial_adapter_on_a_plain_lora_is_a_usage_error(rewritten):
+    from gradience.errors import UsageError
+
+    root, _, _ = rewritten
+    with pytest.raises(UsageError, match="already is its update"):
+        audit_adapter(root / "conv", udr=False, initial_adapter=root / "init")

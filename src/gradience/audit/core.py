@@ -60,6 +60,7 @@ class LoadedAdapter:
     adapter_name: str | None = None
     adapter_names: list[str] = field(default_factory=list)  # names in the keys of a raw state dict
     fused: list[Any] = field(default_factory=list)  # FusedParam per fused MoE expert parameter (.experts)
+    initial_path: Path | None = None  # the initial adapter: modules measure s·(B·A − B₀·A₀) (.initial)
 
     def close(self) -> None:
         self.source.close()
@@ -72,7 +73,8 @@ class LoadedAdapter:
 def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
                  adapter_config: str | os.PathLike[str] | None = None,
                  weights: str | os.PathLike[str] | None = None,
-                 adapter_name: str | None = None) -> LoadedAdapter:
+                 adapter_name: str | None = None,
+                 initial_adapter: str | os.PathLike[str] | None = None) -> LoadedAdapter:
     """Resolve files, detect the format, pair factors and assign each module its r, α, scale.
 
     ``peft_dir`` may also be a weights file; a file in a format that carries its own ranks and
@@ -139,7 +141,9 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
                        "message": f"{len(mismatched)} module(s) have a tensor rank that differs from the config: {ex}"})
     _common_issues(ad, cfg.use_dora)
     init = cfg.base_rewriting_init
-    if init is not None:
+    if initial_adapter is not None:
+        _use_initial(ad, initial_adapter)
+    elif init is not None:
         from .adapter_config import CONVERSION_HINT
 
         issues.append({"code": "BASE_REWRITING_INIT", "severity": "error",
@@ -147,6 +151,36 @@ def open_adapter(peft_dir: str | os.PathLike[str] | None = None, *,
                                   "not the learned update: the spectra below describe the factors, not what "
                                   f"training changed; UDR is not reported and compress refuses; {CONVERSION_HINT}"})
     return ad
+
+
+def _use_initial(ad: LoadedAdapter, initial_adapter: str | os.PathLike[str]) -> None:
+    """Measure s·(B·A − B₀·A₀) against the initial adapter's factors (:mod:`.initial`)."""
+    from .initial import DifferenceView, difference_modules
+
+    init = ad.config.base_rewriting_init
+    if init is None:
+        ad.close()
+        raise UsageError("--initial-adapter is for adapters whose init rewrote the base (init_lora_weights "
+                         "pissa/olora/corda/loftq); this adapter's B·A already is its update", path=ad.config_path)
+    if ad.fused:
+        ad.close()
+        raise UsageError("--initial-adapter with fused MoE experts is not supported", path=ad.config_path)
+    _, w0 = resolve_adapter_paths(initial_adapter)
+    src0 = open_weights(w0)
+    try:
+        ad.modules = difference_modules(ad.modules, src0)
+    except BaseException:
+        src0.close()
+        ad.close()
+        raise
+    ad.source = DifferenceView(ad.source, src0)
+    for m in ad.modules:
+        ad.module_r[m.name] = m.r
+    ad.initial_path = w0
+    ad.issues.append({"code": "TRUE_UPDATE_FROM_INITIAL", "severity": "info",
+                      "message": f"init_lora_weights={init!r} rewrote the base; each module is measured as "
+                                 f"s·(B·A − B₀·A₀) with the initial factors from {w0} (rank 2r), the update the "
+                                 "fine-tune made to the original base"})
 
 
 def _subfolder_name(peft_dir: str | os.PathLike[str] | None, cfg_path: Path) -> str | None:
@@ -395,6 +429,7 @@ def audit_adapter(
     energy: float | None = None,
     progress: ProgressFn | None = None,
     adapter_name: str | None = None,
+    initial_adapter: str | os.PathLike[str] | None = None,
 ) -> AuditResult:
     """Audit a LoRA adapter (a PEFT directory, or explicit config + weights files).
 
@@ -406,6 +441,8 @@ def audit_adapter(
         base_norms_cache: directory caching base-weight norms (σ₁, Frobenius) across runs.
         budget_params / energy: also compute a budgeted per-module rank allocation.
         progress: called as ``progress(done_modules, total_modules)``.
+        initial_adapter: for an init that rewrote the base (PiSSA, OLoRA, …), the adapter saved right
+            after ``get_peft_model``: the audit then measures the learned update s·(B·A − B₀·A₀).
         adapter_name: the adapter to audit when a directory holds several in named subfolders, or
             a weights file holds several (``lora_A.<name>``); they are never merged.
     Raises:
@@ -420,7 +457,8 @@ def audit_adapter(
     if top_singular_values < 0:
         raise UsageError("top_singular_values must be >= 0")
     t0 = time.perf_counter()
-    ad = open_adapter(peft_dir, adapter_config=adapter_config, weights=weights, adapter_name=adapter_name)
+    ad = open_adapter(peft_dir, adapter_config=adapter_config, weights=weights, adapter_name=adapter_name,
+                      initial_adapter=initial_adapter)
     try:
         return _audit_open(ad, top_singular_values, base_model, base_norms_cache, udr, budget_params, energy,
                            progress, t0)
@@ -530,7 +568,7 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
     # UDR / SDI against the base weights.
     from .udr import attach_udr
 
-    rewritten = cfg.base_rewriting_init
+    rewritten = cfg.base_rewriting_init if ad.initial_path is None else None
     udr_info = attach_udr(rows, ad, base_model=base_model, cache_dir=cache, enabled=udr and rewritten is None)
     if rewritten is not None:
         udr_info["summary"]["udr_skipped_reason"] = (
@@ -554,6 +592,7 @@ def _audit_open(ad: LoadedAdapter, top_k: int, base_model: Any, cache: Any, udr:
         "alpha_pattern": cfg.alpha_pattern,
         "dtype": sorted({r["dtype"] for r in rows}),
         "fused_experts": _fused_summary(ad, rows),
+        "initial_adapter": str(ad.initial_path) if ad.initial_path is not None else None,
     }
     # The pipeline above assembles plain dicts (metrics, composition, UDR each add their keys);
     # the result carries them as the typed contract, with the same keys in the same order.

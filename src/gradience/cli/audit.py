@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 @click.option("--weights", type=click.Path(path_type=Path), help="Explicit weights file (.safetensors or .bin).")
 @click.option("--adapter-name", default=None,
               help="The adapter to audit when a folder or file holds several (never merged).")
+@click.option("--initial-adapter", type=click.Path(path_type=Path), default=None,
+              help="For a PiSSA/OLoRA/CorDA/LoftQ adapter: the adapter saved right after get_peft_model; "
+                   "the audit then measures the learned update s·(B·A − B₀·A₀).")
 @click.option("--top-wasteful", type=click.IntRange(min=0), default=10, show_default=True,
               help="Show the N modules with the most unused parameters.")
 @click.option("--top-singular-values", type=click.IntRange(min=0), default=0,
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 @click.option("--base-norms-cache", type=click.Path(path_type=Path), help="Directory caching base-weight norms.")
 @click.option("--no-udr", is_flag=True, help="Skip UDR/SDI even when the base model is available.")
 def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | None, adapter_name: str | None,
-          top_wasteful: int,
+          initial_adapter: Path | None, top_wasteful: int,
           top_singular_values: int, show_layers: bool, suggest_per_layer: bool, budget_params: int | None,
           energy: float | None, as_json: bool, append_to: Path | None, base_model: str | None,
           base_norms_cache: Path | None, no_udr: bool) -> None:
@@ -74,7 +77,8 @@ def audit(peft_dir: Path | None, adapter_config: Path | None, weights: Path | No
         res = audit_adapter(peft_dir, adapter_config=adapter_config, weights=weights,
                             top_singular_values=top_singular_values, base_model=base_model,
                             base_norms_cache=base_norms_cache, udr=not no_udr, budget_params=budget_params,
-                            energy=energy, progress=progress, adapter_name=adapter_name)
+                            energy=energy, progress=progress, adapter_name=adapter_name,
+                            initial_adapter=initial_adapter)
     finally:
         if status is not None:
             status.stop()
