@@ -260,3 +260,18 @@ def test_output_check_refuses_shapes_the_loader_would_reject(tmp_path):
             validate_output(ad, rows, entries[1:])
     finally:
         ad.close()
+
+
+def test_kohya_torch_pickle_is_read_and_written_back_as_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    mods = kohya_modules(np.random.default_rng(12))
+    t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in kohya_tensors(mods).items()}
+    torch.save(t, tmp_path / "style.ckpt")
+    res = audit_adapter(weights=tmp_path / "style.ckpt", udr=False)
+    assert res.adapter["format"] == "kohya" and res.summary.n_layers == len(mods)
+    compress_adapter(tmp_path / "style.ckpt", tmp_path / "small.safetensors", rank=2)
+    got = _read_kohya(tmp_path / "small.safetensors")
+    for name, mod in mods.items():
+        k = min(2, mod[0].shape[0])
+        ref = _best_rank_k(kohya_dense(mod), k)
+        assert np.linalg.norm(_dense_from_file(got, name) - ref) <= 1e-6 * np.linalg.norm(ref)

@@ -328,7 +328,7 @@ def open_weights(path: str | os.PathLike[str]) -> SafetensorsFile | TorchBinFile
     p = Path(path)
     if p.is_dir():
         raise AdapterFormatError("expected a weights file, got a directory", path=p)
-    if p.suffix == ".bin" or p.suffix == ".pt":
+    if p.suffix in (".bin", ".pt", ".pth", ".ckpt"):  # torch pickles (kohya files too)
         return TorchBinFile(p)
     return SafetensorsFile(p)
 
