@@ -83,3 +83,7 @@ def test_a_loss_spike_on_one_rank_is_the_recorded_loss_and_the_trigger(tmp_path)
     rollbacks = [e for e in events if e["event"] == "alert" and e["code"] == "GUARD_ROLLBACK"]
     assert [e["step"] for e in rollbacks] == [7] and "loss_spike" in rollbacks[0]["message"]
     assert ranks[0]["guard"]["trigger_counts"] == ranks[1]["guard"]["trigger_counts"] == {"loss_spike": 1}
+    from gradience.cli.monitor import build_monitor_json
+
+    signals = build_monitor_json(tmp_path / "run.jsonl")["signals"]
+    assert signals["loss"]["spikes"] >= 1 and 7 in signals["loss"]["spike_steps"]
