@@ -74,6 +74,12 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
         con.print(render_once(view, width=width or min(con.width, 120)))
         return
 
+    if run_file.exists():
+        from ..trackers.importer import detect_source, resolve_input
+
+        found = detect_source(run_file)
+        if found is not None and found[0] != "telemetry":
+            path = resolve_input(run_file)  # an HF / TensorBoard log: its state now (an import)
     if path.exists() and not path.is_file():
         raise GradienceError("expected a telemetry file", path=path)
     require("textual", "tui", "gradience watch")
