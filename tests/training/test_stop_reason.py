@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import make_trainer, read_events, tiny_model
@@ -17,7 +19,7 @@ def _end(path):
     return events, events[-1]
 
 
-def test_early_stopping_and_the_best_checkpoint_are_recorded(tmp_path, tiny_tokenizer):
+def test_early_stopping_and_the_best_checkpoint_are_recorded(tmp_path, tiny_tokenizer, capsys):
     from transformers import EarlyStoppingCallback
 
     from gradience import GradienceCallback
@@ -38,6 +40,15 @@ def test_early_stopping_and_the_best_checkpoint_are_recorded(tmp_path, tiny_toke
     assert adapter["checkpoint"].endswith("checkpoint-2")
     audits = [e for e in events if e["event"] == "metrics" and e["kind"] == "lora_audit"]
     assert [e["step"] for e in audits] == [2]  # the audit describes the step-2 weights that were saved
+
+    from gradience.cli.main import main
+
+    capsys.readouterr()
+    assert main(["monitor", str(cb.path)]) is None
+    assert "status ok (early stopping; adapter from step 2)" in capsys.readouterr().out
+    assert main(["monitor", str(cb.path), "--json"]) is None
+    signals = json.loads(capsys.readouterr().out)["signals"]
+    assert signals["stop_reason"] == "early_stopping" and signals["adapter"]["step"] == 2
 
 
 def test_a_callback_stopping_training_is_recorded(tmp_path, tiny_tokenizer):

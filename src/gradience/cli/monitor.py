@@ -161,6 +161,12 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
                           f"{_dur(sig.get('stall_after_s'))} its cadence allows; the process likely died)")
         if sig.get("reason"):
             status_txt += f": {sig['reason']}"
+        if sig.get("stop_reason"):
+            status_txt += f" ({str(sig['stop_reason']).replace('_', ' ')}"
+            adapter = sig.get("adapter") or {}
+            if adapter.get("source") in ("best_checkpoint", "guard_snapshot"):
+                status_txt += f"; adapter from step {adapter.get('step')}"
+            status_txt += ")"
         if sig.get("resumed_from_step") is not None:
             status_txt += f" · {resume_text(sig.get('resumes') or [], sig['resumed_from_step'])}"
         say(f"model {sig.get('model_name') or '—'} · dataset {sig.get('dataset_name') or '—'} · "

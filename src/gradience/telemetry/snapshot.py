@@ -169,6 +169,8 @@ class SignalSnapshot:
     meta: dict[str, Any] = field(default_factory=dict)
     status: str = "running"  # running | ok | aborted | error
     reason: str | None = None
+    stop_reason: str | None = None  # run_end.summary.stop_reason (max_steps, early_stopping, guard, ...)
+    adapter: dict[str, Any] | None = None  # run_end.summary.adapter: which step's weights were saved
     n_events: int = 0
     first_ts: float | None = None
     last_ts: float | None = None
@@ -253,6 +255,8 @@ class RunAccumulator:
         self.meta: dict[str, Any] = {}
         self.status = "running"
         self.reason: str | None = None
+        self.stop_reason: str | None = None
+        self.adapter: dict[str, Any] | None = None
         self.n_events = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
@@ -414,6 +418,7 @@ class RunAccumulator:
             # A resumed run restarts; its end is not known yet.
             self.status = "running"
             self.reason = None
+            self.stop_reason, self.adapter = None, None
             self._close_segment()
             self._seg_start = self._seg_end = ev
             self._train_ts.append(None)  # the gap before a resume is not the run's cadence
@@ -424,6 +429,11 @@ class RunAccumulator:
             status = ev.get("status")
             self.status = status if status in ("ok", "aborted", "error") else "error"
             self.reason = _text(ev.get("reason"))
+            summary = ev.get("summary")
+            if isinstance(summary, dict):
+                self.stop_reason = _text(summary.get("stop_reason"))
+                adapter = summary.get("adapter")
+                self.adapter = dict(adapter) if isinstance(adapter, dict) else None
             if not self._seg_closed:
                 if self._seg_start is None:
                     self._seg_start = ev
@@ -674,6 +684,8 @@ class RunAccumulator:
             meta=self.meta,
             status=self.status,
             reason=self.reason,
+            stop_reason=self.stop_reason,
+            adapter=self.adapter,
             n_events=self.n_events,
             first_ts=self.first_ts,
             last_ts=self.last_ts,
