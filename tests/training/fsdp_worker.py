@@ -85,6 +85,15 @@ def main() -> None:
         injector = FaultInjector(kind=fault["kind"], step=fault["step"])
         injector.attach(model)
     report: dict = {"rank": rank, "n_params_full": n_params_full, "n_trainable_full": n_trainable_full}
+    if fault is not None:
+        # A gradient fault cannot reach a sharded model's gradients: refused, never silently a no-op.
+        from gradience.training.faults import FaultInjector
+
+        try:
+            FaultInjector(kind="nan_grad", step=1).attach(model)
+            report["grad_fault"] = "attached"
+        except ValueError as exc:
+            report["grad_fault"] = str(exc)
     from gradience.training.config_snapshot import unwrap_model
 
     named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]

@@ -106,3 +106,8 @@ def test_a_fault_on_one_rank_is_the_trigger_and_every_shard_is_restored(tmp_path
     assert all(r["restored_bit_identical"] for r in ranks), ranks
     assert ranks[0]["guard"]["trigger_counts"] == ranks[1]["guard"]["trigger_counts"]
     assert events[-1]["status"] == "ok"
+    for r in ranks:
+        if mode == "ddp":
+            assert r["grad_fault"] == "attached"
+        else:
+            assert "cannot be injected into a sharded (FSDP) model" in r["grad_fault"], r["grad_fault"]
