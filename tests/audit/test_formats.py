@@ -275,3 +275,12 @@ def test_kohya_torch_pickle_is_read_and_written_back_as_safetensors(tmp_path):
         k = min(2, mod[0].shape[0])
         ref = _best_rank_k(kohya_dense(mod), k)
         assert np.linalg.norm(_dense_from_file(got, name) - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+def test_legacy_diffusers_layout_is_named_not_sent_to_adapter_config(tmp_path):
+    m = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora"
+    x = np.random.default_rng(13).standard_normal((4, 8))
+    f = write_file(tmp_path / "old.safetensors", {f"{m}.down.weight": x, f"{m}.up.weight": x.T})
+    with pytest.raises(AdapterFormatError) as e:
+        audit_adapter(weights=f, udr=False)
+    assert "legacy attention-processor" in e.value.one_line() and "adapter-config" not in e.value.one_line()

@@ -92,6 +92,9 @@ def refuse_unsupported(names: list[str], path: Any) -> None:
                     hint=f"gradience reads {SUPPORTED}; merge this one into the base with the tool that made it")
 
 
+_LEGACY_DIFFUSERS = re.compile(r"(\.lora|_lora)\.(down|up)\.weight$")
+
+
 def detect_format(names: list[str], metadata: Mapping[str, str], path: Any = None) -> FileFormat:
     """Tell the format from the tensor names (and the metadata), refusing non-B·A formats.
 
@@ -99,6 +102,13 @@ def detect_format(names: list[str], metadata: Mapping[str, str], path: Any = Non
     component prefix, or diffusers' ``lora_adapter_metadata``; otherwise PEFT.
     """
     refuse_unsupported(names, path)
+    legacy = next((k for k in names if _LEGACY_DIFFUSERS.search(k)), None)
+    if legacy is not None:
+        raise AdapterFormatError(
+            f"diffusers' legacy attention-processor LoRA file (tensor {legacy!r}: lora.down/lora.up), a layout "
+            "this audit does not map to modules", path=path,
+            hint="load it with a diffusers pipeline's load_lora_weights and re-save it with save_lora_weights "
+                 f"(the current layout); gradience reads {SUPPORTED}")
     if any(_KOHYA_DOWN.match(k) or _KOHYA_UP.match(k) for k in names):
         return FileFormat("kohya", needs_config=False)
     lora = [k for k in names if ".lora_A" in k or ".lora_B" in k]
