@@ -86,3 +86,14 @@ def test_export_refuses_a_file_that_is_not_telemetry(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "notes.txt" in err
 
+
+
+def test_a_missing_tracker_names_the_extra(full_run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(full_run), "--to", "mlflow", f"sqlite:///{tmp_path / 'm.db'}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "gradience[trackers]" in err, err
