@@ -97,3 +97,16 @@ def test_a_missing_tracker_names_the_extra(full_run, tmp_path, capsys, monkeypat
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "gradience[trackers]" in err, err
+
+
+def test_an_exported_tensorboard_log_imports_back(full_run, tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["export", str(full_run), "--to", "tensorboard", str(tmp_path / "tb")]) is None
+    capsys.readouterr()
+    assert main(["monitor", str(tmp_path / "tb"), "--json"]) is None
+    sig = json.loads(capsys.readouterr().out)["signals"]
+    assert sig["loss"]["first"] == 1.0 and sig["loss"]["last"] == pytest.approx(1.0 / 12, rel=1e-6)
+    assert sig["loss"]["nonfinite_steps"] == [6]
+    assert sig["evals"]["test"]["metrics"]["accuracy"] == pytest.approx(0.80, rel=1e-6)
+    assert sig["evals"]["train"]["metrics"]["loss"] == pytest.approx(0.5, rel=1e-6)
+    assert sig["eval_history"]["test"]["steps"] == [6, 12]
