@@ -105,3 +105,15 @@ def test_a_file_that_is_neither_is_one_line_and_exit_2(tmp_path, command):
     other.mkdir()
     res = run_cli(*command, str(other))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_watch_and_report_read_an_output_dir_directly(tmp_path, capsys):
+    out = _state(tmp_path, [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-4} for s in range(1, 7)]
+                 + [{"step": 6, "eval_loss": 0.5, "eval_accuracy": 0.75, "eval_runtime": 0.1}])
+    assert main(["watch", str(out), "--once", "--json"]) is None
+    view = json.loads(capsys.readouterr().out)
+    assert json.dumps(view).count("0.75") >= 1
+    assert main(["report", str(out), "--format", "md", "-o", "-"]) is None
+    text = capsys.readouterr().out
+    assert "0.75" in text or "75" in text
+    assert not (out / "run.jsonl").exists()  # nothing written into the user's directory
