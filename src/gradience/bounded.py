@@ -10,7 +10,9 @@ Limits (from what real files need):
 
 - depth 64: PEFT adapter configs, TrainingArguments, ``trainer_state.json``, safetensors headers,
   bench YAML and telemetry events nest at most 6 levels; 64 leaves room for any user metadata;
-- YAML aliases 1,000: anchors are rare in configs; a "billion laughs" file uses millions.
+- YAML aliases 1,000: anchors are rare in configs; a "billion laughs" file uses millions;
+- text files 64 MiB (:data:`MAX_TEXT_BYTES`): the largest real ones are shard indexes and audit JSON
+  of big models (a few MiB); parsing 64 MiB of JSON already takes about a GiB of memory.
 
 Sizes are bounded by each reader for its own kind of file (a safetensors header by its length
 field, a telemetry line by the line limit), since what is reasonable differs by kind.
@@ -19,16 +21,19 @@ field, a telemetry line by the line limit), since what is reasonable differs by 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, GradienceError
 
-__all__ = ["MAX_DEPTH", "MAX_YAML_ALIASES", "check_json_depth", "json_depth_exceeded", "load_yaml", "loads_json"]
+__all__ = ["MAX_DEPTH", "MAX_TEXT_BYTES", "MAX_YAML_ALIASES", "check_json_depth", "json_depth_exceeded",
+           "load_yaml", "loads_json", "read_bytes", "read_json", "read_text"]
 
 MAX_DEPTH = 64
 MAX_YAML_ALIASES = 1_000
+MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 # A JSON string (skipped whole: brackets inside it do not nest), or one bracket. The string pattern
 # is the unrolled form, linear in the string's length; an unterminated string runs to the end.
@@ -96,6 +101,9 @@ def loads_json(data: str | bytes, *, path: object, what: str, limit: int = MAX_D
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})", path=path,
                     hint="fix the syntax, or re-save the file") from None
+    except ValueError as exc:  # an integer of more digits than int() converts (sys.get_int_max_str_digits)
+        raise error(f"{what} is not usable JSON ({str(exc).splitlines()[0][:120]})", path=path,
+                    hint="the file is corrupt or not what it claims to be") from None
 
 
 def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max_aliases: int = MAX_YAML_ALIASES,
@@ -131,16 +139,41 @@ def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max
         raise error(f"{what} is not valid YAML: {first}", path=path, hint="fix the syntax") from None
 
 
-def read_text(path: Path, *, what: str, error: type[GradienceError] = ConfigError) -> str:
-    """A file's UTF-8 text, or ``error`` naming the file (missing, a folder, unreadable, not UTF-8)."""
+def read_bytes(path: Path, *, what: str, error: type[GradienceError] = ConfigError,
+               max_bytes: int = MAX_TEXT_BYTES) -> bytes:
+    """A file's bytes, at most ``max_bytes`` of them, or ``error`` naming the file (missing, a
+    folder, unreadable, larger than ``max_bytes``)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            # read(n) allocates n bytes up front: ask for what the file holds, not the limit.
+            data = f.read(min(os.fstat(f.fileno()).st_size, max_bytes) + 1)
     except FileNotFoundError:
         raise error(f"{what} not found", path=path, hint="check the path") from None
     except IsADirectoryError:
         raise error(f"expected a {what} file, got a directory", path=path) from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror}", path=path) from None
+    if len(data) > max_bytes:
+        raise error(f"{what} is larger than {max_bytes >> 20} MiB; no real {what} is", path=path,
+                    hint="the file is corrupt or not what it claims to be")
+    return data
+
+
+def read_json(path: Path, *, what: str, error: type[GradienceError] = ConfigError,
+              max_bytes: int = MAX_TEXT_BYTES, limit: int = MAX_DEPTH) -> Any:
+    """A JSON file's value, bounded in size (``max_bytes``) and nesting (``limit``); every
+    failure is ``error`` naming the file."""
+    return loads_json(read_bytes(path, what=what, error=error, max_bytes=max_bytes), path=path, what=what,
+                      limit=limit, error=error)
+
+
+def read_text(path: Path, *, what: str, error: type[GradienceError] = ConfigError,
+              max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """A file's UTF-8 text, or ``error`` naming the file (missing, a folder, unreadable, not UTF-8,
+    larger than ``max_bytes``)."""
+    data = read_bytes(path, what=what, error=error, max_bytes=max_bytes)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not UTF-8 text (byte {exc.start})", path=path,
                     hint="the file is corrupt or not what it claims to be") from None
-    except OSError as exc:
-        raise error(f"cannot read {what}: {exc.strerror}", path=path) from None

@@ -83,7 +83,7 @@ def test_bad_inputs_raise_clear_errors(kwargs: dict[str, str], exc: type[Excepti
 def test_file_level_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+    with pytest.raises(ConfigError, match=r"not valid JSON \(line 1"):
         load_config(training=bad)
     arr = tmp_path / "arr.json"
     arr.write_text("[1, 2]")
@@ -142,7 +142,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
     assert info.value.hint == f"pass it as CONFIG: gradience check {run}"
     lines = tmp_path / "lines.json"
     lines.write_text('{"a": 1}\n{"b": 2}\n')
-    with pytest.raises(ConfigError, match="invalid JSON at line 2"):
+    with pytest.raises(ConfigError, match=r"not valid JSON \(line 2"):
         load_config(peft=lines)
 
 

@@ -8,13 +8,14 @@ weights file of an adapter directory (the weights themselves are read by :mod:`.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bounded import loads_json, read_bytes
 from ..errors import AdapterFormatError, ConfigError
 
 __all__ = ["CONFIG_NAME", "WEIGHT_NAMES", "AdapterConfig", "load_adapter_config", "resolve_adapter_paths"]
@@ -84,8 +85,8 @@ class AdapterConfig:
             if v is None:
                 return default
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"{key} must be a number, got {v!r}", path=where)
-            return float(v)
+                raise ConfigError(f"{key} must be a number, got {_short(v)}", path=where)
+            return _finite(key, v, where)
 
         r = num("r", 8.0)
         assert r is not None
@@ -102,8 +103,8 @@ class AdapterConfig:
             out = {}
             for k, val in v.items():
                 if isinstance(val, bool) or not isinstance(val, (int, float)):
-                    raise ConfigError(f"{key}[{k!r}] must be a number, got {val!r}", path=where)
-                out[str(k)] = val
+                    raise ConfigError(f"{key}[{_short(k)}] must be a number, got {_short(val)}", path=where)
+                out[str(k)] = _finite(f"{key}[{_short(k)}]", val, where)
             return out
 
         return cls(
@@ -125,6 +126,23 @@ class AdapterConfig:
         )
 
 
+def _short(v: object, n: int = 60) -> str:
+    """``repr(v)`` cut to ``n`` characters: a message stays one short line whatever the file holds."""
+    r = repr(v) if not isinstance(v, (list, dict)) or len(v) < 50 else f"<{type(v).__name__} of {len(v)}>"
+    return r if len(r) <= n else r[: n - 1] + "…"
+
+
+def _finite(key: str, v: float, where: object) -> float:
+    """``float(v)``, refusing NaN, ±inf and integers too large for a float."""
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise ConfigError(f"{key} must be a finite number, got {_short(v)}", path=where)
+    return f
+
+
 def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
     """Parse ``adapter_config.json`` (a clear :class:`ConfigError` for anything unreadable)."""
     p = Path(path)
@@ -133,16 +151,10 @@ def load_adapter_config(path: str | os.PathLike[str]) -> AdapterConfig:
                                  hint="a PEFT adapter directory holds adapter_config.json (save_pretrained writes it)")
     if p.is_dir():
         raise AdapterFormatError("expected a file, got a directory", path=p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AdapterFormatError(f"cannot read adapter config: {exc}", path=p) from None
-    if not text.strip():
+    raw = read_bytes(p, what="adapter config", error=AdapterFormatError)
+    if not raw.strip():
         raise AdapterFormatError("adapter config is empty (zero-size file)", path=p)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"adapter config is not valid JSON ({exc.msg} at line {exc.lineno})", path=p) from None
+    data = loads_json(raw, path=p, what="adapter config", error=ConfigError)
     if not isinstance(data, dict):
         raise ConfigError("adapter config must be a JSON object", path=p)
     return AdapterConfig.from_dict(data, path=p)

@@ -12,12 +12,12 @@ rewritten in place is re-measured).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..bounded import read_json
 from ..errors import GradienceError
 from .weights import SafetensorsFile
 
@@ -99,9 +99,12 @@ class BaseWeights:
         files: list[Path]
         if index.exists():
             try:
-                wm = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError):
-                raise GradienceError("unreadable shard index", path=index) from None
+                wm = read_json(index, what="shard index", error=GradienceError)["weight_map"]
+                if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+                    raise TypeError
+            except (KeyError, TypeError):
+                raise GradienceError("unreadable shard index (no weight_map of tensor → file names)",
+                                     path=index) from None
             files = [directory / f for f in sorted(set(wm.values()))]
         else:
             files = sorted(directory.glob("*.safetensors"))
@@ -141,8 +144,8 @@ class BaseWeights:
     def _quant_method(self) -> str | None:
         cfg = self.directory / "config.json"
         try:
-            data = json.loads(cfg.read_text()) if cfg.exists() else {}
-        except (OSError, ValueError):
+            data = read_json(cfg, what="model config") if cfg.exists() else {}
+        except GradienceError:
             return None
         qc = data.get("quantization_config") if isinstance(data, dict) else None
         if isinstance(qc, dict):
@@ -191,8 +194,8 @@ class BaseWeights:
         default is true; a config without the key, or no config, ties)."""
         cfg = self.directory / "config.json"
         try:
-            data = json.loads(cfg.read_text()) if cfg.exists() else {}
-        except (OSError, ValueError):
+            data = read_json(cfg, what="model config") if cfg.exists() else {}
+        except GradienceError:
             return True
         if not isinstance(data, dict):
             return True

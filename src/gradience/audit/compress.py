@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bounded import loads_json
 from ..errors import AdapterFormatError, UsageError
 from .core import LoadedAdapter, iter_spectra, map_factor_batches, open_adapter
 from .metrics import energy_rank, percentile
@@ -435,7 +436,8 @@ def _file_config(ad: LoadedAdapter, rows: list[dict[str, Any]], rank: int | None
             meta.pop(key, None)  # hashes of the input's tensors: stale now
     elif DIFFUSERS_METADATA_KEY in meta:
         configs = diffusers_configs(meta, ad.weights_path)
-        packed: dict[str, Any] = json.loads(meta[DIFFUSERS_METADATA_KEY])
+        packed: dict[str, Any] = loads_json(meta[DIFFUSERS_METADATA_KEY], path=ad.weights_path,
+                                            what="diffusers metadata", error=AdapterFormatError)
         for comp, fields in configs.items():
             sub = [r for r in rows if diffusers_component(r["name"].split("[")[0])[0] == comp]
             if not sub:

@@ -23,13 +23,13 @@ format.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..bounded import loads_json
 from ..errors import AdapterFormatError
 from .weights import FLOAT_DTYPES, PEFT_PREFIX, LoraModule, ModuleScan, TensorSource, _geometry, _natural_key
 
@@ -211,10 +211,7 @@ def diffusers_configs(metadata: Mapping[str, str], path: Any = None) -> dict[str
     raw = metadata.get(DIFFUSERS_METADATA_KEY)
     if not raw:
         return {}
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        raise AdapterFormatError(f"the {DIFFUSERS_METADATA_KEY!r} metadata is not JSON", path=path) from None
+    data = loads_json(raw, path=path, what=f"the {DIFFUSERS_METADATA_KEY!r} metadata", error=AdapterFormatError)
     if not isinstance(data, dict):
         raise AdapterFormatError(f"the {DIFFUSERS_METADATA_KEY!r} metadata is not a JSON object", path=path)
     out: dict[str, dict[str, Any]] = {}

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..bounded import read_json
 from ..errors import GradienceError
 from .lanczos import SIGMA1_TOL
 
@@ -30,10 +31,10 @@ class NormCache:
         self.dirty = False
         if self.path is not None and self.path.exists():
             try:
-                loaded = json.loads(self.path.read_text())
+                loaded = read_json(self.path, what="base-norms cache")
                 if isinstance(loaded, dict) and loaded.get("tol") == SIGMA1_TOL:
                     self.data = dict(loaded.get("tensors", {}))
-            except (OSError, ValueError):
+            except (GradienceError, ValueError, TypeError):
                 self.data = {}  # a damaged cache is rebuilt, never trusted
 
     def save(self) -> None:
@@ -55,7 +56,7 @@ class NormCache:
             if old == self.path:
                 continue
             try:
-                if json.loads(old.read_text()).get("owner") == self.owner:
+                if read_json(old, what="base-norms cache").get("owner") == self.owner:
                     old.unlink()
-            except (OSError, ValueError, AttributeError):
+            except (GradienceError, OSError, AttributeError):
                 continue  # not ours to judge: leave it

@@ -15,11 +15,11 @@ Norms of the raw integers are never used: a quantized tensor is either dequantiz
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..bounded import loads_json
 from ..errors import GradienceError, require
 
 __all__ = ["QUANT_STATE_SUFFIXES", "QuantInfo", "quant_info"]
@@ -77,9 +77,10 @@ def quant_info(names: set[str], src_of: dict[str, _Source]) -> dict[str, QuantIn
             if blob not in names:
                 continue
             try:
-                meta = json.loads(bytes(src_of[blob].read(blob).astype(np.uint8)).decode("utf-8"))
+                meta = loads_json(bytes(src_of[blob].read(blob).astype(np.uint8)), path=None,
+                                  what="quantization state")
                 shape = tuple(int(x) for x in meta["shape"])
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            except (GradienceError, ValueError, KeyError, TypeError, OverflowError):
                 continue  # an unreadable state: the tensor stays unmapped rather than read as integers
             aux = {n[len(name) + 1:]: n for n in names if n.startswith(name + ".")}
             out[name] = QuantInfo("bnb-" + suffix.rsplit("__", 1)[1], name, shape, aux)

@@ -13,6 +13,7 @@ whole file. ``.bin`` checkpoints need torch and are opened with ``weights_only=T
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..bounded import json_depth_exceeded
 from ..errors import AdapterFormatError, require
 
 __all__ = [
@@ -53,6 +55,17 @@ _DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
 }
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 _MAX_HEADER = 100 * 1024 * 1024
+# safetensors' own reader refuses headers over 100 MB; tensors have at most a handful of dimensions.
+_MAX_HEADER_DEPTH = 8
+_MAX_DIMS = 16
+
+
+def _is_index(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _short_name(name: str) -> str:
+    return repr(name) if len(name) <= 80 else repr(name[:79] + "…")
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,36 +145,45 @@ class SafetensorsFile:
         if n <= 0 or n > _MAX_HEADER or 8 + n > size:
             raise self._bad(f"header length {n} does not fit a {size}-byte file")
         raw = self._f.read(n)
+        if json_depth_exceeded(raw, _MAX_HEADER_DEPTH) is not None:
+            raise self._bad(f"header nests deeper than {_MAX_HEADER_DEPTH} levels (real headers nest 3)")
         try:
             header = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError, or an integer of too many digits
             raise self._bad("header is not JSON") from None
         if not isinstance(header, dict):
             raise self._bad("header is not an object")
-        self.metadata = header.pop("__metadata__", None) or {}
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise self._bad("__metadata__ is not an object of strings")
+        self.metadata = meta
         self.header_bytes = raw
         self._data_start = 8 + n
         data_len = size - self._data_start
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, info in header.items():
             try:
-                dt = str(info["dtype"])
-                shape = tuple(int(s) for s in info["shape"])
-                start, end = (int(x) for x in info["data_offsets"])
+                dt = info["dtype"]
+                shape = tuple(info["shape"])
+                start, end = info["data_offsets"]
             except (KeyError, TypeError, ValueError):
-                raise self._bad(f"malformed entry for tensor {name!r}") from None
+                raise self._bad(f"malformed entry for tensor {_short_name(name)}") from None
+            if (not isinstance(dt, str) or not isinstance(info["shape"], list) or len(shape) > _MAX_DIMS
+                    or not all(_is_index(x) for x in (*shape, start, end))):
+                raise self._bad(f"malformed entry for tensor {_short_name(name)} (dtype a string, shape a list "
+                                f"of at most {_MAX_DIMS} non-negative integers, data_offsets two of them)")
             if dt not in _DTYPES:
                 if not self._lenient:
-                    raise self._bad(f"tensor {name!r} has unsupported dtype {dt}")
+                    raise self._bad(f"tensor {_short_name(name)} has unsupported dtype {_short_name(dt)}")
                 if start < 0 or end < start or end > data_len:
-                    raise self._bad(f"tensor {name!r} extends past the end of the file (truncated?)")
+                    raise self._bad(f"tensor {_short_name(name)} extends past the end of the file (truncated?)")
                 self._entries[name] = (dt, shape, start, end)
                 continue
-            count = int(np.prod(shape)) if shape else 1
+            count = math.prod(shape)  # exact: np.prod wraps around at 2**63 and could match a forged range
             if start < 0 or end < start or end - start != count * _DTYPES[dt][1]:
-                raise self._bad(f"tensor {name!r}: byte range does not match shape {list(shape)} and dtype {dt}")
+                raise self._bad(f"tensor {_short_name(name)}: byte range does not match shape {list(shape)} and dtype {dt}")
             if end > data_len:
-                raise self._bad(f"tensor {name!r} extends past the end of the file (truncated?)")
+                raise self._bad(f"tensor {_short_name(name)} extends past the end of the file (truncated?)")
             self._entries[name] = (dt, shape, start, end)
         self.size = size
 
@@ -183,7 +205,7 @@ class SafetensorsFile:
         by the next call (no fresh allocation, so no page faults per tensor)."""
         dt, shape, start, end = self._entries[name]
         if dt not in _DTYPES:
-            raise AdapterFormatError(f"tensor {name!r} is stored as {dt}, which cannot be read here", path=self.path)
+            raise AdapterFormatError(f"tensor {_short_name(name)} is stored as {dt}, which cannot be read here", path=self.path)
         storage = _DTYPES[dt][0]
         n = end - start
         if scratch:
@@ -197,7 +219,7 @@ class SafetensorsFile:
             flat = buf.reshape(-1).view(np.uint8)
         got = os.preadv(self._f.fileno(), [memoryview(flat)], self._data_start + start) if n else 0  # type: ignore[arg-type]
         if got != n:
-            raise self._bad(f"short read for tensor {name!r}")
+            raise self._bad(f"short read for tensor {_short_name(name)}")
         return buf
 
     def read(self, name: str) -> np.ndarray:
@@ -257,6 +279,41 @@ class SafetensorsFile:
         self.close()
 
 
+_CODE_OPS = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def _pickle_verdict(path: Path, max_bytes: int = 256 << 20) -> str:
+    """``"objects"`` when the file's pickle (``data.pkl`` of a torch zip) parses and builds Python
+    objects, ``"corrupt"`` when its opcodes do not parse. Only walks the opcodes (pickletools):
+    nothing is imported or called."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if os.path.getsize(path) > max_bytes:
+            return "corrupt"
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = [n for n in z.namelist() if n.endswith("data.pkl")]
+                if not pkl or z.getinfo(pkl[0]).file_size > max_bytes:
+                    return "corrupt"
+                data = z.read(pkl[0])
+        else:
+            data = Path(path).read_bytes()
+        ops = {op.name for op, _, _ in pickletools.genops(io.BytesIO(data))}
+    except Exception:  # any parse failure of untrusted bytes means the same: not a pickle
+        return "corrupt"
+    return "objects" if ops & _CODE_OPS else "corrupt"
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """The line of torch's weights_only message that says what stopped it ("Unsupported global:
+    GLOBAL x.Y was not an allowed global", "Unsupported operand 103"), without its advice."""
+    m = re.search(r"Unsupported [^\n]*", str(exc))
+    return m.group(0).split(". ")[0].strip()[:160] if m else type(exc).__name__
+
+
 class TorchBinFile:
     """A ``.bin`` (pickle) state dict, loaded with ``torch.load(weights_only=True)``.
 
@@ -265,25 +322,36 @@ class TorchBinFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if self.path.stat().st_size == 0:
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise AdapterFormatError(f"cannot open weights: {exc.strerror}", path=self.path) from None
+        if size == 0:
             raise AdapterFormatError("weights file is empty (zero-size file)", path=self.path)
         torch = require("torch", "hf", "reading .bin adapter weights")
         try:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
                 warnings.simplefilter("ignore")
                 sd = torch.load(self.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
+        except pickle.UnpicklingError as exc:
+            if "global" not in str(exc).lower() and _pickle_verdict(self.path) != "objects":
+                # weights_only's unpickler stopped at an opcode it does not know: bytes that are no
+                # pickle at all (truncated, overwritten), not a foreign object.
+                raise AdapterFormatError(
+                    f"{self.path.suffix} file is corrupt: not a readable torch pickle ({_unpickler_reason(exc)})",
+                    path=self.path, hint="the file may be truncated or damaged; re-save the adapter") from None
             # weights_only refused a global: the file holds objects other than tensors, and
             # unpickling them could run code. Never retried without the safeguard.
             raise AdapterFormatError(
                 "refused to load: the .bin file holds Python objects other than tensors "
-                "(unpickling them could run code)", path=self.path,
+                f"({_unpickler_reason(exc)}; unpickling them could run code)", path=self.path,
                 hint="re-save the adapter with safetensors (save_pretrained(..., safe_serialization=True))",
             ) from None
         except Exception as exc:  # torch raises many types for truncated or foreign files
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            raise AdapterFormatError(f"cannot load .bin weights ({type(exc).__name__}: {first})",
-                                     path=self.path, hint="re-save the adapter with safetensors") from None
+            first = str(exc).strip().splitlines()[0].split(". ")[0][:160] if str(exc).strip() else ""
+            raise AdapterFormatError(f"{self.path.suffix} file is corrupt: cannot load it ({type(exc).__name__}: "
+                                     f"{first})", path=self.path,
+                                     hint="the file may be truncated or damaged; re-save the adapter") from None
         if not isinstance(sd, Mapping):
             raise AdapterFormatError("the .bin file does not hold a state dict", path=self.path)
         self._sd = {str(k): v for k, v in sd.items() if hasattr(v, "shape")}

@@ -11,12 +11,12 @@ Every problem is a :class:`~gradience.errors.ConfigError` (or UsageError) naming
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..bounded import load_yaml, loads_json, read_text
 from ..errors import ConfigError, UsageError
 from ..telemetry.schema import ConfigSnapshot, LoRAConfig, TaskProfile
 from .profiles import resolve_profile
@@ -80,27 +80,17 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if path.suffix == ".bin":
         raise ConfigError("this is a pickled file (training_args.bin) that cannot be read safely without torch",
                           path=path, hint="dump it as JSON: json.dump(trainer.args.to_dict(), open('training_args.json', 'w'))")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read file: {exc}", path=path) from None
+    text = read_text(path, what="config file")
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
-            raise ConfigError(f"invalid YAML: {first}", path=path, hint="fix the syntax") from None
+        data = load_yaml(text, path=path, what="config file")
     else:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg == "Extra data" and _looks_like_telemetry(text):
+            data = loads_json(text, path=path, what="config file")
+        except ConfigError:
+            if _looks_like_telemetry(text):
                 raise ConfigError("this is a telemetry stream (one JSON event per line), not a config file",
                                   path=path, hint=f"pass it as CONFIG: gradience check {path}") from None
-            raise ConfigError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path=path,
-                              hint="fix the syntax") from None
+            raise
     if not isinstance(data, dict):
         raise ConfigError(f"expected a JSON/YAML object at the top level, got {type(data).__name__}", path=path)
     return data
@@ -109,8 +99,8 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 def _looks_like_telemetry(text: str) -> bool:
     """The first line is a JSON object with the envelope of a Gradience event."""
     try:
-        first = json.loads(text.split("\n", 1)[0])
-    except json.JSONDecodeError:
+        first = loads_json(text.split("\n", 1)[0], path=None, what="first line")
+    except ConfigError:
         return False
     return isinstance(first, dict) and "event" in first and ("schema" in first or "run_id" in first)
 

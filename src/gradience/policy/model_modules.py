@@ -8,10 +8,10 @@ names a known family, a two-layer sketch of that family's usual module names.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bounded import read_json
 from ..errors import GradienceError
 
 __all__ = ["ModuleNames", "family_names", "module_names", "names_from_checkpoint"]
@@ -77,8 +77,11 @@ def names_from_checkpoint(directory: Path) -> tuple[str, ...]:
     mods: set[str] = set()
     if index.is_file():
         try:
-            keys = list(json.loads(index.read_text())["weight_map"])
-        except (OSError, ValueError, KeyError, TypeError):
+            wm = read_json(index, what="shard index", error=GradienceError)["weight_map"]
+            if not isinstance(wm, dict):
+                raise TypeError
+            keys = [str(k) for k in wm]
+        except (KeyError, TypeError):
             raise GradienceError("unreadable shard index", path=index) from None
         # The index holds no shapes: every .weight is a candidate module (norms included).
         mods = {k[: -len(".weight")] for k in keys if k.endswith(".weight")}

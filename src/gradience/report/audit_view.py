@@ -11,7 +11,6 @@ capped at the module's r) applied to the rows the audit wrote, and the PEFT-read
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from typing import Any, TypeGuard
 
 from ..audit import audit_adapter
 from ..audit.suggest import peft_pattern, round_up_rank
+from ..bounded import read_json
 from ..errors import GradienceError
 from ..telemetry.sections import AuditSummary, TypeSummary
 
@@ -51,15 +51,7 @@ def load_audit_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         raise GradienceError("expected an audit JSON file, got a directory", path=p,
                              hint="for an adapter directory use --peft-dir")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GradienceError(f"cannot read audit file: {exc}", path=p) from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GradienceError(f"audit file is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                             path=p, hint=f"regenerate it with: {AUDIT_COMMAND}") from None
+    obj = read_json(p, what="audit file", error=GradienceError)
     return validate_audit(obj, path=p)
 
 
