@@ -11,8 +11,12 @@ from ..telemetry.encoding import dumps_pretty
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
 
+# markup=False: run ids, model names, paths and messages come from users and files, and rich would
+# read `sweep[/]lr` or `runs/exp[lr=1e-4]` as markup (a MarkupError, or text silently eaten). Styled
+# output is built from rich Text (see `styled`), never from markup in a string.
 # soft_wrap: a printed line is never broken by Gradience. Commands the tool tells you to run and the
 # paths it names stay on one line at any width (the terminal may soft-wrap a long line, which pastes
 # intact); tables still lay out to the width. Prose is wrapped on purpose by `wrap_text`, which keeps
@@ -21,14 +25,23 @@ if TYPE_CHECKING:
 def console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, markup=False)
 
 
 @lru_cache(maxsize=1)
 def err_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line of output from plain strings and ``(text, style)`` pairs, e.g.
+    ``styled(("LoRA audit", "bold"), "  ", path)``: every string is printed as it is (never read as
+    markup), so a path or run id holding ``[/]`` cannot break or restyle the line."""
+    from rich.text import Text
+
+    return Text.assemble(*parts)
 
 
 _NBSP = "\u00a0"

@@ -10,7 +10,7 @@ import click
 
 from ..errors import GradienceError, UsageError
 from ..numfmt import pct as _pct
-from ._output import console, fmt_num, print_json
+from ._output import console, fmt_num, print_json, styled
 
 if TYPE_CHECKING:
     from ..audit import AuditResult
@@ -122,8 +122,8 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
     s = res.summary
     a = res.adapter
     where = a["config_path"].rsplit("/", 1)[0] if a["config_path"] else a["weights_path"]
-    fmt = "" if a["format"] == "peft" else f"  [dim]({a['format']} file)[/dim]"
-    c.print(f"[bold]LoRA audit[/bold]  {where}{fmt}")
+    fmt = ("", "") if a["format"] == "peft" else (f"  ({a['format']} file)", "dim")
+    c.print(styled(("LoRA audit", "bold"), "  ", str(where), fmt))
     c.print(f"  {s.n_layers} modules · {fmt_num(s.total_lora_params)} LoRA parameters · r={s.r} "
             f"α={fmt_num(s.lora_alpha)}{' · rsLoRA' if s.use_rslora else ''}{' · DoRA' if s.use_dora else ''}"
             f" · {'/'.join(a['dtype'])}")
@@ -154,7 +154,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
 
     prefix = _shared_prefix([r.name for r in res.layers])
     if prefix and (top_n > 0 or show_layers):
-        c.print(f"[dim]module names below are shown without their shared prefix [bold]{prefix}[/bold][/dim]")
+        c.print(styled(("module names below are shown without their shared prefix ", "dim"), (prefix, "dim bold")))
 
     def short(name: str) -> str:
         return name[len(prefix):] if prefix else name
@@ -188,7 +188,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
             shape = "×".join(map(str, r.shape or []))
             if r.stable_rank is None:
                 lt.add_row(short(r.name), r.module_type, str(r.r), fmt_num(r.scale, 3), shape,
-                           "[red]non-finite[/red]", *[""] * (len(cols) - 6))
+                           styled(("non-finite", "red")), *[""] * (len(cols) - 6))
                 continue
             cells = [short(r.name), r.module_type, str(r.r), fmt_num(r.scale, 3), shape,
                      fmt_num(r.stable_rank, 3), fmt_num(r.utilization, 3), fmt_num(r.effective_rank, 3),
@@ -200,7 +200,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
         c.print(lt)
 
     c.print()
-    c.print("[bold]Suggested ranks[/bold] (≥ 90% of each module's update energy; verify with an eval)")
+    c.print(styled(("Suggested ranks", "bold"), " (≥ 90% of each module's update energy; verify with an eval)"))
     before = s.total_lora_params
     for label, rank, after in (("global median", s.suggested_r_global_median, s.suggested_params_global_median),
                                ("global p90", s.suggested_r_global_90, s.suggested_params_global_90)):
@@ -219,7 +219,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
             frag = {"r": pl["r"], "lora_alpha": pl["lora_alpha"], "rank_pattern": pl["rank_pattern"],
                     "alpha_pattern": pl["alpha_pattern"]}
             c.print("  LoraConfig fields (keep each module's scale):")
-            c.print(json.dumps(frag, indent=2), markup=False, highlight=False)
+            c.print(json.dumps(frag, indent=2), highlight=False)
     al = res.allocation
     if al:
         what = (f"budget {fmt_num(al['budget_params'])} params" if al["budget_params"] is not None
@@ -239,7 +239,7 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
                     "that carry little of it.")
 
     c.print()
-    c.print("[bold]Where the update energy sits[/bold]")
+    c.print(styled(("Where the update energy sits", "bold")))
     if s.energy_hhi is not None:
         tops = ", ".join(f"{x.layer} {_pct(x.energy_share)}" for x in s.top_layers or [])
         c.print(f"  top layers: {tops}")
@@ -250,24 +250,23 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
 
     c.print()
     if s.n_layers_with_udr:
-        c.print(f"[bold]UDR[/bold] vs {s.udr_base_model} ({s.n_layers_with_udr}/{s.n_layers} modules): "
-                f"median {fmt_num(s.udr_median, 3)}, p90 {fmt_num(s.udr_p90, 3)}, max {fmt_num(s.udr_max, 3)}; "
-                f"{_pct(s.fraction_udr_gt_0_1)} > 0.1, {_pct(s.fraction_udr_gt_0_3)} > 0.3  "
-                "[dim](<0.1 small perturbation, ~1 comparable to the base, >3 the adapter dominates)[/dim]")
+        c.print(styled(("UDR", "bold"), f" vs {s.udr_base_model} ({s.n_layers_with_udr}/{s.n_layers} modules): "
+                       f"median {fmt_num(s.udr_median, 3)}, p90 {fmt_num(s.udr_p90, 3)}, max {fmt_num(s.udr_max, 3)}; "
+                       f"{_pct(s.fraction_udr_gt_0_1)} > 0.1, {_pct(s.fraction_udr_gt_0_3)} > 0.3  ",
+                       ("(<0.1 small perturbation, ~1 comparable to the base, >3 the adapter dominates)", "dim")))
     else:
-        c.print(f"[bold]UDR[/bold] skipped: {s.udr_skipped_reason}", markup=True)
+        c.print(styled(("UDR", "bold"), f" skipped: {s.udr_skipped_reason}"))
 
     issues = s.issues or []
     c.print()
     if issues:
-        c.print("[bold]Issues[/bold]")
+        c.print(styled(("Issues", "bold")))
         colors = {"error": "red", "warning": "yellow", "info": "cyan"}
         for it in issues:
             col = colors.get(it.severity or "info", "white")
-            c.print(f"  [{col}]{it.severity}[/{col}] {it.code}: ", end="")
-            c.print(it.message, markup=False)
+            c.print(styled("  ", (str(it.severity), col), f" {it.code}: ", str(it.message)))
     else:
-        c.print("[green]No issues found.[/green]")
+        c.print(styled(("No issues found.", "green")))
     if appended is not None:
         c.print(f"\nAppended metrics(kind=lora_audit) to {appended}")
 

@@ -16,7 +16,7 @@ import click
 from ..bench.config import RETRAIN_SCALINGS
 from ..bench.protocol import Reporter
 from ..errors import UsageError
-from ._output import console, err_console, fmt_num, print_json
+from ._output import console, err_console, fmt_num, print_json, styled
 from .main import COMMANDS
 
 
@@ -59,7 +59,7 @@ class RichReporter(Reporter):
             TimeRemainingColumn,
         )
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=err_console(), transient=False)
         self.progress.start()
@@ -90,7 +90,7 @@ class RichReporter(Reporter):
 
     def note(self, message: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(f"[yellow]{message}[/yellow]")
+            self.progress.console.print(styled((message, "yellow")))
         else:
             sys.stderr.write(message + "\n")
 
@@ -133,13 +133,13 @@ def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: st
         t.add_row(name, _short_ranks(s["ranks"]),
                   fmt_num(round(s["lora_params"]) if s.get("lora_params") else None), saved,
                   "—" if s.get("mean_value") is None else f"{100 * s['mean_value']:.2f}", delta,
-                  f"[{colors.get(v, 'white')}]{v}[/] ({s.get('pass_fraction') or '—'})")
+                  styled((v, colors.get(v, "white")), f" ({s.get('pass_fraction') or '—'})"))
     t.caption = "saved % = fewer LoRA params / fewer incl. task head; Δ pt = mean / worst seed vs the probe"
     t.caption_justify = "left"
     c = console()
     c.print(t)
     status = str(verdicts.get("status"))
-    c.print(f"verdict: [{colors.get(status, 'white')}]{status}[/] — {verdicts.get('reason')}")
+    c.print(styled("verdict: ", (status, colors.get(status, "white")), f" — {verdicts.get('reason')}"))
 
 
 @click.group(name="bench", help=COMMANDS["bench"][2] + "\n\nTrain a high-rank probe, audit it, retrain the "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ._output import console, fmt_num, print_json
+from ._output import console, fmt_num, print_json, styled
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,7 +49,7 @@ def render_recommendations(con: Console, recs: Sequence[dict[str, Any]], *, verb
             if r.get("rationale"):
                 _wrapped(con, "      why: ", str(r["rationale"]), 11)
             con.print(f"      confidence {float(r.get('confidence', 0)):.2f} · scope {r.get('scope', '')}",
-                      soft_wrap=True, markup=False)
+                      soft_wrap=True)
             ev = r.get("evidence") or {}
             if ev:
                 _wrapped(con, "      evidence: ", ", ".join(f"{k}={_short(v)}" for k, v in ev.items()), 16)
@@ -94,7 +94,7 @@ def render_check_text(con: Console, obj: dict[str, Any], *, verbose: bool) -> No
     cfg = obj["config"]
     lora, opt, tr = cfg.get("lora") or {}, cfg.get("optimizer") or {}, cfg.get("training") or {}
     extras = cfg.get("extras") or {}
-    con.print("[bold]Configuration[/]")
+    con.print(styled(("Configuration", "bold")))
     _wrapped(con, "  ", f"model {cfg.get('model_name') or '—'} · dataset {cfg.get('dataset_name') or '—'}", 4)
     profile, source = cfg.get("task_profile"), extras.get("task_profile_source", "given")
     if profile in (None, "unknown"):  # say why and what to pass, once (not "unknown (unknown …)")
@@ -118,7 +118,7 @@ def render_check_text(con: Console, obj: dict[str, Any], *, verbose: bool) -> No
     if verbose and extras.get("sources"):
         _wrapped(con, "  sources: ", ", ".join(extras["sources"]), 4)
     con.print()
-    con.print("[bold]Recommendations[/] (most severe first)")
+    con.print(styled(("Recommendations", "bold"), " (most severe first)"))
     render_recommendations(con, obj["recommendations"], verbose=verbose)
 
 

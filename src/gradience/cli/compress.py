@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._output import console, fmt_num, print_json
+from ._output import console, fmt_num, print_json, styled
 
 
 @click.command(name="compress")
@@ -59,10 +59,11 @@ def _print(rep: dict[str, Any]) -> None:
     s = rep["summary"]
     how = {"rank": f"rank {s['rank']}", "energy": f"energy {s['energy']}",
            "budget_params": f"budget {fmt_num(s['budget_params'])} params"}.get(s["method"], f"strategy {s['method']}")
-    c.print(f"[bold]Compress[/bold] {s['input']} → {s['output']} ({how}){' [dry run: nothing written]' if s['dry_run'] else ''}")
+    c.print(styled(("Compress", "bold"), f" {s['input']} → {s['output']} ({how})"
+                   f"{' [dry run: nothing written]' if s['dry_run'] else ''}"))
     prefix = _shared_prefix([m["name"] for m in rep["modules"]])
     if prefix:
-        c.print(f"[dim]module names below are shown without their shared prefix [bold]{prefix}[/bold][/dim]")
+        c.print(styled(("module names below are shown without their shared prefix ", "dim"), (prefix, "dim bold")))
     names = [m["name"][len(prefix):] for m in rep["modules"]]
     t = _table("Modules")
     for col in ("module", "r", "new\nr", "retained\nenergy", "spectral error\ns·σₖ₊₁"):

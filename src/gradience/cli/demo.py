@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._output import console, fmt_num, print_json
+from ._output import console, fmt_num, print_json, styled
 
 FOLLOW_UP = (
     ("check", "gradience check --task sst2 --peft-dir {out}/peft --training-dir {out}/training"),
@@ -30,7 +30,7 @@ def _run_view(title: str, argv: list[str]) -> None:
     from .main import app
 
     c = console()
-    c.rule(f"[bold]gradience {' '.join(argv[:1])}[/bold]  ({title})")
+    c.rule(styled((f"gradience {' '.join(argv[:1])}", "bold"), f"  ({title})"))
     try:
         app.main(argv, prog_name="gradience", standalone_mode=False)
     except click.exceptions.Exit:
@@ -120,7 +120,7 @@ def demo(out: Path, steps: int, device: str, seed: int, model: str | None, data_
               ["check", "--task", "sst2", "--peft-dir", f"{o}/peft", "--training-dir", f"{o}/training"])
     _run_view("post-flight summary of the run", ["monitor", str(result.run_jsonl), "--verbose"])
     _run_view("spectral audit of the trained adapter", ["audit", "--peft-dir", f"{o}/peft", "--top-wasteful", "10"])
-    c.rule("[bold]next[/bold]")
+    c.rule(styled(("next", "bold")))
     for _, cmd in FOLLOW_UP:
         c.print(f"  {cmd.format(out=o)}")
 

@@ -38,7 +38,7 @@ def export(run_file: Path, target: str, destination: str, run_id: str | None, ex
         run_params,
         tracker_points,
     )
-    from ._output import console, print_json
+    from ._output import console, print_json, styled
 
     path = run_file / "run.jsonl" if run_file.is_dir() else run_file
     if not path.is_file():
@@ -62,4 +62,4 @@ def export(run_file: Path, target: str, destination: str, run_id: str | None, ex
         print_json({"to": target, "destination": destination, "run_id": rid, "scalars": n, "notes": len(notes),
                     "keys": sorted({p.key for p in points}), "mlflow_run_id": where if target == "mlflow" else None})
         return
-    console().print(f"[green]exported[/green] run {rid} to {target} ({n} scalars, {len(notes)} notes) → {where}")
+    console().print(styled(("exported", "green"), f" run {rid} to {target} ({n} scalars, {len(notes)} notes) → {where}"))

@@ -28,7 +28,7 @@ def import_(source: Path, output: Path | None, force: bool, as_json: bool) -> No
       gradience import out/runs/Nov29_12-00-00_host
     """
     from ..trackers.importer import import_events, write_import
-    from ._output import console, print_json
+    from ._output import console, print_json, styled
 
     kind, events = import_events(source)
     if output is None:
@@ -44,5 +44,5 @@ def import_(source: Path, output: Path | None, force: bool, as_json: bool) -> No
     if as_json:
         print_json({"source": str(source), "format": kind, "output": str(output), **counts})
         return
-    console().print(f"[green]imported[/green] {source} ({kind}: {counts['train_step']} train steps, "
-                    f"{counts['eval']} evals) → {output}")
+    console().print(styled(("imported", "green"), f" {source} ({kind}: {counts['train_step']} train steps, "
+                           f"{counts['eval']} evals) → {output}"))

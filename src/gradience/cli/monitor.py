@@ -13,7 +13,7 @@ from ..numfmt import pct as _pct
 from ..telemetry.sections import GradNormSummary
 from ..telemetry.snapshot import resume_text
 from ..training.kappa_risk import neutral_word
-from ._output import console, err_console, fmt_num, print_json
+from ._output import console, err_console, fmt_num, print_json, styled
 from .check import FAIL_ON, _wrapped, fails, render_recommendations
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ def render_monitor_text(con: Console, obj: dict[str, Any], *, verbose: bool = Fa
         _wrapped(con, "  ", text, indent)
 
     def section(title: str, extra: str = "") -> None:
-        con.print(f"[bold]{title}[/]{extra}")
+        con.print(styled((title, "bold"), extra))
 
     sig, cfg = obj["signals"], obj["config"] or {}
     lora, opt = cfg.get("lora") or {}, cfg.get("optimizer") or {}

@@ -37,7 +37,7 @@ def report(run_file: Path, audit_path: Path | None, peft_dir: Path | None, outpu
       gradience report run.jsonl --audit audit.json --format md -o -
     """
     from ..report import build_report, render_html, render_markdown, resolve_output, write_report
-    from ._output import console, print_json
+    from ._output import console, print_json, styled
 
     if audit_path is not None and peft_dir is not None:
         raise UsageError("give either --audit or --peft-dir, not both")
@@ -68,4 +68,4 @@ def report(run_file: Path, audit_path: Path | None, peft_dir: Path | None, outpu
         })
         return
     size = f"{n_bytes / 1024:.1f} KB" if n_bytes >= 1024 else f"{n_bytes} B"
-    console().print(f"[green]wrote[/green] {out} ({size}) — run {rep.run.run_id}, status {rep.snapshot.status}")
+    console().print(styled(("wrote", "green"), f" {out} ({size}) — run {rep.run.run_id}, status {rep.snapshot.status}"))

@@ -70,7 +70,7 @@ def watch(run_file: Path, run_id: str | None, refresh: float, once: bool, as_jso
         if width is not None and width != con.width:
             from rich.console import Console
 
-            con = Console(width=width, highlight=False, soft_wrap=False)
+            con = Console(width=width, highlight=False, soft_wrap=False, markup=False)
         con.print(render_once(view, width=width or min(con.width, 120)))
         return
 
