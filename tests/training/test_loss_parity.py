@@ -193,3 +193,37 @@ def test_trl_metrics_reach_the_telemetry(tmp_path, tiny_tokenizer):
         assert "entropy" in metrics
     snap = TelemetryReader(cb.path).summarize()
     assert snap.evals["test"]["metrics"]["accuracy"] == evals["test"]["accuracy"]
+
+
+def test_summed_classification_loss_under_ga_raises_no_false_alarm(tmp_path, tiny_tokenizer):
+    """At GA 16 this Trainer logs 16 × the per-example loss (~11 for a binary task, above the absolute
+    spike limit 10 × ln 2): the guard and monitor judge it against 16 untrained losses and stay quiet,
+    while the same losses against the plain ln 2 would be flagged from the first step (control)."""
+    import math
+
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from gradience import GradienceCallback
+    from gradience.telemetry import TelemetryReader
+    from gradience.training.config import GuardConfig
+    from gradience.training.demo_data import generate_sentiment
+    from gradience.training.detect import replay_guard
+
+    train, _ = generate_sentiment(n_train=96, n_test=4, seed=0)
+    cb = GradienceCallback(tmp_path / "run", telemetry_interval=1, spectral_enabled=False, audit=False,
+                           recommend=False, guard_enabled=True)
+    args = _args(tmp_path, 16, per_device_train_batch_size=2, learning_rate=1e-4)
+    trainer = Trainer(model=tiny_model(tiny_tokenizer), args=TrainingArguments(**args),
+                      train_dataset=Rows(train, tiny_tokenizer), data_collator=DataCollatorWithPadding(tiny_tokenizer),
+                      callbacks=[cb])
+    trainer.train()
+    losses = assert_losses_match(cb, trainer)
+    assert all(v > 10 * math.log(2) for v in losses), losses  # the Trainer's sum, past the plain limit
+    events = read_events(cb.path)
+    meta = next(e for e in events if e["event"] == "run_start")["meta"]
+    assert meta["loss_prior"] == pytest.approx(math.log(2)) and meta["loss_prior_sum_of"] == 16
+    assert not [e for e in events if e["event"] == "alert"], [e for e in events if e["event"] == "alert"]
+    assert TelemetryReader(cb.path).summarize().loss.spikes == 0
+    series = [(i + 1, v, 1.0) for i, v in enumerate(losses)]
+    assert replay_guard(series, GuardConfig(), loss_prior=math.log(2))  # control: plain ln 2 flags them
+    assert not replay_guard(series, GuardConfig(), loss_prior=16 * math.log(2))

@@ -411,8 +411,12 @@ class RunAccumulator:
             meta = ev.get("meta")
             if isinstance(meta, dict):
                 self.meta = meta
-                # The task's untrained loss, recorded by the integrations: the spike rule's reference.
+                # The task's untrained loss, recorded by the integrations: the spike rule's reference
+                # (times the micro-batch losses the Trainer may sum unscaled, as the guard judged it).
                 prior = _num(meta.get("loss_prior"))
+                sum_of = _num(meta.get("loss_prior_sum_of"))
+                if prior is not None and sum_of is not None and sum_of >= 1:
+                    prior *= sum_of
                 if prior is not None and prior != self._spike.prior:
                     self._spike.prior = prior if isfinite(prior) and prior > 0 else None
             # A resumed run restarts; its end is not known yet.

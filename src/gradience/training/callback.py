@@ -36,6 +36,25 @@ __all__ = ["GradienceCallback"]
 TRL_STEP_METRICS = ("mean_token_accuracy", "entropy", "num_tokens")
 
 
+def _unscaled_micro_batches(trainer: Any, args: Any) -> int:
+    """How many micro-batch losses the Trainer may add up unscaled into one logged loss.
+
+    Under gradient accumulation the Trainer divides each micro-batch loss by the accumulation steps,
+    unless it trusts the model (a forward taking ``**kwargs``) or ``compute_loss_func`` to have
+    divided by ``num_items_in_batch`` (transformers' ``loss_is_scaled_for_ga``). Models whose loss
+    ignores that argument (sequence-classification heads, in transformers 5.24) then log the *sum*
+    of the micro-batch means: up to this many times the per-example loss.
+    """
+    ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+    if trainer is None or ga <= 1:
+        return 1
+    trusted = getattr(trainer, "loss_is_scaled_for_ga", None)
+    if trusted is None:
+        trusted = bool(getattr(trainer, "model_accepts_loss_kwargs", False)) \
+            or getattr(trainer, "compute_loss_func", None) is not None
+    return ga if trusted else 1
+
+
 def find_trainer(trainer_type: type = Trainer, depth: int = 16) -> Any:
     """The ``Trainer`` whose event is being handled, found on the call stack (a callback is handed
     the model, optimizer and scheduler but never the Trainer); ``None`` when there is none."""
@@ -196,13 +215,13 @@ class GradienceCallback(TrainerCallback):
         meta = build_meta(framework="transformers.Trainer", world_size=world, resumed_from_step=resumed,
                           model=model, telemetry_interval=cfg.telemetry_interval, guard_enabled=cfg.guard_enabled)
         scaler = getattr(optimizer, "scaler", None)
+        trainer = find_trainer()
         sup = self.supervisor = RunSupervisor(cfg, self.run_dir)
         sup.start(model, run_config, meta, is_writer=bool(state.is_world_process_zero), optimizer=optimizer,
                   scheduler=kwargs.get("lr_scheduler"), scaler=scaler, resumed_from_step=resumed,
                   max_steps=int(state.max_steps) or None,
                   samples_per_step=int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps)
-                  * world)
-        trainer = find_trainer()
+                  * world, loss_sum_of=_unscaled_micro_batches(trainer, args))
         if trainer is not None:
             self._tap_training_step(trainer)
         else:

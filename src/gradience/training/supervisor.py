@@ -167,7 +167,7 @@ class RunSupervisor:
               optimizer: Any = None, scheduler: Any = None, scaler: Any = None,
               resumed_from_step: int | None = None, max_steps: int | None = None,
               samples_per_step: int | None = None, save_fn: Any = None, load_fn: Any = None,
-              get_lr: Any = None, set_lr: Any = None) -> None:
+              get_lr: Any = None, set_lr: Any = None, loss_sum_of: int = 1) -> None:
         """Write ``run_start`` and set up the guard (with a first snapshot) and κ̃ sampling.
 
         Args:
@@ -182,6 +182,10 @@ class RunSupervisor:
             samples_per_step: samples per optimizer step (for ``samples_per_second``).
             save_fn, load_fn, get_lr, set_lr: custom state capture/restore and LR access
                 for the guard (plain loops).
+            loss_sum_of: the recorded loss may be a sum of up to this many per-example mean losses
+                (the HF Trainer under gradient accumulation when it trusts the model to scale and the
+                model does not). The derived loss prior is multiplied by it, so the guard's absolute
+                loss floor and limit do not fire on a healthy run's summed loss.
         """
         if self.recorder is not None:
             raise GradienceError("this run was already started")
@@ -200,9 +204,16 @@ class RunSupervisor:
         # The task's untrained loss (ln of the label or vocabulary count): the reference of the
         # guard's loss-spike floor and limit, recorded so a run can be replayed offline.
         prior = cfg.guard.loss_prior if cfg.guard is not None and cfg.guard.loss_prior is not None else None
+        spike_prior = prior
         if prior is None:
             derived = model_loss_prior(unwrap_model(model), causal_lm=causal_lm)
-            prior = derived[0] if derived is not None else None
+            prior = spike_prior = derived[0] if derived is not None else None
+            if prior is not None and loss_sum_of > 1:
+                # The Trainer may log a sum of loss_sum_of micro-batch means (see the argument): judge
+                # it against the same sum of untrained losses. Recorded beside the prior (which stays
+                # ln K: the chance level reads it), so monitor's spike rule applies the same reference.
+                spike_prior = prior * loss_sum_of
+                meta = {**meta, "loss_prior_sum_of": loss_sum_of}
         if prior is not None:
             meta = {**meta, "loss_prior": prior}
         world = world_size()
@@ -219,6 +230,11 @@ class RunSupervisor:
             amp = meta.get("amp")
             meta = {**meta, "amp": {**(amp if isinstance(amp, dict) else {}), "grad_scaler": True}}
         rec.start(run_config, meta, step=resumed_from_step)
+        if is_writer:  # say once where the run goes, so nobody has to guess (stderr: stdout stays the user's)
+            verb = "continuing" if resumed_from_step else "recording"
+            print(f"gradience: {verb} this run in {self.path} (adapter and training arguments under "
+                  f"{self.out_dir}/ at the end; summarise with: gradience monitor {self.path})", file=sys.stderr,
+                  flush=True)
         rec.causal_lm = causal_lm
         self._model = unwrap_model(model)
         named = {n: p for n, p in self._model.named_parameters() if p.requires_grad}
@@ -227,7 +243,7 @@ class RunSupervisor:
         if cfg.guard is not None:
             from .guard import TrainingGuard
 
-            guard_cfg = cfg.guard if prior is None else dataclasses.replace(cfg.guard, loss_prior=prior)
+            guard_cfg = cfg.guard if spike_prior is None else dataclasses.replace(cfg.guard, loss_prior=spike_prior)
             self.guard = TrainingGuard(guard_cfg, named, optimizer, scheduler, scaler, save_fn=save_fn,
                                        load_fn=load_fn, get_lr=get_lr, set_lr=set_lr)
             # The state handed over is the first good snapshot, taken before anything can touch
