@@ -167,6 +167,8 @@ def test_python_snippet_runs_as_written(tmp_path: Path, n_train: int) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs/mine/run.jsonl"
     assert run.is_file() and (tmp_path / "runs/mine/peft/adapter_config.json").is_file()
+    said = [ln for ln in res.stderr.splitlines() if ln.startswith("gradience: recording")]
+    assert len(said) == 1 and "runs/mine/run.jsonl" in said[0], res.stderr[-2000:]  # once, where it writes
     out = run_cli("monitor", str(run), "--json")
     assert out.returncode == 0, out.stderr
     evals = json.loads(out.stdout)["signals"]["evals"]
