@@ -261,6 +261,15 @@ def _require_telemetry(path: Path) -> None:
     reader = TelemetryReader(path)
     for _ in reader.iter_events():
         return
-    if reader.issues:
+    if reader.issues and not _has_telemetry_envelope(path):
         raise not_importable(path)
+
+
+def _has_telemetry_envelope(path: Path, head_bytes: int = 1 << 16) -> bool:
+    """Some line near the start carries Gradience's schema id: a damaged run file (every line
+    invalid) is still telemetry, read with its issues listed, not "neither"."""
+    from ..telemetry.schema import SCHEMA_ID
+
+    with path.open("rb") as f:
+        return f'"{SCHEMA_ID}"'.encode() in f.read(head_bytes)
 
