@@ -33,3 +33,23 @@ def test_error_one_liner_stays_one_line_at_40_columns(tmp_path) -> None:
     assert res.returncode == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and str(missing) in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("cmd", ["audit", "compress"])
+def test_module_tables_fit_80_columns(tmp_path, cmd: str) -> None:
+    """Long module names fold inside their column; the numeric columns never wrap; the table fits."""
+    import numpy as np
+
+    from tests.audit._helpers import make_adapter
+
+    rng = np.random.default_rng(0)
+    names = [f"model.language_model.layers.{i}.mlp.experts_shared_gate_and_up_projection_block_{i}.dense"
+             for i in range(3)]
+    d = make_adapter(tmp_path / "a", {n: (rng.standard_normal((4, 16)), rng.standard_normal((24, 4))) for n in names},
+                     r=4, alpha=8)
+    argv = ["audit", "--peft-dir", str(d)] if cmd == "audit" else \
+        ["compress", "--peft-dir", str(d), "--out", str(tmp_path / "o"), "--rank", "2", "--dry-run"]
+    res = run_cli(*argv, env={"COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    table_lines = [ln for ln in res.stdout.splitlines() if "│" in ln or "─" in ln or "mlp" in ln]
+    assert table_lines and max(len(ln) for ln in table_lines) <= 80, "\n".join(table_lines)

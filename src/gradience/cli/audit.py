@@ -164,9 +164,10 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
         wt = _table(f"Most wasteful modules (top {top_n}: params × (1 − utilization))")
         name_w = max([len(short(r.name)) for r in wasteful] + [6])
         for col in ("module", "type", "r", "params", "stable\nrank", "util", "k@90", "suggested\nr"):
-            # The name keeps its width (folded only past 48 characters); numbers are short.
+            # The name keeps its width where the terminal has room (folded past name_column_width);
+            # numbers are short. The table always fits the terminal.
             wt.add_column(col, justify="left" if col in ("module", "type") else "right", overflow="fold",
-                          min_width=min(name_w, 48) if col == "module" else None)
+                          min_width=name_column_width(name_w, c.width) if col == "module" else None)
         for r in wasteful:
             wt.add_row(short(r.name), r.module_type, str(r.r), fmt_num(r.params), fmt_num(r.stable_rank, 3),
                        fmt_num(r.utilization, 3), str(r.energy_rank_90), str(r.suggested_r))
@@ -269,6 +270,12 @@ def _print_report(res: AuditResult, top_n: int, show_layers: bool, per_layer: bo
         c.print(styled(("No issues found.", "green")))
     if appended is not None:
         c.print(f"\nAppended metrics(kind=lora_audit) to {appended}")
+
+
+def name_column_width(longest: int, width: int) -> int:
+    """Minimum width of a table's module-name column: the whole name up to 48 characters, but never
+    more than a third of the terminal, so the numeric columns (which never wrap) still fit."""
+    return max(6, min(longest, 48, width // 3))
 
 
 def _shared_prefix(names: list[str]) -> str:

@@ -53,7 +53,7 @@ def compress(peft_dir: Path | None, weights: Path | None, out: Path, adapter_nam
 
 
 def _print(rep: dict[str, Any]) -> None:
-    from .audit import _shared_prefix, _table
+    from .audit import _shared_prefix, _table, name_column_width
 
     c = console()
     s = rep["summary"]
@@ -67,9 +67,10 @@ def _print(rep: dict[str, Any]) -> None:
     names = [m["name"][len(prefix):] for m in rep["modules"]]
     t = _table("Modules")
     for col in ("module", "r", "new\nr", "retained\nenergy", "spectral error\ns·σₖ₊₁"):
-        # Numbers never wrap; on a narrow terminal only a name past 48 characters folds.
+        # Numbers never wrap; on a narrow terminal the module name folds so the table fits.
         t.add_column(col, justify="left" if col == "module" else "right", overflow="fold",
-                     no_wrap=col != "module", min_width=min(max(map(len, names), default=6), 48) if col == "module" else None)
+                     no_wrap=col != "module",
+                     min_width=name_column_width(max(map(len, names), default=6), c.width) if col == "module" else None)
     for name, m in zip(names, rep["modules"], strict=True):
         t.add_row(name, str(m["old_r"]), str(m["new_r"]), f"{100 * m['retained_energy']:.2f}%",
                   fmt_num(m["spectral_error"], 3))
