@@ -286,10 +286,11 @@ def _tradeoff_text(bench: Mapping[str, Any], width: int = 40) -> list[str]:
     lo = min(v for *_, v in rows)
     hi = max(v for *_, v in rows)
     span = (hi - lo) or 1.0
-    out = ["```", f"{'variant':<16} {'seed':>5} {'LoRA params':>11}  value (bar from {100 * lo:.1f} to {100 * hi:.1f} %)"]
+    w = max(len("variant"), *(len(r[0]) for r in rows))
+    out = ["```", f"{'variant':<{w}} {'seed':>5} {'LoRA params':>11}  value (bar from {100 * lo:.1f} to {100 * hi:.1f} %)"]
     for name, seed, params, value in rows:
         bar = "#" * (1 + round((width - 1) * (value - lo) / span))
-        out.append(f"{name:<16} {seed:>5} {params:>11,.0f}  {bar} {100 * value:.2f}")
+        out.append(f"{name:<{w}} {seed:>5} {params:>11,.0f}  {bar} {100 * value:.2f}")
     return [*out, "```"]
 
 
