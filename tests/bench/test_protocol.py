@@ -242,3 +242,19 @@ def test_retrain_scaling_flag_is_validated(tmp_path, cli_inproc):
     r = cli_inproc("bench", "run", str(tmp_path / "any.yaml"), "--output", str(tmp_path / "o"),
                    "--retrain-scaling", "sqrt")
     assert r.returncode == 2 and "keep_scale" in r.stderr
+
+
+def test_eval_files_are_scored_and_named_in_bench_json(model_dir, sst2_dir, tmp_path, cli_inproc):
+    held = tmp_path / "held_out.tsv"
+    held.write_text("label\tsentence\n" + "".join(f"{i % 2}\tsentence number {i}\n" for i in range(30)))
+    cfg = _config(tmp_path, model_dir, sst2_dir, quality_gate=0.0, eval_files=[str(held)])
+    data = yaml.safe_load(cfg.read_text())
+    data["compression"] = {"strategies": ["truncate"]}
+    data["train"]["eval_samples"] = None
+    cfg.write_text(yaml.safe_dump(data))
+    r = cli_inproc("bench", "run", str(cfg), "--output", str(tmp_path / "out"), "--quiet")
+    assert r.returncode in (0, 1), r.stderr
+    bench = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert bench["probe"]["7"]["n"] == 30 and bench["data"]["n_eval"] == 30
+    (info,) = bench["data"]["eval_files"]
+    assert info == {"file": "held_out.tsv", "rows": 30, "bytes": held.stat().st_size, "sha256": info["sha256"]}
