@@ -134,6 +134,9 @@ def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max
                     raise error(f"{what} uses more than {max_aliases} YAML aliases; refusing a possible alias bomb",
                                 path=path, hint="write the values out instead of aliasing them")
         return yaml.safe_load(text)
+    except ValueError as exc:  # an integer of more digits than int() converts
+        raise error(f"{what} is not usable YAML ({str(exc).splitlines()[0][:120]})", path=path,
+                    hint="the file is corrupt or not what it claims to be") from None
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
         raise error(f"{what} is not valid YAML: {first}", path=path, hint="fix the syntax") from None

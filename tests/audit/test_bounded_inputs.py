@@ -153,3 +153,43 @@ def test_deep_yaml_training_args_are_refused(tmp_path):
     y.write_text("a: " + "[" * 100_000 + "\n")
     with pytest.raises(ConfigError, match="nests deeper"):
         load_config(training=y)
+
+
+# Found by tests/fuzz: each escaped as an internal error (exit 70) or left a file behind.
+@pytest.mark.parametrize("key, value", [
+    ("target_parameters", True), ("target_modules", 3), ("modules_to_save", {"a": 1}),
+    ("use_rslora", "yes"), ("base_model_name_or_path", ["m"]), ("init_lora_weights", 1.5),
+])
+def test_wrong_types_in_adapter_config_are_config_errors(tmp_path, key, value):
+    cfg = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, key: value}
+    p = tmp_path / "adapter_config.json"
+    p.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=key):
+        load_adapter_config(p)
+
+
+def test_null_in_a_pattern_is_refused_by_check(cli, tmp_path):
+    d = make_adapter(tmp_path / "a", config={"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q"],
+                                             "alpha_pattern": {"q": None}})
+    _one_line_exit_2(cli("check", "--peft-dir", str(d)))
+
+
+def test_huge_scale_is_measured_without_overflow(tmp_path):
+    from gradience.audit import audit_adapter
+
+    d = make_adapter(tmp_path / "a", config={"peft_type": "LORA", "r": 2, "lora_alpha": 1e300,
+                                             "target_modules": ["q"]})
+    audit_adapter(d, udr=False)  # the energy sums overflow to inf instead of raising OverflowError
+
+
+def test_refused_compress_leaves_no_output_folder(tmp_path):
+    from gradience.audit.compress import compress_adapter
+
+    d = make_adapter(tmp_path / "a")
+    raw = bytearray((d / "adapter_model.safetensors").read_bytes())
+    raw[-32:-28] = np.array([np.nan], dtype=np.float32).tobytes()  # a NaN in lora_B
+    (d / "adapter_model.safetensors").write_bytes(bytes(raw))
+    out = tmp_path / "new" / "deeper"
+    with pytest.raises(AdapterFormatError, match="NaN"):
+        compress_adapter(d, out, rank=1)
+    assert not (tmp_path / "new").exists()

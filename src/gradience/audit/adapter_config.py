@@ -107,20 +107,42 @@ class AdapterConfig:
                 out[str(k)] = _finite(f"{key}[{_short(k)}]", val, where)
             return out
 
+        def strings(key: str, allow_str: bool) -> Any:
+            # PEFT writes a list of names (or one regex string for target_modules), or null.
+            v = d.get(key)
+            if v is None or (allow_str and isinstance(v, str)):
+                return v
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{key} must be a list of module names{' or a regex string' if allow_str else ''}, "
+                                  f"got {_short(v)}", path=where)
+            return v
+
+        def flag(key: str) -> bool:
+            v = d.get(key)
+            if v is not None and not isinstance(v, bool):
+                raise ConfigError(f"{key} must be true or false, got {_short(v)}", path=where)
+            return bool(v)
+
+        base = d.get("base_model_name_or_path")
+        if base is not None and not isinstance(base, str):
+            raise ConfigError(f"base_model_name_or_path must be a string, got {_short(base)}", path=where)
+        init = d.get("init_lora_weights", True)
+        if not isinstance(init, (bool, str)):
+            raise ConfigError(f"init_lora_weights must be true, false or a method name, got {_short(init)}", path=where)
         return cls(
             r=int(r),
             lora_alpha=alpha,
             rank_pattern={k: int(v) for k, v in pattern("rank_pattern").items()},
             alpha_pattern={k: float(v) for k, v in pattern("alpha_pattern").items()},
-            use_rslora=bool(d.get("use_rslora") or False),
-            use_dora=bool(d.get("use_dora") or False),
-            fan_in_fan_out=bool(d.get("fan_in_fan_out") or False),
-            target_modules=d.get("target_modules"),
-            modules_to_save=d.get("modules_to_save"),
-            base_model_name_or_path=d.get("base_model_name_or_path") or None,
+            use_rslora=flag("use_rslora"),
+            use_dora=flag("use_dora"),
+            fan_in_fan_out=flag("fan_in_fan_out"),
+            target_modules=strings("target_modules", True),
+            modules_to_save=strings("modules_to_save", False),
+            base_model_name_or_path=base or None,
             peft_type=str(peft_type) if peft_type is not None else None,
-            target_parameters=[str(t) for t in (d.get("target_parameters") or [])],
-            init_lora_weights=d.get("init_lora_weights", True),
+            target_parameters=list(strings("target_parameters", False) or []),
+            init_lora_weights=init,
             raw=dict(d),
             path=path,
         )

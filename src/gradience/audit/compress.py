@@ -198,7 +198,13 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
     tmp_data = None
     entries: list[tuple[str, str, list[int], int, int]] = []  # name, dtype, shape, start, end
     offset = 0
+    created: list[Path] = []  # folders this call makes, removed again (if still empty) when it fails
+    finished = False
     if not dry_run:
+        p = out_dir
+        while not p.exists() and p != p.parent:
+            created.append(p)
+            p = p.parent
         out_dir.mkdir(parents=True, exist_ok=True)
         tmp_data = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".compress-", suffix=".tmp", delete=False)
 
@@ -346,10 +352,17 @@ def _compress(ad: LoadedAdapter, out_path: Path, rank: int | None, energy: float
                 stale = out_dir / "adapter_model.bin"
                 if stale.exists():
                     stale.unlink()  # PEFT must not pick up an old .bin beside the new file
+        finished = True
     finally:
         if tmp_data is not None:
             tmp_data.close()
             Path(tmp_data.name).unlink(missing_ok=True)
+        if not finished:
+            for d in created:  # deepest first; a refused compress leaves nothing behind
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     header_est = 8 + sum(len(n) + 80 for n, *_ in entries)  # JSON entry per tensor, roughly
     bytes_after = weights_out.stat().st_size if not dry_run else header_est + offset

@@ -623,7 +623,7 @@ def _fused_summary(ad: LoadedAdapter, rows: list[dict[str, Any]]) -> list[dict[s
 
 def _by_type(measured: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    total_e = sum(r["delta_fro_norm"] ** 2 for r in measured)
+    total_e = sum(r["delta_fro_norm"] * r["delta_fro_norm"] for r in measured)
     for t in ("attn", "mlp", "other"):
         sub = [r for r in measured if r["module_type"] == t]
         allr = [r for r in rows if r["module_type"] == t]
@@ -640,7 +640,7 @@ def _by_type(measured: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict
             "energy_rank_90_p50": p50,
             "energy_rank_90_p90": M.percentile(k90, 90),
             "suggested_r_median": round_up_rank(p50, max(r["r"] for r in allr)) if p50 is not None else None,
-            "energy_share": (sum(r["delta_fro_norm"] ** 2 for r in sub) / total_e) if total_e > 0 else None,
+            "energy_share": (sum(r["delta_fro_norm"] * r["delta_fro_norm"] for r in sub) / total_e) if total_e > 0 else None,
             "delta_sigma_max_mean": float(np.mean([r["delta_sigma_max"] for r in sub])) if sub else None,
         }
     return out

@@ -84,7 +84,7 @@ def _mean(values: Sequence[float]) -> float | None:
 def energy_shares(rows: Sequence[dict[str, Any]]) -> np.ndarray | None:
     """Each module's share of the update energy: delta_fro_norm² / Σ delta_fro_norm²
     (sums to 1); ``None`` when the total is zero (no rows, or every update is zero)."""
-    energy = np.array([float(r["delta_fro_norm"]) ** 2 for r in rows], dtype=np.float64)
+    energy = np.array([float(r["delta_fro_norm"]) * float(r["delta_fro_norm"]) for r in rows], dtype=np.float64)
     total = float(energy.sum())
     if total <= 0.0 or not rows:
         return None
@@ -96,7 +96,7 @@ def composition(rows: Sequence[dict[str, Any]], top_layers: int = 5) -> dict[str
     the share of the top 10% of modules, and the concentration index HHI = Σ share²
     (1/n for a perfectly even spread, 1 when one module holds everything). The per-module
     shares are :func:`energy_shares`."""
-    total = float(np.array([float(r["delta_fro_norm"]) ** 2 for r in rows], dtype=np.float64).sum())
+    total = float(np.array([float(r["delta_fro_norm"]) * float(r["delta_fro_norm"]) for r in rows], dtype=np.float64).sum())
     share = energy_shares(rows)
     if share is None:
         return {"energy_total": total, "energy_hhi": None, "energy_hhi_layers": None,

@@ -76,8 +76,9 @@ def streamed_gram(blocks: Iterable[np.ndarray], r: int, tall: bool) -> np.ndarra
         if held is None or held.size < blk.size:
             held = _local.block = np.empty(max(blk.size, 1 << 18))
         f = held[: blk.size].reshape(blk.shape)
-        f[...] = blk
-        g += f.T @ f if tall else f @ f.T
+        with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf in the file is a finding, not a warning
+            f[...] = blk
+            g += f.T @ f if tall else f @ f.T
     return 0.5 * (g + g.T)
 
 

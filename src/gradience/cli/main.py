@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:
         if os.environ.get("GRADIENCE_DEBUG"):
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (this is a bug; rerun with GRADIENCE_DEBUG=1 "
+        what = " ".join(str(exc).split())  # one line, whatever the exception's text holds
+        _fail(f"internal error: {type(exc).__name__}: {what[:300]} (this is a bug; rerun with GRADIENCE_DEBUG=1 "
               "for the traceback and please report it)", 70)
     return None

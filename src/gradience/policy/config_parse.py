@@ -162,6 +162,10 @@ def parse_peft(data: Mapping[str, Any], path: Path | None = None) -> tuple[LoRAC
     for name, pat in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
         if pat is not None and not isinstance(pat, dict):
             raise ConfigError(f"{name} must be an object mapping module patterns to numbers", path=path)
+        for k, v in (pat or {}).items():
+            _number({k: v}, k, path, integer=name == "rank_pattern")  # each value a (finite) number
+            if v is None:
+                raise ConfigError(f"{name}[{str(k)[:60]!r}] must be a number, got null", path=path)
     lora = LoRAConfig(
         r=_number(data, "r", path, integer=True),
         alpha=_number(data, "lora_alpha", path) if "lora_alpha" in data else _number(data, "alpha", path),
