@@ -384,9 +384,8 @@ def config_from_dict(data: Any, source: str | None = None) -> BenchConfig:
     cfg.source = source
     if cfg.task.data_dir and source and not Path(cfg.task.data_dir).is_absolute():
         # Relative data paths are relative to the config file, so configs travel with their data.
-        cand = (Path(source).parent / cfg.task.data_dir)
-        if cand.exists():
-            cfg.task.data_dir = str(cand.resolve())
+        # (Resolved even when missing, so an error names the folder that was looked for.)
+        cfg.task.data_dir = str((Path(source).parent / cfg.task.data_dir).resolve())
     if cfg.task.eval_files and source:
         resolved = []
         for f in cfg.task.eval_files:

@@ -188,6 +188,19 @@ def _load_eval_files(task: Any) -> tuple[list[Example], list[dict[str, Any]]]:
     return rows, info
 
 
+DATA_DIR_HINT = ("point task.data_dir in the bench YAML at a GLUE-style folder holding train.tsv and dev.tsv "
+                 "(a header, label first, text second; a relative path is relative to the YAML file); the "
+                 "bundled configs read SST-2 from ../shared/data/sst2 beside the repository")
+
+
+def check_data_dir(d: Path) -> None:
+    """Refuse a ``task.data_dir`` that is missing or not a folder, naming it and the fix."""
+    if not d.exists():
+        raise ConfigError("task.data_dir does not exist", path=d, hint=DATA_DIR_HINT)
+    if not d.is_dir():
+        raise ConfigError("task.data_dir is not a directory", path=d, hint=DATA_DIR_HINT)
+
+
 def load_task_data(task: Any, train_samples: int | None, eval_samples: int | None,
                    data_seed: int = 0, val_samples: int = 0) -> TaskData:
     """Load the train, validation and eval rows for a :class:`~gradience.bench.config.TaskConfig`.
@@ -199,8 +212,7 @@ def load_task_data(task: Any, train_samples: int | None, eval_samples: int | Non
     """
     if task.data_dir:
         d = Path(task.data_dir)
-        if not d.is_dir():
-            raise ConfigError("task.data_dir is not a directory", path=d)
+        check_data_dir(d)
         tr_p, ev_p = _split_file(d, task.train_split), _split_file(d, task.eval_split)
         if task.profile == "classification":
             train = _load_classification_tsv(tr_p, task.text_column, task.label_column, task.num_labels)

@@ -113,14 +113,20 @@ def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: st
 
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
               collapse_padding=True)
-    cols = [("variant", "left"), ("ranks", "left"), ("LoRA par.", "right"), ("saved %", "right"),
-            (metric[:8], "right"), ("Δ pt", "right"), ("verdict", "left")]
+    # Headers break onto two lines and the variant name folds, so at 80 columns no number is cut.
+    cols = [("variant", "left"), ("ranks", "left"), ("LoRA\nparams", "right"), ("saved\n%", "right"),
+            (metric.replace("_", " ").replace(" ", "\n", 1), "right"), ("Δ pt\nmean/worst", "right"),
+            ("verdict", "left")]
     for col, just in cols:
-        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        if col == "variant":
+            t.add_column(col, justify=just, overflow="fold", min_width=8)  # type: ignore[arg-type]
+        else:
+            t.add_column(col, justify=just, no_wrap=True, overflow="fold")  # type: ignore[arg-type]
+    rows: list[tuple[Any, ...]] = []
     p = summary.get("probe", {})
-    t.add_row("probe", _short_ranks(p.get("ranks", "—")),
+    rows.append(("probe", _short_ranks(p.get("ranks", "—")),
               fmt_num(round(p["lora_params"]) if p.get("lora_params") else None), "—",
-              "—" if p.get("mean_value") is None else f"{100 * p['mean_value']:.2f}", "—", "reference")
+              "—" if p.get("mean_value") is None else f"{100 * p['mean_value']:.2f}", "—", "reference"))
     colors = {"PASS": "green", "FAIL": "red", "UNDERTRAINED": "yellow", "CONTROL": "dim", "INCOMPLETE": "yellow"}
     strategies = summary.get("strategies", {})
     for name in _ordered(strategies):
@@ -130,14 +136,27 @@ def _print_summary(summary: dict[str, Any], verdicts: dict[str, Any], metric: st
         saved = "—" if red is None else f"{100 * red:.1f}/{100 * (redh or 0):.1f}"
         dm, dw = s.get("mean_delta_points"), s.get("worst_delta_points")
         delta = "—" if dm is None else f"{dm:+.2f}/{dw:+.2f}"
-        t.add_row(name, _short_ranks(s["ranks"]),
-                  fmt_num(round(s["lora_params"]) if s.get("lora_params") else None), saved,
-                  "—" if s.get("mean_value") is None else f"{100 * s['mean_value']:.2f}", delta,
-                  styled((v, colors.get(v, "white")), f" ({s.get('pass_fraction') or '—'})"))
+        rows.append((name, _short_ranks(s["ranks"]),
+                     fmt_num(round(s["lora_params"]) if s.get("lora_params") else None), saved,
+                     "—" if s.get("mean_value") is None else f"{100 * s['mean_value']:.2f}", delta,
+                     styled((v, colors.get(v, "white")), f" ({s.get('pass_fraction') or '—'})")))
+    for row in rows:
+        t.add_row(*row)
     t.caption = "saved % = fewer LoRA params / fewer incl. task head; Δ pt = mean / worst seed vs the probe"
     t.caption_justify = "left"
     c = console()
-    c.print(t)
+    # Never cut a number: below the width the numbers need (the variant name folded to 8) the table
+    # is drawn wider than the terminal, which soft-wraps it (nothing lost) instead of dropping columns.
+    widths = [max([len(str(getattr(r[i], "plain", r[i]))) for r in rows]
+                  + [len(h) for h in cols[i][0].split("\n")]) for i in range(1, len(cols))]
+    need = 8 + sum(widths) + 2 * len(widths) + 2
+    if need <= c.width:
+        c.print(t)
+    else:  # (Console.print caps a width at the terminal's: draw on a console as wide as needed)
+        from rich.console import Console
+
+        Console(width=need, file=c.file, force_terminal=c.is_terminal, no_color=c.no_color or c.color_system is None,
+                highlight=False, markup=False, soft_wrap=True).print(t)
     status = str(verdicts.get("status"))
     c.print(styled("verdict: ", (status, colors.get(status, "white")), f" — {verdicts.get('reason')}"))
 
@@ -180,6 +199,10 @@ def run_cmd(config: Path, output: Path, smoke: bool, ci: bool, device: str | Non
     if retrain_scaling is not None:
         cfg.compression.retrain_scaling = retrain_scaling  # a choice click has validated
     check_output_dir(output, cfg)
+    if cfg.task.data_dir:  # before any progress is drawn: a missing data folder is the commonest first error
+        from ..bench.data import check_data_dir
+
+        check_data_dir(Path(cfg.task.data_dir))
     t0 = time.time()
     reporter = RichReporter(enabled=not quiet and not as_json)
     outcome = run_bench(cfg, output, device=device or "auto", reporter=reporter)
