@@ -5,7 +5,7 @@ Adaptations (each keeps the command's code path and only shortens or de-TTYs it)
 - `gradience demo` gets a reduced `--steps` when none is given;
 - the live `gradience watch` (a TTY app, driven in tmux by tests/watch/test_tmux.py) runs with `--once`;
 - `gradience bench run` gets `--smoke` added when the config carries smoke overrides (the full
-  3-seed config takes ~40 minutes; its smoke variant about 50 s).
+  5-seed config takes ~41 minutes; its smoke variant about a minute).
 """
 
 from __future__ import annotations
