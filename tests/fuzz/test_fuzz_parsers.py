@@ -354,3 +354,40 @@ def test_fuzz_torch_pickles_in_a_limited_child(n: int) -> None:
     p = run_limited(f"from tests.fuzz.test_fuzz_parsers import bin_fuzz\nbin_fuzz({n})\n", mem_bytes=BIN_MEM,
                     timeout=60 + n)
     assert p.returncode == 0, p.stderr[-3000:]
+
+
+# -- report --audit: the audit JSON rendered into both report formats ---------------------------------------
+RUN_FILE = ROOT / "tests" / "data" / "calibration" / "demo_s0.jsonl"
+
+
+def _cli_audit_json() -> dict[str, Any]:
+    """What ``gradience audit --json --layers --top-singular-values 16`` prints for the seed adapter."""
+    from gradience.cli.main import main
+
+    with _workdir(_adapter_files()) as d:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            main(["audit", "--peft-dir", str(d), "--no-udr", "--json", "--layers", "--top-singular-values", "16"])
+    return json.loads(out.getvalue())
+
+
+def report_with_audit(data: bytes) -> None:
+    with _workdir({"run.jsonl": RUN_FILE.read_bytes(), "audit.json": data}) as d:
+        _assert_cli(["report", str(d / "run.jsonl"), "--audit", str(d / "audit.json"), "--format", "md", "-o", "-"])
+        with tempfile.TemporaryDirectory() as o:
+            out = Path(o) / "r.html"
+            if _assert_cli(["report", str(d / "run.jsonl"), "--audit", str(d / "audit.json"), "-o", str(out)]) == 2:
+                assert not out.exists(), "a refused report wrote its output"
+
+
+def _report_fuzz(n: int) -> Callable[[], None]:
+    return _fuzz(mut.json_file(_cli_audit_json()), n, report_with_audit)
+
+
+def test_fuzz_report_audit_json() -> None:
+    _report_fuzz(max(FAST // 4, 10))()
+
+
+@pytest.mark.slow
+def test_fuzz_report_audit_json_long() -> None:
+    _report_fuzz(SLOW // 3)()
