@@ -119,6 +119,19 @@ def test_corrupt_bin_is_called_corrupt_not_dangerous(tmp_path):
         assert "could run code" not in str(exc.value)
 
 
+def test_flipped_bit_in_a_torch_function_name_is_corrupt(tmp_path):
+    torch = pytest.importorskip("torch")
+    good = tmp_path / "good.bin"
+    torch.save({"q.lora_A.weight": torch.zeros(2, 4)}, good)
+    raw = good.read_bytes()
+    i = raw.find(b"_rebuild_tensor_v2")
+    assert i > 0
+    (tmp_path / "flip.bin").write_bytes(raw[:i] + b"_rebuild_tenzor_v2" + raw[i + 18:])
+    with pytest.raises(AdapterFormatError, match="corrupt") as exc:
+        TorchBinFile(tmp_path / "flip.bin")
+    assert "could run code" not in str(exc.value)
+
+
 class _Obj:
     pass
 

@@ -255,7 +255,21 @@ def _diffusers_meta_variants() -> st.SearchStrategy[bytes]:
     return mut.json_file(packed).map(wrap)
 
 
+SHARD_INDEX: dict[str, Any] = {"metadata": {"total_size": 1024},
+                               "weight_map": {"model.layers.0.self_attn.q_proj.weight": "model-00001.safetensors",
+                                              "model.layers.0.mlp.up_proj.weight": "model-00002.safetensors"}}
+
+
+def shard_index(data: bytes) -> None:
+    """``check --model DIR`` reads the module names from a checkpoint's shard index."""
+    from gradience.policy.model_modules import names_from_checkpoint
+
+    with _workdir({"model.safetensors.index.json": data}) as d:
+        _refused_or_ok(lambda: names_from_checkpoint(d))
+
+
 FUZZERS: dict[str, Callable[[int], Callable[[], None]]] = {
+    "shard index": lambda n: _fuzz(mut.json_file(SHARD_INDEX), n, shard_index),
     "adapter_config.json": lambda n: _fuzz(mut.json_file(ADAPTER_CONFIG), n, adapter_config_json),
     "adapter_config.yaml": lambda n: _fuzz(mut.yaml_file(ADAPTER_CONFIG), n, adapter_config_yaml),
     "training_args.json": lambda n: _fuzz(mut.json_file(TRAINING_ARGS), n, lambda b: training_args(b, ".json")),

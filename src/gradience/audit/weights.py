@@ -308,6 +308,23 @@ def _pickle_verdict(path: Path, max_bytes: int = 256 << 20) -> str:
     return "objects" if ops & _CODE_OPS else "corrupt"
 
 
+def _missing_global(exc: BaseException) -> str | None:
+    """The global a refused pickle names when it cannot exist: an attribute missing from one of the
+    loaded modules torch.save refers to (``torch._utils._rebuild_tenzor_v2`` after a flipped bit).
+    Any other name (a user's class, ``os.system``) is None: a foreign object."""
+    import sys
+
+    m = re.search(r"GLOBAL ([\w.]+)\.(\w+)", str(exc))
+    if m is None:
+        return None
+    if m.group(1).split(".")[0] not in ("torch", "collections", "_codecs", "numpy"):  # what torch.save names
+        return None
+    module = sys.modules.get(m.group(1))
+    if module is None or hasattr(module, m.group(2)):
+        return None
+    return f"{m.group(1)}.{m.group(2)}"
+
+
 def _unpickler_reason(exc: BaseException) -> str:
     """The line of torch's weights_only message that says what stopped it ("Unsupported global:
     GLOBAL x.Y was not an allowed global", "Unsupported operand 103"), without its advice."""
@@ -335,9 +352,12 @@ class TorchBinFile:
                 warnings.simplefilter("ignore")
                 sd = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            if "global" not in str(exc).lower() and _pickle_verdict(self.path) != "objects":
-                # weights_only's unpickler stopped at an opcode it does not know: bytes that are no
-                # pickle at all (truncated, overwritten), not a foreign object.
+            foreign = _missing_global(exc) is None if "global" in str(exc).lower() else (
+                _pickle_verdict(self.path) == "objects")
+            if not foreign:
+                # weights_only's unpickler stopped at an opcode it does not know, or at a torch
+                # function that does not exist (a flipped bit in its name): damaged bytes, not a
+                # foreign object.
                 raise AdapterFormatError(
                     f"{self.path.suffix} file is corrupt: not a readable torch pickle ({_unpickler_reason(exc)})",
                     path=self.path, hint="the file may be truncated or damaged; re-save the adapter") from None
