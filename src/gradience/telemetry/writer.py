@@ -4,11 +4,19 @@ Guarantees (docs/telemetry.md#encoding-and-safety): never truncates; every event
 kernel in one ``write`` on an ``O_APPEND`` descriptor, so a crash leaves at most one
 partial last line and concurrent appenders never interleave inside a line. Only the
 global rank-0 process writes in a distributed run.
+
+Telemetry never kills training: when a write fails (a full disk, a quota, a file size limit), the
+writer says so once on stderr, keeps the unwritten lines in memory (up to ``PENDING_LIMIT_BYTES``,
+then counts what it drops) and writes them, after terminating any torn line, as soon as a later write
+succeeds, followed by a ``TELEMETRY_GAP`` alert that says how many events were delayed or lost.
+Opening a file whose last line is torn (a crash, a full disk) starts on a fresh line.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -33,6 +41,8 @@ from .schema import (
 __all__ = ["TelemetryWriter", "global_rank"]
 
 _ALWAYS_FLUSH = frozenset({Event.ALERT.value, Event.RUN_END.value})
+# Unwritten lines kept in memory while writes fail (about 10,000 train steps); beyond it they are counted.
+PENDING_LIMIT_BYTES = 4 << 20
 
 
 def global_rank() -> int:
@@ -84,6 +94,13 @@ class TelemetryWriter:
         self._started = False
         self._ended = False
         self.events_written = 0
+        # Write failures (telemetry never kills training): the first error, lines not yet written,
+        # lines dropped past PENDING_LIMIT_BYTES, and whether a line was left torn in the file.
+        self.write_error: OSError | None = None
+        self._write_failure: OSError | None = None
+        self._pending: list[bytes] = []
+        self.events_dropped = 0
+        self._torn = False
         if self.enabled:
             self._open()
 
@@ -99,23 +116,90 @@ class TelemetryWriter:
                 path=self.path,
                 hint="choose a writable location",
             ) from None
+        # A torn last line (a crash or a full disk in an earlier process): start on a fresh line, so
+        # this process's first event is not glued onto it.
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell():
+                    f.seek(-1, os.SEEK_END)
+                    self._torn = f.read(1) != b"\n"
+        except OSError:
+            pass
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> int:
+        """Hand whole lines to the kernel; returns how many bytes of ``data`` reached the file (all of
+        them, or fewer when a write failed: then ``_write_failure`` holds the error)."""
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        self._write_failure = None
+        done = 0
+        try:
+            if self._torn:
+                if os.write(self._fd, b"\n") != 1:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                self._torn = False
+            while done < len(data):
+                n = os.write(self._fd, memoryview(data)[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+                self._torn = data[done - 1:done] != b"\n"
+        except OSError as exc:
+            self._write_failure = exc
+        return done
 
     def flush(self) -> None:
-        if self._buffer and self._fd is not None:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            self._write(data)
+        """Write buffered and pending lines. A failed write is reported once (stderr) and never raised:
+        the unwritten lines stay pending and are written, followed by a ``TELEMETRY_GAP`` alert, once
+        the disk has room."""
+        if self._fd is None or not (self._buffer or self._pending):
+            return
+        data = b"".join(self._pending + self._buffer)
+        self._buffer.clear()
+        self._pending.clear()
+        done = self._write(data)
+        if self._write_failure is None:
+            if self.write_error is not None:
+                self._report_gap()
+            return
+        rest = data[done:]
+        lost = 0
+        if done and data[done - 1:done] != b"\n":  # this write tore a line: its remainder alone is garbage
+            cut = rest.find(b"\n") + 1
+            rest, lost = rest[cut:], 1
+        lines = [ln + b"\n" for ln in rest.split(b"\n")[:-1]]
+        kept: list[bytes] = []
+        size = 0
+        for ln in reversed(lines):  # keep the newest within the limit (a run's end matters most)
+            if size + len(ln) > PENDING_LIMIT_BYTES:
+                lost += 1
+                continue
+            kept.append(ln)
+            size += len(ln)
+        self._pending = kept[::-1]
+        self.events_dropped += lost
+        if self.write_error is None:
+            exc = self.write_error = self._write_failure
+            print(f"gradience: cannot write telemetry to {self.path} ({exc.strerror or exc}); training "
+                  "continues, the events are kept in memory and written when the disk has room", file=sys.stderr,
+                  flush=True)
+
+    def _report_gap(self) -> None:
+        exc, self.write_error = self.write_error, None
+        dropped, self.events_dropped = self.events_dropped, 0
+        why = (exc.strerror or str(exc)) if exc is not None else "write failed"
+        msg = (f"telemetry writes failed ({why}); the events were written late"
+               + (f", {dropped} could not be kept and are missing" if dropped else ", none is missing"))
+        self.emit(Event.ALERT, step=None, code="TELEMETRY_GAP", severity=Severity.WARNING.value, message=msg,
+                  dropped=dropped)
 
     def close(self) -> None:
         if self._fd is not None:
             self.flush()
+            if self._pending or self.events_dropped:  # still failing at the end: say what is lost
+                why = self.write_error.strerror if self.write_error is not None else "write failed"
+                print(f"gradience: {len(self._pending) + self.events_dropped} telemetry event(s) could not be "
+                      f"written to {self.path} ({why})", file=sys.stderr, flush=True)
             os.close(self._fd)
             self._fd = None
 
