@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -190,3 +190,29 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(dumps_pretty(obj) + "\n")
     os.replace(tmp, path)
+
+
+# -- files not written by Gradience's writer: a byte-order mark ------------------------------
+def source_converter(head: bytes) -> Callable[[bytes, bool], bytes] | None:
+    """For a run file that starts with ``head`` (its first bytes): ``None`` when it is plain UTF-8
+    (what the writer writes), else a function turning the file's successive byte chunks into UTF-8
+    (``convert(chunk, final)``, keeping state across chunks).
+
+    Handles the byte-order marks a copy through other tools can add: UTF-16 LE/BE (what Windows
+    PowerShell 5.1's ``>`` redirect writes) and UTF-8 with a BOM. Undecodable bytes become U+FFFD, so
+    the line they are on is reported as malformed instead of being dropped silently.
+    """
+    import codecs
+
+    if head.startswith(codecs.BOM_UTF8):
+        name = "utf-8-sig"
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        name = "utf-16"
+    else:
+        return None
+    dec = codecs.getincrementaldecoder(name)(errors="replace")
+
+    def convert(chunk: bytes, final: bool = False) -> bytes:
+        return dec.decode(chunk, final).encode("utf-8")
+
+    return convert

@@ -8,7 +8,7 @@ becomes one :class:`TelemetryIssue` with its 1-based line number.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ..errors import GradienceError, TelemetryFormatError
-from .encoding import decode_line, restore_nonfinite
+from .encoding import decode_line, restore_nonfinite, source_converter
 from .health import DEFAULT_THRESHOLDS, GradThresholds
 from .schema import ENVELOPE_KEYS, SCHEMA_ID, ConfigSnapshot
 from .snapshot import RunAccumulator, SignalSnapshot, normalize_split
@@ -46,6 +46,21 @@ class TelemetryIssue:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.kind}: {self.message}"
+
+
+def _converted_lines(f: Any, convert: Callable[[bytes, bool], bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The lines (with their newline; the last one may lack it) of a file in another encoding, as UTF-8."""
+    rest = b""
+    while True:
+        data = f.read(chunk)
+        rest += convert(data, not data)
+        *lines, rest = rest.split(b"\n")
+        for ln in lines:
+            yield ln + b"\n"
+        if not data:
+            break
+    if rest:
+        yield rest
 
 
 class LineDecoder:
@@ -124,7 +139,9 @@ class TelemetryReader:
             raise GradienceError(f"cannot read telemetry file: {exc.strerror}", path=self.path) from None
         with f:
             lineno = 0
-            for raw in f:
+            convert = source_converter(f.read(4))
+            f.seek(0)
+            for raw in (f if convert is None else _converted_lines(f, convert)):
                 lineno += 1
                 # Fast path (the hot loop of summarize): a well-formed v1 line.
                 try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..telemetry.encoding import source_converter
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.reader import LineDecoder, TelemetryIssue
 from ..telemetry.run_select import match_run_id
@@ -83,6 +84,7 @@ class FileFollower:
         self._identity: tuple[int, int] | None = None
         self._head = b""
         self._skipping = False  # inside an oversized line: drop bytes until its newline
+        self._convert: Any = None  # a UTF-16 / UTF-8-with-BOM file: its chunks turned into UTF-8
 
     @property
     def caught_up(self) -> bool:
@@ -96,6 +98,7 @@ class FileFollower:
         self.partial_since = None
         self._head = b""
         self._skipping = False
+        self._convert = None
 
     def read(self, max_bytes: int = DEFAULT_CHUNK) -> FollowResult:
         """Consume up to ``max_bytes`` new bytes and return the complete lines among them."""
@@ -139,8 +142,10 @@ class FileFollower:
             return out
         if len(self._head) < _HEAD_BYTES and self.offset < _HEAD_BYTES:
             self._head = (self._head + data)[:_HEAD_BYTES]
+        if self.offset == 0:  # the same encodings the file reader accepts (a byte-order mark)
+            self._convert = source_converter(data[:4])
         self.offset += len(data)
-        self._split(data, out)
+        self._split(data if self._convert is None else self._convert(data, False), out)
         return out
 
     def _split(self, data: bytes, out: FollowResult) -> None:
