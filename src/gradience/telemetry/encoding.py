@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ..bounded import MAX_DEPTH, json_depth_exceeded
 from ..errors import GradienceError
 
 NONFINITE_STRINGS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -151,11 +152,15 @@ def decode_line(line: bytes) -> Any:
     (a float outside 64 bits, ±inf past the float range, where orjson gives up).
     """
     try:
-        obj = orjson.loads(line)
+        obj = orjson.loads(line)  # bounded inside (it refuses nesting past 1024 levels)
     except orjson.JSONDecodeError:
+        # The stdlib parser recurses: measure the nesting first (bounded.py), never rely on the stack.
+        deep_at = json_depth_exceeded(line)
+        if deep_at is not None:
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels (at byte {deep_at})") from None
         try:
             obj = json.loads(line, parse_constant=_BARE_CONSTANTS.__getitem__, parse_int=_parse_int)
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, RecursionError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as exc:
             raise ValueError(str(exc)) from None
     if _NONFINITE_MARKERS[0] in line or _NONFINITE_MARKERS[1] in line:
         obj = restore_nonfinite(obj)
