@@ -398,17 +398,13 @@ def config_from_dict(data: Any, source: str | None = None) -> BenchConfig:
 
 def load_config(path: str | Path) -> BenchConfig:
     """Read a bench YAML file; any problem is a ConfigError naming the file and key."""
-    import yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError("bench config not found", path=p, hint="pass a YAML file, e.g. configs/bench_minilm_sst2.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", path=p) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not a UTF-8 text file", path=p) from None
+    from ..bounded import load_yaml, read_text
+
+    data = load_yaml(read_text(p, what="bench config"), path=p, what="bench config")
     try:
         return config_from_dict(data, source=str(p))
     except ConfigError as exc:

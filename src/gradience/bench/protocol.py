@@ -61,10 +61,13 @@ _write_json = write_json_atomic
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    from ..bounded import loads_json
+    from ..errors import GradienceError
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        data = loads_json(path.read_bytes(), path=path, what="bench record")
+    except (OSError, GradienceError):
+        return None  # unreadable: redone, never trusted
     return data if isinstance(data, dict) else None
 
 

@@ -18,7 +18,6 @@ Pictures: ``bench_tradeoff.svg`` (the metric against LoRA parameters per variant
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -368,12 +367,14 @@ def load_bench(path: str | Path) -> dict[str, Any]:
     """Read ``bench.json`` from a bench output directory (or the file itself)."""
     p = Path(path)
     f = p / "bench.json" if p.is_dir() else p
+    from ..bounded import loads_json
+
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = loads_json(f.read_bytes(), path=f, what="bench.json")
     except FileNotFoundError:
         raise ConfigError("no bench.json here", path=p, hint="pass a `gradience bench run --output` directory") from None
-    except ValueError as exc:
-        raise ConfigError(f"bench.json is not valid JSON: {exc}", path=f) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read bench.json: {exc.strerror}", path=f) from None
     if not isinstance(data, dict) or data.get("schema") != BENCH_SCHEMA:
         raise ConfigError(f"not a {BENCH_SCHEMA} file", path=f)
     return data

@@ -102,7 +102,6 @@ def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Poli
     ``max_drop_points`` overrides the file's per-seed tolerance (the bench config's
     ``acc_tolerance``); the worst-seed floor stays the policy's.
     """
-    import yaml
 
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -112,10 +111,9 @@ def load_policy(name_or_path: str, max_drop_points: float | None = None) -> Poli
         if not res.is_file():
             raise ConfigError(f"unknown policy {name_or_path!r}", hint="use 'safe_uniform' or a path to a policy YAML")
         text, where = res.read_text(encoding="utf-8"), f"policies/{name_or_path}.yaml"
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"policy is not valid YAML: {str(exc).splitlines()[0]}", path=where) from None
+    from ..bounded import load_yaml
+
+    data = load_yaml(text, path=where, what="bench policy")
     if not isinstance(data, dict):
         raise ConfigError("policy must be a mapping", path=where)
     known = {"name", "version", "min_pass_fraction", "max_drop_points", "worst_seed_floor_points",

@@ -12,7 +12,6 @@ Rules: docs/trackers.md#import.
 from __future__ import annotations
 
 import atexit
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,9 +45,11 @@ def _trainer_state(path: Path) -> Path | None:
 def _looks_like_trainer_state(path: Path) -> bool:
     if path.stat().st_size > 512 * 1024 * 1024:
         return False
+    from ..bounded import loads_json
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        data = loads_json(path.read_bytes(), path=path, what="trainer_state.json", error=GradienceError)
+    except (OSError, GradienceError):
         return False
     return isinstance(data, dict) and isinstance(data.get("log_history"), list)
 
@@ -117,10 +118,15 @@ def _from_logs(entries: list[tuple[int, dict[str, Any]]], source: str, kind: str
 
 
 def _trainer_state_events(path: Path) -> list[dict[str, Any]]:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))  # Python's json reads the NaN the Trainer writes
-    except (OSError, ValueError) as exc:
-        raise GradienceError(f"cannot read trainer_state.json: {exc}", path=path) from None
+    from ..bounded import loads_json
+
+    try:  # Python's json reads the NaN the Trainer writes; the nesting is bounded first
+        state = loads_json(path.read_bytes(), path=path, what="trainer_state.json", error=GradienceError)
+    except OSError as exc:
+        raise GradienceError(f"cannot read trainer_state.json: {exc.strerror}", path=path) from None
+    if not isinstance(state, dict):
+        raise GradienceError("trainer_state.json is not a JSON object", path=path,
+                             hint="give the trainer_state.json the HF Trainer writes in output_dir")
     entries = [(int(e["step"]), e) for e in state.get("log_history", []) if isinstance(e, dict)
                and isinstance(e.get("step"), int)]
     finished = any("train_runtime" in e for _, e in entries) or (
