@@ -24,7 +24,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_shipped_config_loads_and_smoke_overrides_apply():
     cfg = load_config(REPO / "configs" / "bench_minilm_sst2.yaml")
     assert cfg.model.name == "bundled:minilm"
-    assert cfg.train.seeds == [42, 43, 44]
+    assert cfg.train.seeds == [42, 43, 44, 45, 46]
     assert set(cfg.compression.strategies) <= set(STRATEGIES) and "truncate_heal" in cfg.compression.strategies
     assert Path(cfg.task.data_dir, "train.tsv").is_file()  # resolved relative to the config file
     smoke = cfg.with_smoke()
