@@ -206,3 +206,19 @@ def test_refused_compress_leaves_no_output_folder(tmp_path):
     with pytest.raises(AdapterFormatError, match="NaN"):
         compress_adapter(d, out, rank=1)
     assert not (tmp_path / "new").exists()
+
+
+def test_rank_pattern_value_as_a_string_is_read_as_a_number_by_check(cli, tmp_path):
+    d = make_adapter(tmp_path / "a", config={"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q"],
+                                             "rank_pattern": {"q": "9" * 50}})
+    p = cli("check", "--peft-dir", str(d))
+    assert p.returncode in (0, 1, 2) and "internal error" not in p.stderr, p.stderr
+
+
+def test_chart_ticks_survive_values_at_the_float_limits():
+    from gradience.report.svg import _log_ticks, nice_ticks
+
+    assert nice_ticks(-1e308, 1e308) == [-1e308, 1e308]
+    assert nice_ticks(1e16, 1e16 + 2) == [1e16]  # a step below float spacing: bounded, not endless
+    assert _log_ticks(1e300, 1.7e308)[-1] == 1e308
+    assert nice_ticks(0, 1) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]

@@ -152,6 +152,12 @@ def _targets(v: Any, path: Path | None) -> list[str] | None:
     raise ConfigError("target_modules must be a list of module names or a regex string", path=path)
 
 
+def _pattern_value(name: str, key: Any, v: Any, path: Path | None) -> Any:
+    if v is None:
+        raise ConfigError(f"{name}[{str(key)[:60]!r}] must be a number, got null", path=path)
+    return _number({key: v}, key, path, integer=name == "rank_pattern")
+
+
 def parse_peft(data: Mapping[str, Any], path: Path | None = None) -> tuple[LoRAConfig, str | None]:
     """LoRA fields of a PEFT ``adapter_config`` → (LoRAConfig, base model name)."""
     ptype = str(data.get("peft_type") or "LORA").upper()
@@ -162,10 +168,11 @@ def parse_peft(data: Mapping[str, Any], path: Path | None = None) -> tuple[LoRAC
     for name, pat in (("rank_pattern", rank_pattern), ("alpha_pattern", alpha_pattern)):
         if pat is not None and not isinstance(pat, dict):
             raise ConfigError(f"{name} must be an object mapping module patterns to numbers", path=path)
-        for k, v in (pat or {}).items():
-            _number({k: v}, k, path, integer=name == "rank_pattern")  # each value a (finite) number
-            if v is None:
-                raise ConfigError(f"{name}[{str(k)[:60]!r}] must be a number, got null", path=path)
+    # each value a (finite) number from here on ("4" from YAML too)
+    if rank_pattern is not None:
+        rank_pattern = {k: _pattern_value("rank_pattern", k, v, path) for k, v in rank_pattern.items()}
+    if alpha_pattern is not None:
+        alpha_pattern = {k: _pattern_value("alpha_pattern", k, v, path) for k, v in alpha_pattern.items()}
     lora = LoRAConfig(
         r=_number(data, "r", path, integer=True),
         alpha=_number(data, "lora_alpha", path) if "lora_alpha" in data else _number(data, "alpha", path),

@@ -38,7 +38,10 @@ _NOISE = {"weight", "default", "lora_a", "lora_b", "lora_embedding_a", "lora_emb
 def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    v = float(x)
+    try:
+        v = float(x)
+    except OverflowError:  # an integer past the float range
+        return None
     return v if math.isfinite(v) else None
 
 
@@ -211,14 +214,15 @@ def _is_int(x: Any) -> TypeGuard[int]:
 def _row(raw: dict[str, Any], use_rslora: bool = False) -> ModuleRow:
     name = str(raw.get("name", "?"))
     r = raw.get("r")
-    r = int(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 else None
+    r = int(r) if isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 2**31 else None
     scale = _num(raw.get("scale"))
     alpha = _num(raw.get("alpha"))
     if scale is None and alpha is not None and r:
         scale = alpha / (math.sqrt(r) if use_rslora else r)
     k90 = _num(raw.get("energy_rank_90"))
-    params = raw.get("params")
-    svs = raw.get("top_singular_values") or []
+    params = _num(raw.get("params"))
+    svs = raw.get("top_singular_values")
+    svs = svs if isinstance(svs, list) else []
     mtype = str(raw.get("module_type") or "other")
     return ModuleRow(
         name=name,
@@ -226,7 +230,7 @@ def _row(raw: dict[str, Any], use_rslora: bool = False) -> ModuleRow:
         module_type=mtype if mtype in TYPE_ORDER else "other",
         layer=_layer_index(raw),
         r=r,
-        params=int(params) if isinstance(params, (int, float)) and not isinstance(params, bool) else None,
+        params=int(params) if params is not None else None,
         utilization=_num(raw.get("utilization")),
         stable_rank=_num(raw.get("stable_rank")),
         effective_rank=_num(raw.get("effective_rank")),

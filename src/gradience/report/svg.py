@@ -64,19 +64,22 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     if hi <= lo:
         return [lo]
     raw = (hi - lo) / max(1, n)
+    if not math.isfinite(raw) or raw <= 0:  # a span past the float range (values from a damaged file)
+        return [lo, hi]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.ceil(lo / step - 1e-9) * step
-    ticks = []
+    ticks: list[float] = []
     t = start
-    while t <= hi + step * 1e-9:
+    # bounded: where step is below the spacing of floats near t (1e16 + 0.5), t would not move
+    while t <= hi + step * 1e-9 and len(ticks) <= 4 * max(1, n) + 4:
         ticks.append(round(t, 12))
         t += step
-    return ticks
+    return list(dict.fromkeys(ticks))
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    a, b = math.floor(math.log10(lo)), min(math.ceil(math.log10(hi)), 308)  # 10.0 ** 309 overflows
     mults = (1,) if b - a > 3 else (1, 2, 5) if b - a > 1 else (1, 2, 3, 5, 7)
     out = [m * 10.0 ** k for k in range(a, b + 1) for m in mults]
     return [t for t in out if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
