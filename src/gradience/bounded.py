@@ -94,7 +94,9 @@ def loads_json(data: str | bytes, *, path: object, what: str, limit: int = MAX_D
     """
     check_json_depth(data, path=path, what=what, limit=limit, error=error)
     try:
-        return json.loads(data)
+        # Strict UTF-8 (json.loads on bytes would let invalid bytes through as surrogates).
+        return _valid_unicode(json.loads(data.decode("utf-8") if isinstance(data, bytes) else data),
+                              path=path, what=what, error=error)
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not UTF-8 text (byte {exc.start})", path=path,
                     hint="the file is corrupt or not what it claims to be") from None
@@ -104,6 +106,27 @@ def loads_json(data: str | bytes, *, path: object, what: str, limit: int = MAX_D
     except ValueError as exc:  # an integer of more digits than int() converts (sys.get_int_max_str_digits)
         raise error(f"{what} is not usable JSON ({str(exc).splitlines()[0][:120]})", path=path,
                     hint="the file is corrupt or not what it claims to be") from None
+
+
+def _valid_unicode(value: Any, *, path: object, what: str, error: type[GradienceError]) -> Any:
+    """``value`` when every string in it (keys too) is valid Unicode; a ``\\ud800``-style escape
+    leaves a lone surrogate that no path, writer or terminal can encode, so the file is refused.
+    Iterative (the nesting is already bounded, but no recursion is needed)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise error(f"{what} holds a string that is not valid Unicode (a lone surrogate escape)",
+                            path=path, hint="the file is corrupt or not what it claims to be") from None
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return value
 
 
 def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max_aliases: int = MAX_YAML_ALIASES,
@@ -133,7 +156,7 @@ def load_yaml(text: str, *, path: object, what: str, limit: int = MAX_DEPTH, max
                 if aliases > max_aliases:
                     raise error(f"{what} uses more than {max_aliases} YAML aliases; refusing a possible alias bomb",
                                 path=path, hint="write the values out instead of aliasing them")
-        return yaml.safe_load(text)
+        return _valid_unicode(yaml.safe_load(text), path=path, what=what, error=error)
     except ValueError as exc:  # an integer of more digits than int() converts
         raise error(f"{what} is not usable YAML ({str(exc).splitlines()[0][:120]})", path=path,
                     hint="the file is corrupt or not what it claims to be") from None

@@ -88,6 +88,9 @@ def read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise ConfigError("TSV file not found", path=path) from None
     except UnicodeDecodeError:
         raise ConfigError("TSV file is not UTF-8 text", path=path) from None
+    except csv.Error as exc:  # e.g. a field past csv's size limit
+        raise ConfigError(f"not a readable TSV file: {exc}", path=path,
+                          hint="a header row, then tab-separated rows (label first)") from None
     if not header:
         raise ConfigError("TSV file is empty (a header row is required)", path=path)
     return [h.strip() for h in header], rows

@@ -159,7 +159,13 @@ def decode_line(line: bytes) -> Any:
         if deep_at is not None:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels (at byte {deep_at})") from None
         try:
-            obj = json.loads(line, parse_constant=_BARE_CONSTANTS.__getitem__, parse_int=_parse_int)
+            # Strict UTF-8 first: json.loads on bytes would let invalid bytes through as surrogates.
+            obj = json.loads(line.decode("utf-8"), parse_constant=_BARE_CONSTANTS.__getitem__, parse_int=_parse_int)
+            # A \ud800-style escape yields a lone surrogate no writer can encode again (orjson, which
+            # refuses it, is what every later step uses): such a line is malformed, as orjson says.
+            json.dumps(obj, ensure_ascii=False, allow_nan=True).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate escape (not valid Unicode)") from None
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as exc:
             raise ValueError(str(exc)) from None
     if _NONFINITE_MARKERS[0] in line or _NONFINITE_MARKERS[1] in line:

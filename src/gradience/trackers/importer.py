@@ -95,6 +95,8 @@ def _from_logs(entries: list[tuple[int, dict[str, Any]]], source: str, kind: str
     train: dict[int, dict[str, Any]] = {}
     evals: dict[tuple[int, str], dict[str, Any]] = {}
     for step, entry in entries:
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            continue  # not a step a Trainer logs
         if any(k.startswith("eval_") for k in entry):
             split, metrics = split_eval_metrics({k: v for k, v in entry.items() if k.startswith("eval_")})
             clean = {("n" if k == "samples" else k): v for k, v in metrics.items() if _num(v) is not None}
@@ -108,8 +110,8 @@ def _from_logs(entries: list[tuple[int, dict[str, Any]]], source: str, kind: str
         events.append({"event": "train_step", "step": step, **train[step]})
     for (step, split), metrics in sorted(evals.items()):
         events.append({"event": "eval", "step": step, "split": split, "metrics": metrics})
-    events.sort(key=lambda e: (-1 if e["event"] == "run_start" else e["step"],
-                               0 if e["event"] == "train_step" else 1))
+    events.sort(key=lambda e: (0, 0, 0) if e["event"] == "run_start" else
+                (1, e["step"], 0 if e["event"] == "train_step" else 1))
     last = max((e["step"] for e in events[1:]), default=0)
     if finished:
         events.append({"event": "run_end", "step": last, "status": "ok",
@@ -127,11 +129,22 @@ def _trainer_state_events(path: Path) -> list[dict[str, Any]]:
     if not isinstance(state, dict):
         raise GradienceError("trainer_state.json is not a JSON object", path=path,
                              hint="give the trainer_state.json the HF Trainer writes in output_dir")
-    entries = [(int(e["step"]), e) for e in state.get("log_history", []) if isinstance(e, dict)
-               and isinstance(e.get("step"), int)]
+    history = state.get("log_history")
+    if not isinstance(history, list):
+        raise GradienceError("trainer_state.json has no log_history list", path=path,
+                             hint="give the trainer_state.json the HF Trainer writes in output_dir")
+    # The counts the Trainer writes, kept only when they are what it writes (non-negative integers).
+    state = {**state, **{k: _count(state.get(k)) for k in ("global_step", "max_steps", "train_batch_size")},
+             "num_train_epochs": _num(state.get("num_train_epochs"))}
+    entries = [(e["step"], e) for e in history if isinstance(e, dict) and _count(e.get("step")) is not None]
     finished = any("train_runtime" in e for _, e in entries) or (
-        bool(state.get("max_steps")) and int(state.get("global_step") or 0) >= int(state["max_steps"]))
+        bool(state["max_steps"]) and (state["global_step"] or 0) >= state["max_steps"])
     return _from_logs(entries, str(path), "trainer_state", state, finished)
+
+
+def _count(v: Any) -> int | None:
+    """A non-negative integer as the Trainer writes it (not a bool, a float or a string); else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _tensorboard_events(log_dir: Path) -> list[dict[str, Any]]:

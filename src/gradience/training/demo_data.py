@@ -79,6 +79,16 @@ def vocabulary() -> list[str]:
 
 
 def _read_tsv(path: Path) -> list[Example]:
+    try:
+        return _read_tsv_rows(path)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"not UTF-8 text (byte {exc.start})", path=path, hint="save the TSV as UTF-8") from None
+    except csv.Error as exc:  # e.g. a field past csv's size limit: not a sentence file
+        raise UsageError(f"not a readable TSV: {exc}", path=path,
+                         hint="expected a header row, then `label<TAB>text` rows") from None
+
+
+def _read_tsv_rows(path: Path) -> list[Example]:
     out = []
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
