@@ -66,3 +66,40 @@ def test_control_without_the_converter_the_utf16_file_is_unreadable(tmp_path: Pa
         except orjson.JSONDecodeError:
             pass
     assert ok == 0
+
+
+def test_a_giant_line_is_reported_and_skipped_without_holding_it(tmp_path: Path) -> None:
+    """A 100 MB line (past the 16 MB line limit) between valid events: one issue,
+    the events around it read, and the reader never holds the whole line."""
+    import tracemalloc
+
+    from gradience.telemetry import TelemetryWriter
+
+    run = tmp_path / "run.jsonl"
+    with TelemetryWriter(run, run_id="r") as w:
+        w.run_start({}, {})
+        w.train_step(1, loss=1.0)
+    with run.open("ab") as f:
+        f.write(b'{"junk": "' + b"x" * (100 << 20) + b'"}\n')
+    with TelemetryWriter(run, run_id="r") as w:
+        w.train_step(2, loss=0.5)
+    tracemalloc.start()
+    reader = TelemetryReader(run)
+    snap = reader.summarize("r")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert snap.last_step == 2
+    assert [i.message for i in reader.issues] == ["line longer than 16777216 bytes"]
+    assert peak < 50 << 20, peak  # about two line-limit pieces, never the 100 MB line
+
+
+def test_converted_lines_bound_a_giant_line_too() -> None:
+    import io
+
+    from gradience.telemetry.encoding import source_converter
+    from gradience.telemetry.reader import _converted_lines
+
+    text = 'a\n' + "x" * 5000 + "\nb\n"
+    data = codecs.BOM_UTF16_LE + text.encode("utf-16-le")
+    out = list(_converted_lines(io.BytesIO(data), source_converter(data[:4]), chunk=700, limit=1000))
+    assert out == [b"a\n", None, b"b\n"]

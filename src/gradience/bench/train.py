@@ -7,7 +7,6 @@ One function per step of a variant's life: build the PEFT model for a plan, trai
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -514,7 +513,9 @@ def adapter_stats(adapter_dir: Path) -> dict[str, Any]:
                     ranks[peft_module_key(key.split(".lora_A")[0])] = int(shape[0])
             else:
                 head_params += size
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    from ..bounded import read_json
+
+    cfg = read_json(adapter_dir / "adapter_config.json", what="adapter config")
     vals = sorted(ranks.values())
     return {
         "ranks": dict(sorted(ranks.items())), "r_min": vals[0] if vals else None, "r_max": vals[-1] if vals else None,

@@ -18,7 +18,7 @@ import orjson
 from ..errors import GradienceError, TelemetryFormatError
 from .encoding import decode_line, restore_nonfinite, source_converter
 from .health import DEFAULT_THRESHOLDS, GradThresholds
-from .schema import ENVELOPE_KEYS, SCHEMA_ID, ConfigSnapshot
+from .schema import ENVELOPE_KEYS, MAX_LINE_BYTES, SCHEMA_ID, ConfigSnapshot
 from .snapshot import RunAccumulator, SignalSnapshot, normalize_split
 
 __all__ = ["LineDecoder", "TelemetryIssue", "TelemetryReader"]
@@ -48,15 +48,45 @@ class TelemetryIssue:
         return f"line {self.line}: {self.kind}: {self.message}"
 
 
-def _converted_lines(f: Any, convert: Callable[[bytes, bool], bytes], chunk: int = 1 << 20) -> Iterator[bytes]:
-    """The lines (with their newline; the last one may lack it) of a file in another encoding, as UTF-8."""
+def _bounded_lines(f: Any, limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The file's lines, each at most ``limit`` bytes; ``None`` stands for a longer line, which is
+    read past in ``limit``-sized pieces (a file of gigabytes without a newline never sits in memory)."""
+    readline = f.readline
+    while True:
+        raw = readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) <= limit:
+            yield raw
+            continue
+        del raw
+        piece = b""
+        while True:  # the rest of the giant line, a megabyte at a time
+            piece = readline(1 << 20)
+            if not piece or piece.endswith(b"\n"):
+                break
+        yield None
+
+
+def _converted_lines(f: Any, convert: Callable[[bytes, bool], bytes], chunk: int = 1 << 20,
+                     limit: int = MAX_LINE_BYTES) -> Iterator[bytes | None]:
+    """The lines (with their newline; the last one may lack it) of a file in another encoding, as
+    UTF-8; ``None`` for a line longer than ``limit`` (as :func:`_bounded_lines`)."""
     rest = b""
+    skipping = False
     while True:
         data = f.read(chunk)
         rest += convert(data, not data)
         *lines, rest = rest.split(b"\n")
         for ln in lines:
-            yield ln + b"\n"
+            if skipping:  # the end of a giant line
+                skipping = False
+                continue
+            yield ln + b"\n" if len(ln) <= limit else None
+        if skipping or len(rest) > limit:
+            if not skipping:
+                yield None
+            skipping, rest = True, b""
         if not data:
             break
     if rest:
@@ -141,8 +171,13 @@ class TelemetryReader:
             lineno = 0
             convert = source_converter(f.read(4))
             f.seek(0)
-            for raw in (f if convert is None else _converted_lines(f, convert)):
+            for raw in (_bounded_lines(f) if convert is None else _converted_lines(f, convert)):
                 lineno += 1
+                if raw is None:  # a line past MAX_LINE_BYTES, skipped without holding it
+                    if lineno not in issues:
+                        issues[lineno] = TelemetryIssue(lineno, "malformed_json",
+                                                        f"line longer than {MAX_LINE_BYTES} bytes")
+                    continue
                 # Fast path (the hot loop of summarize): a well-formed v1 line.
                 try:
                     obj = loads(raw)

@@ -13,6 +13,9 @@ from enum import Enum
 from typing import Any
 
 SCHEMA_ID = "gradience.vnext.telemetry/v1"
+# The longest line a reader accepts (the writer's events are far below it: strings over 256
+# characters are redacted). A longer line is reported and skipped without being held in memory.
+MAX_LINE_BYTES = 16 << 20
 
 ENVELOPE_KEYS = ("schema", "ts", "run_id", "event", "step")
 # Written by this release's writer; files of earlier releases lack them, so readers treat them as optional.

@@ -28,6 +28,7 @@ from ..telemetry.encoding import source_converter
 from ..telemetry.health import DEFAULT_THRESHOLDS, GradThresholds
 from ..telemetry.reader import LineDecoder, TelemetryIssue
 from ..telemetry.run_select import match_run_id
+from ..telemetry.schema import MAX_LINE_BYTES
 from ..telemetry.snapshot import GRAD_HISTORY, REPLAY_WINDOW, RunAccumulator, SignalSnapshot
 
 __all__ = ["FileFollower", "FollowResult", "RunHistory", "SeriesBuffer", "WatchState", "WatchView"]
@@ -36,7 +37,6 @@ __all__ = ["FileFollower", "FollowResult", "RunHistory", "SeriesBuffer", "WatchS
 _HEAD_BYTES = 256
 # A single line longer than this is not telemetry; it is dropped as one issue rather than
 # held in memory while we wait for its newline.
-MAX_LINE_BYTES = 16 << 20
 DEFAULT_CHUNK = 1 << 20
 MAX_KEPT_ISSUES = 100
 MAX_KEPT_LOG = 200
