@@ -110,7 +110,32 @@ def tsv_folder(data: bytes) -> None:
             _refused_or_ok(lambda: load_task_data(cfg.task, 8, 4, val_samples=2))
 
 
+def _tb_seed() -> tuple[str, bytes]:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with tempfile.TemporaryDirectory() as t:
+        w = SummaryWriter(t)
+        for s in range(1, 6):
+            w.add_scalar("train/loss", 1.0 / s, s)
+            w.add_scalar("train/learning_rate", 1e-4, s)
+        w.add_scalar("eval/accuracy", 0.8, 5)
+        w.close()
+        (f,) = list(Path(t).glob("events.out.tfevents.*"))
+        return f.name, f.read_bytes()
+
+
+TB_NAME, TB_BYTES = _tb_seed()
+
+
+def tensorboard_log(data: bytes) -> None:
+    from gradience.trackers.importer import import_events
+
+    with _workdir({f"tb/{TB_NAME}": data}) as d:
+        _refused_or_ok(lambda: import_events(d / "tb"))
+
+
 FUZZERS: dict[str, Callable[[int], Callable[[], None]]] = {
+    "TensorBoard log": lambda n: _fuzz(mut.byte_level(TB_BYTES), n, tensorboard_log),
     "telemetry JSONL": lambda n: _fuzz(run_file(), n, telemetry),
     "trainer_state.json": lambda n: _fuzz(mut.json_file(TRAINER_STATE), n, trainer_state),
     "bench YAML": lambda n: _fuzz(mut.yaml_file(_bench_seed()), n, bench_yaml),

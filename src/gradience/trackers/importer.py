@@ -147,6 +147,9 @@ def _count(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
+TB_MAX_SCALARS = 1_000_000
+
+
 def _tensorboard_events(log_dir: Path) -> list[dict[str, Any]]:
     """Scalars of a TensorBoard log (transformers' TensorBoardCallback: ``train/<key>``,
     ``eval/<key>``; Gradience's export: ``eval/<split>/<metric>``) as HF-style log entries."""
@@ -157,7 +160,9 @@ def _tensorboard_events(log_dir: Path) -> list[dict[str, Any]]:
     per_step: dict[int, dict[str, Any]] = {}
     dirs = sorted({p.parent for p in _tb_files(log_dir)})
     for d in dirs:
-        acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+        # At most TB_MAX_SCALARS points per series (an HF run logs one per logging step; beyond it the
+        # accumulator keeps an even reservoir sample), so a forged or runaway log cannot fill memory.
+        acc = EventAccumulator(str(d), size_guidance={"scalars": TB_MAX_SCALARS})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             head, _, rest = tag.partition("/")
