@@ -106,3 +106,22 @@ def test_writer_keeps_lines_while_writes_fail_and_reports_the_gap(tmp_path: Path
     gap = [e for e in events if e.get("code") == "TELEMETRY_GAP"]
     assert len(gap) == 1 and gap[0]["dropped"] == 0
     assert capsys.readouterr().err.count("cannot write telemetry") == 1
+
+
+def test_a_removed_file_is_started_again_and_the_gap_recorded(tmp_path: Path, capsys) -> None:
+    """rm run.jsonl while training writes it: the next event starts a new file at the path with a
+    TELEMETRY_GAP alert saying how many events went with the removed one; nothing raises."""
+    run = tmp_path / "run.jsonl"
+    w = TelemetryWriter(run, run_id="r")
+    w.run_start({}, {})
+    w.train_step(1, loss=1.0)
+    run.unlink()
+    w.train_step(2, loss=0.9)
+    w.train_step(3, loss=0.8)
+    w.close()
+    reader = TelemetryReader(run)
+    events = list(reader.iter_events())
+    assert [e["event"] for e in events] == ["alert", "train_step", "train_step"]
+    assert events[0]["code"] == "TELEMETRY_GAP" and events[0]["dropped"] == 2
+    assert capsys.readouterr().err.count("was removed while this run was writing it") == 1
+    assert TelemetryReader(run).summarize().last_step == 3

@@ -154,6 +154,7 @@ class TelemetryWriter:
         the disk has room."""
         if self._fd is None or not (self._buffer or self._pending):
             return
+        self._reopen_if_removed()
         data = b"".join(self._pending + self._buffer)
         self._buffer.clear()
         self._pending.clear()
@@ -183,6 +184,29 @@ class TelemetryWriter:
             print(f"gradience: cannot write telemetry to {self.path} ({exc.strerror or exc}); training "
                   "continues, the events are kept in memory and written when the disk has room", file=sys.stderr,
                   flush=True)
+
+    def _reopen_if_removed(self) -> None:
+        """The file was deleted (or moved away) under the open descriptor: appending to it would lose
+        every later event with the inode. Start a new file at the path and say what happened."""
+        try:
+            removed = os.fstat(self._fd).st_nlink == 0 if self._fd is not None else False
+        except OSError:
+            return
+        if not removed:
+            return
+        lost = self.events_written - len(self._pending) - len(self._buffer)
+        os.close(self._fd)  # type: ignore[arg-type]
+        self._fd = None
+        self._torn = False
+        self._open()
+        print(f"gradience: the telemetry file {self.path} was removed while this run was writing it; writing a "
+              f"new one from here (the {lost} earlier event(s) went with the removed file)", file=sys.stderr,
+              flush=True)
+        self._buffer.insert(0, encode_line(sanitize({
+            "schema": SCHEMA_ID, "ts": time.time(), "run_id": self.run_id, "event": Event.ALERT.value, "step": None,
+            "mono": round(time.monotonic(), 6), "severity": Severity.WARNING.value, "code": "TELEMETRY_GAP",
+            "message": f"the telemetry file was removed during the run; this file starts mid-run ({lost} earlier "
+                       "event(s) are not in it)", "dropped": lost}, max_str_len=self.max_str_len)))
 
     def _report_gap(self) -> None:
         exc, self.write_error = self.write_error, None
@@ -257,9 +281,9 @@ class TelemetryWriter:
         clean = sanitize(record, max_str_len=self.max_str_len, on_violation=self.on_text_violation)
         line = encode_line(clean)
         self._buffer.append(line)
+        self.events_written += 1
         if len(self._buffer) >= self.flush_every or name in _ALWAYS_FLUSH:
             self.flush()
-        self.events_written += 1
         if name == Event.RUN_START.value:
             self._started = True
             self._ended = False
