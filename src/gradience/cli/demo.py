@@ -64,7 +64,7 @@ def demo(out: Path, steps: int, device: str, seed: int, model: str | None, data_
     """Fine-tune LoRA on the bundled model offline, then show check, monitor and audit.
 
     Trains LoRA (query/value) on all-MiniLM-L6-v2 with a generated sentiment task on CPU in
-    about 2 minutes on 2 cores (--steps 20: well under a minute), writing OUT/run.jsonl, OUT/peft/
+    about 25 seconds on 2 cores (17 s of training), writing OUT/run.jsonl, OUT/peft/
     and OUT/training/training_args.json. A second run into the same OUT is appended to its run.jsonl.
     """
     from ..errors import UsageError
