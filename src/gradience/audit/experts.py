@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .naming import pattern_key
-from .weights import LoraModule, _block_slices
+from .weights import InMemorySource, LoraModule
 
 __all__ = ["ExpertView", "FusedParam", "split_experts"]
 
@@ -52,7 +52,7 @@ class FusedParam:
     b_shape: tuple[int, ...]
 
 
-class ExpertView:
+class ExpertView(InMemorySource):
     """A tensor source that also serves expert slices of fused factors under virtual names
     (``<key>#expert<e>of<E>``): A rows ``e·r … e·r+r−1``, B columns ``e::E``."""
 
@@ -103,14 +103,6 @@ class ExpertView:
             r = full.shape[0] // n
             return full[e * r:(e + 1) * r]
         return full[:, e::n]
-
-    def read_into(self, name: str, out: np.ndarray) -> None:
-        out[...] = self.read(name).reshape(out.shape)
-
-    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
-        x = self.read(name).reshape(shape)
-        for rs, cs in _block_slices(shape, along_rows):
-            yield x[rs, cs]
 
     def close(self) -> None:
         self._src.close()

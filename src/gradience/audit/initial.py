@@ -10,7 +10,6 @@ audit measures the true update without writing anything.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import AdapterFormatError
-from .weights import LoraModule, _block_slices
+from .weights import InMemorySource, LoraModule
 
 __all__ = ["DifferenceView", "difference_modules"]
 
 _VIRTUAL = re.compile(r"^(?P<key>.+)#minus-initial$")
 
 
-class DifferenceView:
+class DifferenceView(InMemorySource):
     """Tensor source serving ``<key>#minus-initial``: [A; A₀] for lora_A keys, [B, −B₀] for lora_B."""
 
     def __init__(self, src: Any, initial: Any) -> None:
@@ -62,14 +61,6 @@ class DifferenceView:
         if "lora_A" in key or "lora_embedding_A" in key:
             return np.concatenate([now, then], axis=0)
         return np.concatenate([now, -then], axis=1)
-
-    def read_into(self, name: str, out: np.ndarray) -> None:
-        out[...] = self.read(name).reshape(out.shape)
-
-    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
-        x = self.read(name).reshape(shape)
-        for rs, cs in _block_slices(shape, along_rows):
-            yield x[rs, cs]
 
     def close(self) -> None:
         self._src.close()

@@ -100,6 +100,21 @@ def _block_slices(shape: tuple[int, int], along_rows: bool) -> Iterator[tuple[sl
             yield slice(None), slice(j, j + step)
 
 
+class InMemorySource:
+    """``read_into`` and ``iter_blocks`` for a source whose ``read`` returns the whole array (a pickle
+    state dict, views built over another source): one home for the two, whatever ``read`` does."""
+
+    def read(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        out[...] = self.read(name).reshape(out.shape)
+
+    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
+        x = self.read(name).reshape(shape)
+        for rs, cs in _block_slices(shape, along_rows):
+            yield x[rs, cs]
+
 def _bf16_to_f32(u16: np.ndarray) -> np.ndarray:
     """bf16 bits are the top half of an f32: widen and shift (exact)."""
     return np.left_shift(u16, 16, dtype=np.uint32).view(np.float32)
@@ -332,7 +347,7 @@ def _unpickler_reason(exc: BaseException) -> str:
     return m.group(0).split(". ")[0].strip()[:160] if m else type(exc).__name__
 
 
-class TorchBinFile:
+class TorchBinFile(InMemorySource):
     """A ``.bin`` (pickle) state dict, loaded with ``torch.load(weights_only=True)``.
 
     ``weights_only`` refuses arbitrary objects, so a malicious pickle cannot run code.
@@ -400,14 +415,6 @@ class TorchBinFile:
         if t.is_floating_point():
             return t.detach().to(self._torch.float32).numpy()
         return t.detach().numpy()
-
-    def read_into(self, name: str, out: np.ndarray) -> None:
-        out[...] = self.read(name).reshape(out.shape)
-
-    def iter_blocks(self, name: str, shape: tuple[int, int], along_rows: bool) -> Iterator[np.ndarray]:
-        x = self.read(name).reshape(shape)
-        for rs, cs in _block_slices(shape, along_rows):
-            yield x[rs, cs]
 
     def close(self) -> None:
         self._sd = {}
