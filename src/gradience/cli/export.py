@@ -47,12 +47,18 @@ def export(run_file: Path, target: str, destination: str, run_id: str | None, ex
     if not any(e.get("event") in ("run_start", "train_step", "eval") for e in everything):
         raise UsageError("no telemetry events to export", path=path,
                          hint="give a Gradience run.jsonl (or convert a log first with `gradience import`)")
-    events = list(iter_run(everything, run_id))
+    events = list(iter_run(everything, run_id, path))
     points, notes = tracker_points(events)
     start = next((e for e in events if e.get("event") == "run_start"), None)
     rid = events[0].get("run_id")
     if target == "tensorboard":
-        n = export_tensorboard(points, notes, Path(destination))
+        dest = Path(destination)
+        if not destination.strip():
+            raise UsageError("the TensorBoard log directory is empty", hint="give a directory, e.g. runs/demo/tb")
+        if dest.exists() and not dest.is_dir():
+            raise UsageError("the TensorBoard destination exists and is not a directory", path=dest,
+                             hint="give a log directory (new or existing); TensorBoard writes event files into it")
+        n = export_tensorboard(points, notes, dest)
         where = destination
     else:
         where = export_mlflow(points, notes, destination, experiment=experiment, run_name=f"gradience-{rid}"[:60],

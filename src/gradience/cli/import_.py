@@ -34,6 +34,15 @@ def import_(source: Path, output: Path | None, force: bool, as_json: bool) -> No
     if output is None:
         base = source if source.is_dir() else source.parent
         output = base / "gradience-import.jsonl"
+    # Never overwrite what is being imported: the source file, or an existing file inside the source
+    # folder other than an earlier import (trainer_state.json, event files, checkpoints).
+    src, out = source.resolve(), output.resolve()
+    inside = src.is_dir() and src in out.parents and out.exists() and out.name != "gradience-import.jsonl"
+    if out == src or inside:
+        raise UsageError("the output would overwrite the log being imported", path=output,
+                         hint="write the telemetry somewhere else, e.g. -o runs/imported.jsonl")
+    if output.is_dir():
+        raise UsageError("the output is a directory", path=output, hint="give a file name, e.g. -o runs/imported.jsonl")
     if output.exists() and not force:
         raise UsageError("the output file exists", path=output, hint="choose another --output, or add --force")
     if output.exists():

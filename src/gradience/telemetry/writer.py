@@ -120,12 +120,19 @@ class TelemetryWriter:
         # this process's first event is not glued onto it.
         try:
             with open(self.path, "rb") as f:
+                head = f.read(2)
                 f.seek(0, os.SEEK_END)
                 if f.tell():
                     f.seek(-1, os.SEEK_END)
                     self._torn = f.read(1) != b"\n"
         except OSError:
-            pass
+            head = b""
+        if head in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 (a PowerShell redirect): UTF-8 lines would corrupt it
+            os.close(self._fd)
+            self._fd = None
+            raise GradienceError("the telemetry file is UTF-16; appending UTF-8 events would corrupt it", path=self.path,
+                                 hint="readers take it as it is; to append, convert it first "
+                                      "(iconv -f UTF-16 -t UTF-8 IN > OUT) or write to a new file")
 
     def _write(self, data: bytes) -> int:
         """Hand whole lines to the kernel; returns how many bytes of ``data`` reached the file (all of

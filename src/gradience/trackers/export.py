@@ -159,11 +159,21 @@ def export_mlflow(points: list[Point], notes: list[Note], tracking_uri: str, *, 
     parameters and the notes as a ``gradience_notes.json`` artifact; returns the run id."""
     mlflow = _require("mlflow", "trackers", "export to MLflow")
     from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
 
-    client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name)
+    if not tracking_uri.strip() or tracking_uri.rstrip("/") in ("sqlite:", "sqlite://", "sqlite:///"):
+        raise UsageError("an MLflow tracking URI names a store", path=tracking_uri or "''",
+                         hint="e.g. sqlite:///mlflow.db (MLflow's default local store) or http://host:5000")
+    if not experiment.strip():  # before the store is touched (MLflow would create its tables first)
+        raise UsageError("the MLflow experiment name is empty", hint="give --experiment NAME (default: gradience)")
+    try:
+        client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        exp_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name)
+    except MlflowException as exc:  # MLflow's own refusal (a store it does not serve, a bad name): one line
+        raise UsageError(f"MLflow refused: {str(exc).splitlines()[0][:200]}", path=tracking_uri,
+                         hint="give a tracking URI such as sqlite:///mlflow.db and a non-empty --experiment") from None
     rid = run.info.run_id
     metrics = [Metric(p.key, p.value if math.isfinite(p.value) else float("nan"),
                       int((p.wall_time or 0.0) * 1000), p.step) for p in points]
@@ -190,15 +200,20 @@ def run_params(start: dict[str, Any] | None) -> dict[str, Any]:
             "gradience_run_id": start.get("run_id")}
 
 
-def iter_run(events: Iterable[dict[str, Any]], run_id: str | None) -> Iterator[dict[str, Any]]:
-    """The events of ``run_id`` (default: the run that started last)."""
+def iter_run(events: Iterable[dict[str, Any]], run_id: str | None, path: object = None) -> Iterator[dict[str, Any]]:
+    """The events of ``run_id`` (full id or unique prefix, as monitor/watch/report take it; default:
+    the run that started last)."""
+    from ..telemetry.run_select import resolve_run_id
+
     evs = list(events)
-    if run_id is None:
-        starts = [e.get("run_id") for e in evs if e.get("event") == "run_start"]
-        run_id = starts[-1] if starts else (evs[-1].get("run_id") if evs else None)
-        if run_id is None:
-            raise UsageError("the file holds no run to export")
-    found = [e for e in evs if e.get("run_id") == run_id]
-    if not found:
-        raise UsageError(f"no run {run_id!r} in the file")
-    return iter(found)
+    order: dict[str, None] = {}
+    for e in evs:  # runs in the order they started (a resumed run becomes the latest again)
+        rid = e.get("run_id")
+        if isinstance(rid, str):
+            if e.get("event") == "run_start":
+                order.pop(rid, None)
+            order.setdefault(rid, None)
+    if not order:
+        raise UsageError("the file holds no run to export", path=path)
+    run_id = resolve_run_id(run_id, list(order), str(path) if path is not None else "the file")
+    return iter([e for e in evs if e.get("run_id") == run_id])

@@ -159,6 +159,10 @@ def _tensorboard_events(log_dir: Path) -> list[dict[str, Any]]:
         raise MissingExtraError("tensorboard", "trackers", "reading a TensorBoard log") from exc
     per_step: dict[int, dict[str, Any]] = {}
     dirs = sorted({p.parent for p in _tb_files(log_dir)})
+    if len(dirs) > 1:  # HF writes one folder per run under output_dir/runs/: never splice runs together
+        names = ", ".join(str(d.relative_to(log_dir)) if d != log_dir else "." for d in dirs[:5])
+        raise GradienceError(f"the folder holds {len(dirs)} TensorBoard runs ({names}{', …' if len(dirs) > 5 else ''})",
+                             path=log_dir, hint="give one run's folder")
     for d in dirs:
         # At most TB_MAX_SCALARS points per series (an HF run logs one per logging step; beyond it the
         # accumulator keeps an even reservoir sample), so a forged or runaway log cannot fill memory.
