@@ -101,3 +101,12 @@ def test_append_to_a_utf16_run_file_is_refused_and_the_file_untouched(tmp_path: 
     with pytest.raises(GradienceError, match="UTF-16"):
         TelemetryWriter(u16, run_id="r")
     assert _digest(u16) == before
+
+
+def test_report_of_a_folder_is_written_inside_it(tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "trainer_state.json").write_text(json.dumps(STATE))
+    res = run_cli("report", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (out / "report.html").is_file() and not (tmp_path / "report.html").exists()

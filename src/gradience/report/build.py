@@ -100,7 +100,8 @@ def build_report(
 
 def resolve_output(run_path: str | os.PathLike[str], output: str | os.PathLike[str] | None, fmt: str,
                    protected: Sequence[str | os.PathLike[str]] = ()) -> Path | None:
-    """Where to write: ``output``, or ``report.<ext>`` beside the run; ``-`` means stdout (``None``).
+    """Where to write: ``output``, or ``report.<ext>`` beside the run (inside it when the run is given
+as its folder: an HF output_dir, a TensorBoard log, a run directory); ``-`` means stdout (``None``).
 
     Refuses a directory, a missing parent folder, and any path that is one of the inputs.
     """
@@ -109,7 +110,8 @@ def resolve_output(run_path: str | os.PathLike[str], output: str | os.PathLike[s
     if output is not None and str(output) == "-":
         return None
     ext = "html" if fmt == "html" else "md"
-    out = Path(output) if output is not None else Path(run_path).parent / f"report.{ext}"
+    base = Path(run_path) if Path(run_path).is_dir() else Path(run_path).parent
+    out = Path(output) if output is not None else base / f"report.{ext}"
     if out.is_dir():
         raise GradienceError("output path is a directory", path=out, hint=f"pass a file, e.g. {out / ('report.' + ext)}")
     if not out.parent.exists():
