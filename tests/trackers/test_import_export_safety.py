@@ -110,3 +110,7 @@ def test_report_of_a_folder_is_written_inside_it(tmp_path: Path) -> None:
     res = run_cli("report", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert (out / "report.html").is_file() and not (tmp_path / "report.html").exists()
+
+
+def test_import_of_a_missing_path_says_not_found(tmp_path: Path) -> None:
+    assert "not found" in _one_line_exit_2(run_cli("import", str(tmp_path / "nope")))

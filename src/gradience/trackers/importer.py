@@ -218,6 +218,9 @@ def _eval_groups(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def import_events(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """(format, events) of an importable log at ``path``; a one-line error otherwise."""
+    if not path.exists():
+        raise GradienceError("not found", path=path,
+                             hint="give an HF output_dir, a trainer_state.json or a TensorBoard log directory")
     found = detect_source(path)
     if found is None or found[0] == "telemetry":
         raise not_importable(path)
