@@ -35,12 +35,11 @@ MAX_DEPTH = 64
 MAX_YAML_ALIASES = 1_000
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 
-# A JSON string (skipped whole: brackets inside it do not nest), or one bracket. The string pattern
-# is the unrolled form, linear in the string's length; an unterminated string runs to the end.
-_TOKENS_STR = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.S)
-_TOKENS_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.S)
-_OPEN = frozenset("[{")
-_OPEN_B = frozenset(b"[{")
+# A JSON string (skipped whole: brackets inside it do not nest), an opening or a closing bracket. The
+# string pattern is the unrolled form, linear in the string's length; an unterminated string runs to
+# the end. One pattern per text type, one loop for both.
+_TOKEN = r'(?P<s>"[^"\\]*(?:\\.[^"\\]*)*"?)|(?P<o>[\[{])|[\]}]'
+_TOKENS: dict[type, re.Pattern[Any]] = {str: re.compile(_TOKEN, re.S), bytes: re.compile(_TOKEN.encode(), re.S)}
 
 
 def json_depth_exceeded(data: str | bytes, limit: int = MAX_DEPTH) -> int | None:
@@ -50,27 +49,13 @@ def json_depth_exceeded(data: str | bytes, limit: int = MAX_DEPTH) -> int | None
     a string does not count).
     """
     depth = 0
-    if isinstance(data, bytes):
-        for m in _TOKENS_BYTES.finditer(data):
-            c = data[m.start()]
-            if c == 0x22:  # '"'
-                continue
-            if c in _OPEN_B:
-                depth += 1
-                if depth > limit:
-                    return m.start()
-            else:
-                depth -= 1
-        return None
-    for ms in _TOKENS_STR.finditer(data):
-        ch = data[ms.start()]
-        if ch == '"':
-            continue
-        if ch in _OPEN:
+    for m in _TOKENS[type(data)].finditer(data):
+        kind = m.lastgroup
+        if kind == "o":
             depth += 1
             if depth > limit:
-                return ms.start()
-        else:
+                return m.start()
+        elif kind is None:  # a closing bracket
             depth -= 1
     return None
 

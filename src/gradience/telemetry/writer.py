@@ -97,7 +97,6 @@ class TelemetryWriter:
         # Write failures (telemetry never kills training): the first error, lines not yet written,
         # lines dropped past PENDING_LIMIT_BYTES, and whether a line was left torn in the file.
         self.write_error: OSError | None = None
-        self._write_failure: OSError | None = None
         self._pending: list[bytes] = []
         self.events_dropped = 0
         self._torn = False
@@ -134,11 +133,10 @@ class TelemetryWriter:
                                  hint="readers take it as it is; to append, convert it first "
                                       "(iconv -f UTF-16 -t UTF-8 IN > OUT) or write to a new file")
 
-    def _write(self, data: bytes) -> int:
+    def _write(self, data: bytes) -> tuple[int, OSError | None]:
         """Hand whole lines to the kernel; returns how many bytes of ``data`` reached the file (all of
-        them, or fewer when a write failed: then ``_write_failure`` holds the error)."""
+        them, or fewer when a write failed) and the error that stopped it."""
         assert self._fd is not None
-        self._write_failure = None
         done = 0
         try:
             if self._torn:
@@ -152,8 +150,8 @@ class TelemetryWriter:
                 done += n
                 self._torn = data[done - 1:done] != b"\n"
         except OSError as exc:
-            self._write_failure = exc
-        return done
+            return done, exc
+        return done, None
 
     def flush(self) -> None:
         """Write buffered and pending lines. A failed write is reported once (stderr) and never raised:
@@ -165,8 +163,8 @@ class TelemetryWriter:
         data = b"".join(self._pending + self._buffer)
         self._buffer.clear()
         self._pending.clear()
-        done = self._write(data)
-        if self._write_failure is None:
+        done, failure = self._write(data)
+        if failure is None:
             if self.write_error is not None:
                 self._report_gap()
             return
@@ -187,7 +185,7 @@ class TelemetryWriter:
         self._pending = kept[::-1]
         self.events_dropped += lost
         if self.write_error is None:
-            exc = self.write_error = self._write_failure
+            exc = self.write_error = failure
             print(f"gradience: cannot write telemetry to {self.path} ({exc.strerror or exc}); training "
                   "continues, the events are kept in memory and written when the disk has room", file=sys.stderr,
                   flush=True)
@@ -209,11 +207,10 @@ class TelemetryWriter:
         print(f"gradience: the telemetry file {self.path} was removed while this run was writing it; writing a "
               f"new one from here (the {lost} earlier event(s) went with the removed file)", file=sys.stderr,
               flush=True)
-        self._buffer.insert(0, encode_line(sanitize({
-            "schema": SCHEMA_ID, "ts": time.time(), "run_id": self.run_id, "event": Event.ALERT.value, "step": None,
-            "mono": round(time.monotonic(), 6), "severity": Severity.WARNING.value, "code": "TELEMETRY_GAP",
+        self._buffer.insert(0, encode_line(self._record(Event.ALERT.value, None, {
+            "severity": Severity.WARNING.value, "code": "TELEMETRY_GAP", "dropped": lost,
             "message": f"the telemetry file was removed during the run; this file starts mid-run ({lost} earlier "
-                       "event(s) are not in it)", "dropped": lost}, max_str_len=self.max_str_len)))
+                       "event(s) are not in it)"})))
 
     def _report_gap(self) -> None:
         exc, self.write_error = self.write_error, None
@@ -262,6 +259,22 @@ class TelemetryWriter:
             pass
 
     # -- generic ---------------------------------------------------------------------
+    def _record(self, name: str, step: int | None, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The sanitized event: the envelope, then ``payload``."""
+        record: dict[str, Any] = {
+            "schema": SCHEMA_ID,
+            "ts": time.time(),
+            "run_id": self.run_id,
+            "event": name,
+            "step": None if step is None else int(step),
+            # Seconds on this machine's monotonic clock: durations survive wall-clock steps
+            # (NTP, a changed time zone setting); only differences within one process mean anything.
+            "mono": round(time.monotonic(), 6),
+        }
+        record.update(payload)
+        return sanitize(record, max_str_len=self.max_str_len, on_violation=self.on_text_violation)
+
+
     def emit(self, event: str | Event, step: int | None = None, **payload: Any) -> dict[str, Any] | None:
         """Write one event; returns the sanitized event (``None`` when disabled)."""
         name = event.value if isinstance(event, Event) else str(event)
@@ -274,20 +287,8 @@ class TelemetryWriter:
             return None
         if self._fd is None:
             raise GradienceError("telemetry writer is closed", path=self.path)
-        record: dict[str, Any] = {
-            "schema": SCHEMA_ID,
-            "ts": time.time(),
-            "run_id": self.run_id,
-            "event": name,
-            "step": None if step is None else int(step),
-            # Seconds on this machine's monotonic clock: durations survive wall-clock steps
-            # (NTP, a changed time zone setting); only differences within one process mean anything.
-            "mono": round(time.monotonic(), 6),
-        }
-        record.update(payload)
-        clean = sanitize(record, max_str_len=self.max_str_len, on_violation=self.on_text_violation)
-        line = encode_line(clean)
-        self._buffer.append(line)
+        clean = self._record(name, step, payload)
+        self._buffer.append(encode_line(clean))
         self.events_written += 1
         if len(self._buffer) >= self.flush_every or name in _ALWAYS_FLUSH:
             self.flush()
